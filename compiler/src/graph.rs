@@ -1,0 +1,116 @@
+//! The normalized graph: what `normalize` makes of a [`crate::model::Snapshot`] for one node and
+//! what `lower` consumes. Every Kubernetes subtlety (field defaults, mirroring of legacy
+//! Endpoints, readiness, terminating fallback, topology hints, node locality, address
+//! validation) has been resolved here; `lower` only decides the nftables layout. Everything is
+//! sorted and deduplicated, so lowering is deterministic without further sorting.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::ir::{Family, L4Proto};
+
+/// The cluster as seen from one node, ready to lower.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Graph {
+    /// This node.
+    pub node: NodeInfo,
+    /// NodePort addresses after resolving `primary` and filtering by family: a zero-length
+    /// prefix (`0.0.0.0/0`, `::/0`) means every local address of that family. A family with no
+    /// entry also means every local address (kube-proxy's rule).
+    pub nodeport_addresses: Vec<IpNet>,
+    /// Prefixes of known ServiceCIDR objects (traffic to unallocated IPs in them is dropped).
+    pub service_cidrs: Vec<IpNet>,
+    /// Services with at least one port to program, sorted by (namespace, name).
+    pub services: Vec<Service>,
+}
+
+/// What we know about the node we program.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node name (`--hostname-override`), if known.
+    pub name: Option<String>,
+    /// Value of the node's `topology.kubernetes.io/zone` label.
+    pub zone: Option<String>,
+    /// Primary node IPs, at most one per family (from `--node-ip` or the Node's InternalIPs).
+    pub ips: Vec<IpAddr>,
+}
+
+impl NodeInfo {
+    /// The primary node IP of a family.
+    pub fn ip(&self, family: Family) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == family)
+    }
+}
+
+/// How a Service spreads new connections over its endpoints
+/// (annotation `kube-nft.io/scheduler`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Uniform random (`numgen random`), the default.
+    #[default]
+    Random,
+    /// Round robin (`numgen inc`).
+    RoundRobin,
+    /// Hash of the client address (`jhash ip saddr`): a client always lands on the same
+    /// endpoint while the endpoint list is unchanged.
+    SourceHash,
+}
+
+/// A Service that kube-nft programs (not headless, not ExternalName, selected by the proxy
+/// name), with the addresses of every family it has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Load-balancing scheduler.
+    pub scheduler: Scheduler,
+    /// `sessionAffinity: ClientIP` timeout in seconds, or `None` without affinity.
+    pub affinity_timeout: Option<u32>,
+    /// `externalTrafficPolicy: Local` (only set for externally reachable services).
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// Valid ClusterIPs, at most one per family, sorted.
+    pub cluster_ips: Vec<IpAddr>,
+    /// Valid `spec.externalIPs`, sorted and deduplicated.
+    pub external_ips: Vec<IpAddr>,
+    /// LoadBalancer ingress IPs with `ipMode` unset or `VIP`, sorted and deduplicated.
+    pub lb_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`, parsed (whitespace trimmed), sorted and deduplicated.
+    pub source_ranges: Vec<IpNet>,
+    /// Service ports sorted by (protocol, port).
+    pub ports: Vec<ServicePort>,
+}
+
+/// One port of a Service with its categorized endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port name (may be empty).
+    pub name: String,
+    /// Protocol.
+    pub proto: L4Proto,
+    /// Service port.
+    pub port: u16,
+    /// NodePort, when the Service is NodePort/LoadBalancer and one is allocated.
+    pub node_port: Option<u16>,
+    /// Endpoints for Cluster policy: ready endpoints (topology-filtered when hints apply to this
+    /// node), else serving-and-terminating ones. Both families, sorted by (address, port).
+    pub cluster: Vec<Backend>,
+    /// Endpoints on this node: ready ones, else serving-and-terminating ones. Sorted.
+    pub local: Vec<Backend>,
+}
+
+/// One endpoint address and target port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    /// Endpoint IP.
+    pub addr: IpAddr,
+    /// Target port.
+    pub port: u16,
+}

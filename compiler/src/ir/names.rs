@@ -1,0 +1,149 @@
+//! Names of every kernel object the compiler creates. All name construction lives here so the
+//! rules for legal, unique and readable names are in one place.
+//!
+//! nft identifiers are `[a-zA-Z_][a-zA-Z0-9/\-_.]*` and the kernel caps chain and set names at
+//! 256 bytes including the NUL (`NFT_CHAIN_MAXNAMELEN`, `NFT_NAME_MAXLEN`). Per-service names are
+//! `<prefix>-<HASH>-<ns>/<name>/<proto>/<port>` (kube-proxy's scheme, so operators recognise
+//! them): `HASH` is the first 8 characters of base32(SHA-256(body)) over the *untruncated*
+//! body, so two bodies that truncate to the same text still get different names. Namespace and
+//! Service names are DNS labels (`[a-z0-9-]`), ports are numbers, and an IPv6 address has its `:`
+//! replaced by `.` (`:` is not legal in an identifier).
+
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
+
+use super::L4Proto;
+
+/// Longest body we keep: 255 usable bytes, minus the longest prefix (`affinity-`, 9) and the
+/// hash with its separator (9), with room to spare.
+const MAX_BODY: usize = 230;
+
+/// The table name, the same in both families.
+pub const TABLE: &str = "kube-nft";
+
+/// Identifies one service port: `ns/name/proto/port`.
+#[derive(Clone, Copy, Debug)]
+pub struct ServicePortId<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Service name.
+    pub name: &'a str,
+    /// Protocol.
+    pub proto: L4Proto,
+    /// Service port number.
+    pub port: u16,
+}
+
+impl ServicePortId<'_> {
+    /// `ns/name/proto/port`.
+    pub fn body(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.namespace, self.name, self.proto, self.port
+        )
+    }
+}
+
+/// Chain holding the Cluster-policy endpoint list of a service port.
+pub fn service_chain(id: &ServicePortId<'_>) -> String {
+    hashed("service", &id.body())
+}
+
+/// Chain holding the node-local endpoint list of a service port.
+pub fn local_chain(id: &ServicePortId<'_>) -> String {
+    hashed("local", &id.body())
+}
+
+/// Chain for traffic arriving at a NodePort, externalIP or LoadBalancer IP.
+pub fn external_chain(id: &ServicePortId<'_>) -> String {
+    hashed("external", &id.body())
+}
+
+/// Per (service port, endpoint) ClientIP affinity set.
+pub fn affinity_set(id: &ServicePortId<'_>, addr: IpAddr, port: u16) -> String {
+    let addr = addr.to_string().replace(':', ".");
+    hashed("affinity", &format!("{}__{}/{}", id.body(), addr, port))
+}
+
+/// `prefix-HASH-body`, with the body truncated (ending in `...`) if needed.
+fn hashed(prefix: &str, body: &str) -> String {
+    let hash = hash8(body);
+    let shown = if body.len() > MAX_BODY {
+        // Bodies are ASCII (DNS labels, digits, `.`/`/`), so byte slicing is on a char boundary.
+        format!("{}...", &body[..MAX_BODY - 3])
+    } else {
+        body.to_string()
+    };
+    format!("{prefix}-{hash}-{shown}")
+}
+
+/// First 8 characters of the RFC 4648 base32 encoding of SHA-256(text).
+pub fn hash8(text: &str) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let digest = Sha256::digest(text.as_bytes());
+    // 8 base32 characters are 40 bits: the first 5 bytes.
+    let mut bits: u64 = 0;
+    for b in &digest[..5] {
+        bits = (bits << 8) | u64::from(*b);
+    }
+    (0..8)
+        .map(|i| ALPHABET[((bits >> (35 - 5 * i)) & 31) as usize] as char)
+        .collect()
+}
+
+/// Whether `name` is a legal nft identifier within the kernel's length limit.
+pub fn is_legal(name: &str) -> bool {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    name.len() < 256
+        && (first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_matches_kube_proxy_vectors() {
+        // Vectors from kube-proxy's naming tests, recomputed independently.
+        assert_eq!(hash8("testing/service/tcp/http"), "P4ZYZVCF");
+        assert_eq!(hash8("testing/service/tcp/https"), "LZBRENCP");
+        assert_eq!(hash8("testing/service/tcp/http__10.180.0.1/80"), "JO2XBXZR");
+        assert_eq!(hash8("ns1/svc1/tcp/p80"), "ULMVA6XW");
+        assert_eq!(hash8("ns1/svc1/tcp/p80__10.180.0.1/80"), "5OJB2KTY");
+    }
+
+    #[test]
+    fn names_are_legal_and_truncated() {
+        let long = "a".repeat(63);
+        let id = ServicePortId {
+            namespace: &long,
+            name: &long,
+            proto: L4Proto::Sctp,
+            port: 65535,
+        };
+        let ip: IpAddr = "fd80:abcd:12::a1b2:c3d4:e5f6:9999".parse().unwrap();
+        let a = affinity_set(&id, ip, 65535);
+        assert!(is_legal(&a), "{a}");
+        assert!(a.contains("fd80.abcd.12..a1b2"));
+        // Two different ports that truncate identically keep distinct names.
+        let long_ns = "n".repeat(200);
+        let id1 = ServicePortId {
+            namespace: &long_ns,
+            name: &long,
+            proto: L4Proto::Tcp,
+            port: 1,
+        };
+        let id2 = ServicePortId { port: 2, ..id1 };
+        let (c1, c2) = (service_chain(&id1), service_chain(&id2));
+        assert!(c1.ends_with("..."));
+        assert_ne!(c1, c2);
+        assert!(is_legal(&c1));
+        assert!(!is_legal("9abc"));
+        assert!(!is_legal("a:b"));
+    }
+}

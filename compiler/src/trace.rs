@@ -1,0 +1,1 @@
+//! Packet interpreter over the IR (TODO).
