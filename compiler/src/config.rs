@@ -1,10 +1,14 @@
 //! Node context: which node we are, its addresses, and kube-proxy's knobs that change the
 //! ruleset. Flag names and meanings follow kube-proxy (`--hostname-override`, `--node-ip`,
-//! `--cluster-cidr`, `--nodeport-addresses`, `--masquerade-all`, `--service-proxy-name`).
+//! `--cluster-cidr`, `--nodeport-addresses`, `--masquerade-all`, `--service-proxy-name`), and
+//! so does [`KubeProxyConfiguration`], the subset of kube-proxy's config file that kube-nft reads.
+//! Parsing is here, not in the binary, so it is unit-tested; reading files is the binary's job.
 
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use ipnet::IpNet;
+use serde::Deserialize;
 
 /// Everything about the node that shapes the ruleset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,4 +59,451 @@ pub enum NodePortAddress {
     Primary,
     /// A CIDR: local addresses inside it.
     Cidr(IpNet),
+}
+
+impl FromStr for NodePortAddress {
+    type Err = String;
+
+    /// Parses one `--nodeport-addresses` entry: `primary` or a CIDR (host bits are cleared, as
+    /// Go's `net.ParseCIDR` does).
+    fn from_str(text: &str) -> Result<NodePortAddress, String> {
+        let text = text.trim();
+        if text == "primary" {
+            return Ok(NodePortAddress::Primary);
+        }
+        parse_cidr(text)
+            .map(NodePortAddress::Cidr)
+            .map_err(|err| format!("{err} (expected a CIDR or `primary`)"))
+    }
+}
+
+/// Parses a CIDR such as `10.0.0.0/8`, clearing host bits (`10.1.2.3/8` means `10.0.0.0/8`, as
+/// with Go's `net.ParseCIDR`). A bare address without a prefix length is rejected.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    IpNet::from_str(text)
+        .map(|net| net.trunc())
+        .map_err(|_| format!("invalid CIDR {text:?}"))
+}
+
+/// kube-proxy's node-name rule: trimmed and lower-cased; an empty name means "not set".
+pub fn normalize_hostname(name: &str) -> Option<String> {
+    let name = name.trim().to_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The `apiVersion` kube-nft reads `KubeProxyConfiguration` files in.
+pub const KUBE_PROXY_CONFIG_API_VERSION: &str = "kubeproxy.config.k8s.io/v1alpha1";
+
+/// The part of a kube-proxy `KubeProxyConfiguration` (`kubeproxy.config.k8s.io/v1alpha1`) file
+/// that shapes the ruleset, validated. Every field is `None`/empty when the file does not set it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeProxyConfiguration {
+    /// `hostnameOverride`, normalized with [`normalize_hostname`].
+    pub hostname_override: Option<String>,
+    /// `bindAddress` when it is a specific address: kube-proxy's override of the primary node IP.
+    pub bind_address: Option<IpAddr>,
+    /// `clusterCIDR`, split at commas.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// `nodePortAddresses`.
+    pub node_port_addresses: Vec<NodePortAddress>,
+    /// `nftables.masqueradeAll`, or the top-level `masqueradeAll` (either one set means set).
+    pub masquerade_all: Option<bool>,
+    /// `nftables.masqueradeBit`.
+    pub masquerade_bit: Option<u8>,
+}
+
+impl KubeProxyConfiguration {
+    /// Overwrites the fields of `config` that the file sets. The binary applies the file first
+    /// and explicit command-line flags after it, so flags win.
+    pub fn apply_to(&self, config: &mut Config) {
+        if let Some(name) = &self.hostname_override {
+            config.hostname = Some(name.clone());
+        }
+        if let Some(ip) = self.bind_address {
+            config.node_ips = vec![ip];
+        }
+        if !self.cluster_cidrs.is_empty() {
+            config.cluster_cidrs = self.cluster_cidrs.clone();
+        }
+        if !self.node_port_addresses.is_empty() {
+            config.nodeport_addresses = self.node_port_addresses.clone();
+        }
+        if let Some(all) = self.masquerade_all {
+            config.masquerade_all = all;
+        }
+        if let Some(bit) = self.masquerade_bit {
+            config.masquerade_bit = bit;
+        }
+    }
+}
+
+/// Why a `KubeProxyConfiguration` file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not YAML, or a field has the wrong type.
+    #[error("invalid KubeProxyConfiguration: {message}")]
+    Syntax {
+        /// The YAML parser's message, with its line and column.
+        message: String,
+    },
+    /// `apiVersion`/`kind` is missing or not the one kube-nft reads.
+    #[error(
+        "expected apiVersion {KUBE_PROXY_CONFIG_API_VERSION} and kind KubeProxyConfiguration, \
+         found apiVersion {api_version:?} and kind {kind:?}"
+    )]
+    Kind {
+        /// The file's `apiVersion`.
+        api_version: String,
+        /// The file's `kind`.
+        kind: String,
+    },
+    /// `mode` is set to another proxy mode.
+    #[error("mode {0:?} is not supported: kube-nft is an nftables proxy; set `mode: nftables` or leave it empty")]
+    Mode(String),
+    /// A field has a value of the right type but an invalid one.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// JSON path of the field (`nodePortAddresses[1]`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Every top-level field of `KubeProxyConfiguration` v1alpha1. kube-nft reads only a few of
+/// them; the others are known (so not warned about) and ignored.
+const KNOWN_TOP_LEVEL_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "featureGates",
+    "clientConnection",
+    "logging",
+    "hostnameOverride",
+    "bindAddress",
+    "healthzBindAddress",
+    "metricsBindAddress",
+    "bindAddressHardFail",
+    "enableProfiling",
+    "showHiddenMetricsForVersion",
+    "mode",
+    "iptables",
+    "ipvs",
+    "nftables",
+    "winkernel",
+    "detectLocalMode",
+    "detectLocal",
+    "clusterCIDR",
+    "nodePortAddresses",
+    "oomScoreAdj",
+    "conntrack",
+    "configSyncPeriod",
+    "portRange",
+    "windowsRunAsService",
+    "masqueradeAll",
+];
+
+/// Every field of v1alpha1's `KubeProxyNFTablesConfiguration`.
+const KNOWN_NFTABLES_FIELDS: &[&str] = &[
+    "masqueradeBit",
+    "masqueradeAll",
+    "syncPeriod",
+    "minSyncPeriod",
+];
+
+/// The file as serde sees it: the fields kube-nft reads, unvalidated; others are ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct RawKubeProxyConfiguration {
+    api_version: String,
+    kind: String,
+    mode: String,
+    hostname_override: String,
+    bind_address: String,
+    #[serde(rename = "clusterCIDR")]
+    cluster_cidr: String,
+    node_port_addresses: Option<Vec<String>>,
+    masquerade_all: Option<bool>,
+    nftables: RawNftablesConfiguration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct RawNftablesConfiguration {
+    masquerade_bit: Option<i64>,
+    masquerade_all: Option<bool>,
+}
+
+/// Parses a `KubeProxyConfiguration` file.
+///
+/// Like kube-proxy, decoding is strict first: unknown fields are not an error, but they are
+/// listed in one returned warning and the rest of the file is used. Any other
+/// problem (YAML syntax, a wrong type, an invalid CIDR, a mode other than `nftables`) is an
+/// error.
+pub fn parse_kube_proxy_configuration(
+    text: &str,
+) -> Result<(KubeProxyConfiguration, Vec<String>), ConfigError> {
+    let raw: RawKubeProxyConfiguration = serde_saphyr::from_str(text).map_err(syntax_error)?;
+    // A second, schema-less pass finds the fields the typed pass silently ignored.
+    let tree: serde_json::Value = serde_saphyr::from_str(text).map_err(syntax_error)?;
+    let unknown = unknown_fields(&tree);
+    let mut warnings = Vec::new();
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "unknown fields ignored (decoded leniently, as kube-proxy does): {}",
+            unknown.join(", ")
+        ));
+    }
+
+    if raw.api_version != KUBE_PROXY_CONFIG_API_VERSION || raw.kind != "KubeProxyConfiguration" {
+        return Err(ConfigError::Kind {
+            api_version: raw.api_version,
+            kind: raw.kind,
+        });
+    }
+    if !(raw.mode.is_empty() || raw.mode == "nftables") {
+        return Err(ConfigError::Mode(raw.mode));
+    }
+
+    let invalid = |field: String, message: String| ConfigError::Invalid { field, message };
+
+    let bind_address = match raw.bind_address.trim() {
+        "" => None,
+        text => {
+            let ip = IpAddr::from_str(text).map_err(|_| {
+                invalid("bindAddress".into(), format!("invalid IP address {text:?}"))
+            })?;
+            // `0.0.0.0` and `::` are kube-proxy's default: no override.
+            (!ip.is_unspecified()).then_some(ip)
+        }
+    };
+    let cluster_cidrs = raw
+        .cluster_cidr
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(parse_cidr)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|message| invalid("clusterCIDR".into(), message))?;
+    let node_port_addresses = raw
+        .node_port_addresses
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(idx, entry)| {
+            NodePortAddress::from_str(entry)
+                .map_err(|message| invalid(format!("nodePortAddresses[{idx}]"), message))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let masquerade_bit = raw
+        .nftables
+        .masquerade_bit
+        .map(|bit| {
+            u8::try_from(bit)
+                .ok()
+                .filter(|bit| *bit <= 31)
+                .ok_or_else(|| {
+                    invalid(
+                        "nftables.masqueradeBit".into(),
+                        format!("{bit} is not in the range 0..=31"),
+                    )
+                })
+        })
+        .transpose()?;
+    let masquerade_all = match (raw.masquerade_all, raw.nftables.masquerade_all) {
+        (None, None) => None,
+        (top, nft) => Some(top.unwrap_or(false) || nft.unwrap_or(false)),
+    };
+
+    let config = KubeProxyConfiguration {
+        hostname_override: normalize_hostname(&raw.hostname_override),
+        bind_address,
+        cluster_cidrs,
+        node_port_addresses,
+        masquerade_all,
+        masquerade_bit,
+    };
+    Ok((config, warnings))
+}
+
+fn syntax_error(err: serde_saphyr::Error) -> ConfigError {
+    // The plain message: the snippet rendering is multi-line and repeats the file.
+    ConfigError::Syntax {
+        message: err.without_snippet().to_string(),
+    }
+}
+
+/// JSON paths of the fields of `tree` that v1alpha1 does not define (top level and
+/// `nftables`), in file order.
+fn unknown_fields(tree: &serde_json::Value) -> Vec<String> {
+    let mut unknown = Vec::new();
+    let Some(top) = tree.as_object() else {
+        return unknown;
+    };
+    for (key, value) in top {
+        if !KNOWN_TOP_LEVEL_FIELDS.contains(&key.as_str()) {
+            unknown.push(key.clone());
+        } else if key == "nftables" {
+            for nested in value.as_object().into_iter().flat_map(|map| map.keys()) {
+                if !KNOWN_NFTABLES_FIELDS.contains(&nested.as_str()) {
+                    unknown.push(format!("nftables.{nested}"));
+                }
+            }
+        }
+    }
+    unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(KubeProxyConfiguration, Vec<String>), ConfigError> {
+        parse_kube_proxy_configuration(text)
+    }
+
+    const HEADER: &str =
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n";
+
+    #[test]
+    fn reads_the_fields_that_shape_the_ruleset() {
+        let text = format!(
+            "{HEADER}mode: nftables\nhostnameOverride: ' Node-A '\nbindAddress: 192.168.0.2\n\
+             clusterCIDR: 10.0.0.0/8, fd00::/48\nnodePortAddresses: [primary, 192.168.0.0/24]\n\
+             nftables:\n  masqueradeAll: true\n  masqueradeBit: 13\n  syncPeriod: 30s\n\
+             iptables:\n  masqueradeAll: false\nconntrack:\n  maxPerCore: 0\n"
+        );
+        let (file, warnings) = parse(&text).unwrap();
+        assert_eq!(warnings, Vec::<String>::new());
+        assert_eq!(
+            file,
+            KubeProxyConfiguration {
+                hostname_override: Some("node-a".into()),
+                bind_address: Some("192.168.0.2".parse().unwrap()),
+                cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap(), "fd00::/48".parse().unwrap()],
+                node_port_addresses: vec![
+                    NodePortAddress::Primary,
+                    NodePortAddress::Cidr("192.168.0.0/24".parse().unwrap()),
+                ],
+                masquerade_all: Some(true),
+                masquerade_bit: Some(13),
+            }
+        );
+    }
+
+    #[test]
+    fn applies_only_what_the_file_sets() {
+        let (file, _) = parse(&format!("{HEADER}clusterCIDR: 10.0.0.0/8\n")).unwrap();
+        let mut config = Config {
+            hostname: Some("keep".into()),
+            ..Config::default()
+        };
+        file.apply_to(&mut config);
+        assert_eq!(
+            config,
+            Config {
+                hostname: Some("keep".into()),
+                cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+                ..Config::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bind_address_overrides_node_ip_unless_unspecified() {
+        let (file, _) = parse(&format!("{HEADER}bindAddress: 0.0.0.0\n")).unwrap();
+        assert_eq!(file.bind_address, None);
+        let (file, _) = parse(&format!("{HEADER}bindAddress: fd00::2\n")).unwrap();
+        let mut config = Config::default();
+        file.apply_to(&mut config);
+        assert_eq!(config.node_ips, vec!["fd00::2".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn top_level_masquerade_all_is_accepted() {
+        let (file, _) = parse(&format!("{HEADER}masqueradeAll: true\n")).unwrap();
+        assert_eq!(file.masquerade_all, Some(true));
+        let (file, _) = parse(HEADER).unwrap();
+        assert_eq!(file.masquerade_all, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_one_warning_and_the_rest_is_used() {
+        let text = format!(
+            "{HEADER}hostnameOverride: node-a\nfrobnicate: 1\nnftables:\n  masqueradeBit: 3\n  \
+             bogus: x\n"
+        );
+        let (file, warnings) = parse(&text).unwrap();
+        assert_eq!(file.hostname_override.as_deref(), Some("node-a"));
+        assert_eq!(file.masquerade_bit, Some(3));
+        assert_eq!(
+            warnings,
+            vec![
+                "unknown fields ignored (decoded leniently, as kube-proxy does): frobnicate, \
+                 nftables.bogus"
+                    .to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_other_modes_and_kinds() {
+        let err = parse(&format!("{HEADER}mode: iptables\n")).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Mode(ref mode) if mode == "iptables"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("mode: nftables"), "{err}");
+
+        let err = parse("apiVersion: v1\nkind: ConfigMap\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Kind { .. }), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let cases = [
+            (
+                "clusterCIDR: 10.0.0.0/8,nope\n",
+                "clusterCIDR: invalid CIDR \"nope\"",
+            ),
+            (
+                "nodePortAddresses: [primary, all]\n",
+                "nodePortAddresses[1]: invalid CIDR \"all\"",
+            ),
+            (
+                "bindAddress: localhost\n",
+                "bindAddress: invalid IP address \"localhost\"",
+            ),
+            (
+                "nftables: {masqueradeBit: 32}\n",
+                "nftables.masqueradeBit: 32 is not in the range",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = parse(&format!("{HEADER}{body}")).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn syntax_and_type_errors_are_errors() {
+        assert!(matches!(
+            parse("a: [1, 2\n"),
+            Err(ConfigError::Syntax { .. })
+        ));
+        let err = parse(&format!("{HEADER}nftables:\n  masqueradeAll: [1]\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err}");
+    }
+
+    #[test]
+    fn node_port_address_and_cidr_parsing() {
+        assert_eq!("primary".parse(), Ok(NodePortAddress::Primary));
+        assert_eq!(
+            " 10.1.2.3/8".parse(),
+            Ok(NodePortAddress::Cidr("10.0.0.0/8".parse().unwrap()))
+        );
+        assert!(parse_cidr("10.0.0.1").is_err());
+        assert_eq!(normalize_hostname("  "), None);
+        assert_eq!(normalize_hostname(" Node-A\n"), Some("node-a".into()));
+    }
 }

@@ -60,7 +60,7 @@ impl Family {
     /// The loopback prefix of this family, excluded from NodePort matching.
     pub fn loopback(self) -> IpNet {
         match self {
-            Family::Ip => IpNet::new(Ipv4Addr::LOCALHOST.into(), 8).expect("valid prefix"),
+            Family::Ip => IpNet::new(Ipv4Addr::new(127, 0, 0, 0).into(), 8).expect("valid prefix"),
             Family::Ip6 => IpNet::new(Ipv6Addr::LOCALHOST.into(), 128).expect("valid prefix"),
         }
     }

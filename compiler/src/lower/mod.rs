@@ -1,10 +1,231 @@
-//! Graph → IR (TODO).
+//! Graph → IR: chooses the nftables layout. One table per family (`ip kube-nft`, `ip6
+//! kube-nft`), a fixed skeleton of base chains, dispatch chains and global sets/maps
+//! (`skeleton`), and per service port at most three small chains plus elements in the global maps
+//! (`service`). The layout and its performance reasoning are described in `compiler/README.md`;
+//! the invariants that matter here: no per-service set or map in the common case (kernel commit
+//! cost grows quadratically with them), few chains, and endpoint churn that only rewrites one
+//! chain and plain-set elements.
+
+mod build;
+mod service;
+mod skeleton;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use crate::graph::Graph;
-use crate::ir::Ruleset;
+use crate::ir::{names, Family, Ruleset, Table};
 use crate::Config;
 
-/// Chooses the nftables layout.
-pub fn lower(_graph: &Graph, _config: &Config) -> Ruleset {
-    Ruleset::default()
+/// Lowers the graph into one table per family. Both tables are always present, so a script
+/// that replaces them leaves no stale family behind.
+pub fn lower(graph: &Graph, config: &Config) -> Ruleset {
+    let tables = [Family::Ip, Family::Ip6]
+        .into_iter()
+        .map(|family| lower_family(graph, config, family))
+        .collect();
+    Ruleset { tables }
+}
+
+/// Per-family facts every lowering step needs.
+pub(crate) struct FamilyCtx<'a> {
+    pub(crate) family: Family,
+    pub(crate) mark: u32,
+    pub(crate) masquerade_all: bool,
+    /// The local-pod detector: the first `--cluster-cidr` of this family (kube-proxy's
+    /// ClusterCIDR mode uses only the first one).
+    pub(crate) pod_cidr: Option<IpNet>,
+    /// This family's primary node IP.
+    pub(crate) node_ip: Option<IpAddr>,
+    pub(crate) graph: &'a Graph,
+}
+
+fn lower_family(graph: &Graph, config: &Config, family: Family) -> Table {
+    let ctx = FamilyCtx {
+        family,
+        mark: config.masquerade_mark(),
+        masquerade_all: config.masquerade_all,
+        pod_cidr: config
+            .cluster_cidrs
+            .iter()
+            .copied()
+            .find(|net| Family::of_net(net) == family),
+        node_ip: graph.node.ip(family),
+        graph,
+    };
+    let mut table = Table::new(family, names::TABLE);
+    table.comment = Some("rules for kube-nft".to_string());
+    skeleton::add(&mut table, &ctx);
+    for svc in &graph.services {
+        service::add(&mut table, &ctx, svc);
+    }
+    skeleton::finish(&mut table);
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Backend, Scheduler, Service, ServicePort};
+    use crate::ir::{ElemData, L4Proto, NatTarget, Stmt, Value, Verdict};
+
+    fn backend(addr: &str, port: u16) -> Backend {
+        Backend {
+            addr: addr.parse().unwrap(),
+            port,
+        }
+    }
+
+    fn service(name: &str, cluster: Vec<Backend>) -> Service {
+        Service {
+            namespace: "ns1".into(),
+            name: name.into(),
+            scheduler: Scheduler::Random,
+            affinity_timeout: None,
+            external_local: false,
+            internal_local: false,
+            cluster_ips: vec!["172.30.0.41".parse().unwrap()],
+            external_ips: vec![],
+            lb_ips: vec![],
+            source_ranges: vec![],
+            ports: vec![ServicePort {
+                name: "http".into(),
+                proto: L4Proto::Tcp,
+                port: 80,
+                node_port: None,
+                cluster,
+                local: vec![],
+            }],
+        }
+    }
+
+    fn lower_one(svc: Service) -> Table {
+        let graph = Graph {
+            services: vec![svc],
+            ..Graph::default()
+        };
+        let ruleset = lower(&graph, &Config::default());
+        crate::ir::verify(&ruleset).expect("verifies");
+        ruleset.table(Family::Ip).unwrap().clone()
+    }
+
+    fn skeleton() -> Table {
+        lower(&Graph::default(), &Config::default())
+            .table(Family::Ip)
+            .unwrap()
+            .clone()
+    }
+
+    #[test]
+    fn clusterip_service_adds_one_chain_and_no_set() {
+        let eps = vec![
+            backend("10.0.1.1", 8080),
+            backend("10.0.2.1", 8080),
+            backend("10.0.3.1", 8080),
+        ];
+        let table = lower_one(service("web", eps));
+        let base = skeleton();
+        assert_eq!(table.chains.len(), base.chains.len() + 1);
+        assert_eq!(table.sets.len(), base.sets.len());
+        let chain = table
+            .chains
+            .keys()
+            .find(|n| n.starts_with("service-"))
+            .unwrap();
+        assert!(chain.ends_with("-ns1/web/tcp/80"), "{chain}");
+        // A cascade of three rules, the last unconditional.
+        let rules = &table.chains[chain].rules;
+        assert_eq!(rules.len(), 3);
+        assert!(matches!(
+            rules[2].stmts[..],
+            [Stmt::Dnat(NatTarget::Addr { .. })]
+        ));
+        let dispatch = &table.sets["service-ips"].elements;
+        assert_eq!(dispatch.len(), 1);
+        assert_eq!(
+            dispatch[0].data,
+            Some(ElemData::Verdict(Verdict::Goto(chain.clone())))
+        );
+        assert_eq!(table.sets["hairpin"].elements.len(), 3);
+    }
+
+    #[test]
+    fn service_without_endpoints_rejects_and_has_no_chain() {
+        let table = lower_one(service("empty", vec![]));
+        assert_eq!(table.chains.len(), skeleton().chains.len());
+        let elems = &table.sets["no-endpoint-services"].elements;
+        assert_eq!(elems.len(), 1);
+        assert_eq!(
+            elems[0].data,
+            Some(ElemData::Verdict(Verdict::Goto("reject-chain".into())))
+        );
+        assert_eq!(elems[0].comment.as_deref(), Some("ns1/empty:http"));
+        assert_eq!(
+            table.sets["cluster-ips"].elements[0].key,
+            vec![Value::Addr("172.30.0.41".parse().unwrap())]
+        );
+    }
+
+    #[test]
+    fn long_endpoint_lists_use_one_numgen_map() {
+        let eps: Vec<_> = (1..=CASCADE_LEN_OVER)
+            .map(|i| backend(&format!("10.0.{}.{}", i / 200, i % 200 + 1), 80))
+            .collect();
+        let table = lower_one(service("big", eps));
+        let chain = table
+            .chains
+            .values()
+            .find(|c| c.name.starts_with("service-"))
+            .unwrap();
+        assert_eq!(chain.rules.len(), 1);
+        match &chain.rules[0].stmts[..] {
+            [Stmt::Dnat(NatTarget::NumgenMap { targets, .. })] => {
+                assert_eq!(targets.len(), CASCADE_LEN_OVER)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    const CASCADE_LEN_OVER: usize = service::CASCADE_MAX + 1;
+
+    #[test]
+    fn affinity_adds_one_timeout_set_per_endpoint() {
+        let mut svc = service(
+            "sticky",
+            vec![backend("10.0.1.1", 80), backend("10.0.1.2", 80)],
+        );
+        svc.affinity_timeout = Some(30);
+        let table = lower_one(svc);
+        let aff: Vec<_> = table
+            .sets
+            .values()
+            .filter(|s| s.name.starts_with("affinity-"))
+            .collect();
+        assert_eq!(aff.len(), 2);
+        assert!(aff
+            .iter()
+            .all(|s| s.timeout == Some(30) && s.flags.dynamic && s.flags.timeout));
+    }
+
+    #[test]
+    fn external_local_without_local_endpoints_drops_external_traffic() {
+        let mut svc = service("lb", vec![backend("10.0.2.1", 80)]);
+        svc.external_local = true;
+        svc.lb_ips = vec!["198.51.100.10".parse().unwrap()];
+        svc.ports[0].node_port = Some(30080);
+        let table = lower_one(svc);
+        let drops = |set: &str| {
+            table.sets[set]
+                .elements
+                .iter()
+                .filter(|e| e.data == Some(ElemData::Verdict(Verdict::Drop)))
+                .count()
+        };
+        assert_eq!(drops("no-endpoint-services"), 1);
+        assert_eq!(drops("no-endpoint-nodeports"), 1);
+        // No local chain, but the external chain short-circuits host traffic to the service chain.
+        assert!(!table.chains.keys().any(|n| n.starts_with("local-")));
+        assert!(table.chains.keys().any(|n| n.starts_with("external-")));
+    }
 }

@@ -1,0 +1,494 @@
+//! One Service in one family: elements in the global dispatch maps and at most three chains per
+//! service port — `service-…` (Cluster-policy endpoints), `local-…` (node-local endpoints) and
+//! `external-…` (NodePort / externalIP / LoadBalancer entry, where masquerade and
+//! externalTrafficPolicy are decided). Endpoint selection is flattened into the policy chain as
+//! a cascade of `numgen` rules (see [`add_balancing`]), so a Service owns no set or map unless it
+//! uses ClientIP affinity.
+
+use std::net::IpAddr;
+
+use crate::graph::{Backend, Scheduler, Service, ServicePort};
+use crate::ir::names::{self, ServicePortId};
+use crate::ir::{
+    ElemData, Expr, Family, NatTarget, NumgenMode, Rule, Set, SetFlags, Stmt, Table, Value, Verdict,
+};
+
+use super::build::{
+    add_element, chain, fib_saddr_local, goto, insert_chain, jump, match_daddr, match_saddr_in,
+    match_saddr_not_in,
+};
+use super::skeleton::{
+    CLUSTER_IPS, FIREWALL_ALLOW, FIREWALL_IPS, HAIRPIN, MARK_FOR_MASQUERADE, NO_ENDPOINT_NODEPORTS,
+    NO_ENDPOINT_SERVICES, REJECT_CHAIN, SERVICE_IPS, SERVICE_NODEPORTS,
+};
+use super::FamilyCtx;
+
+/// Longest endpoint list balanced by a cascade of rules. A cascade costs one `numgen` and one
+/// compare per rule tried on a connection's first packet (K/2 on average), but adds no set to
+/// the kernel transaction. Above this, one anonymous `numgen … map` per port keeps the
+/// per-packet cost O(1); such Services are few, so their sets do not make commits quadratic.
+pub(crate) const CASCADE_MAX: usize = 32;
+
+/// Adds everything one Service needs in this family's table.
+pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>, svc: &Service) {
+    let family = ctx.family;
+    // Like kube-proxy's per-family proxiers: a Service exists in a family through its ClusterIP.
+    let Some(cluster_ip) = svc
+        .cluster_ips
+        .iter()
+        .copied()
+        .find(|ip| in_family(*ip, family))
+    else {
+        return;
+    };
+    add_element(
+        table,
+        CLUSTER_IPS,
+        vec![Value::Addr(cluster_ip)],
+        None,
+        None,
+    );
+    for port in &svc.ports {
+        add_port(table, ctx, svc, cluster_ip, port);
+    }
+}
+
+fn in_family(ip: IpAddr, family: Family) -> bool {
+    Family::of(ip) == family
+}
+
+/// Addresses a port is reachable on from outside the cluster network (besides NodePorts).
+fn external_addrs(svc: &Service, family: Family) -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = svc
+        .external_ips
+        .iter()
+        .chain(&svc.lb_ips)
+        .copied()
+        .filter(|ip| in_family(*ip, family))
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+fn add_port(
+    table: &mut Table,
+    ctx: &FamilyCtx<'_>,
+    svc: &Service,
+    cluster_ip: IpAddr,
+    port: &ServicePort,
+) {
+    let family = ctx.family;
+    let id = ServicePortId {
+        namespace: &svc.namespace,
+        name: &svc.name,
+        proto: port.proto,
+        port: port.port,
+    };
+    let label = format!(
+        "{}/{}:{}",
+        svc.namespace,
+        svc.name,
+        if port.name.is_empty() {
+            port.port.to_string()
+        } else {
+            port.name.clone()
+        }
+    );
+    let cluster: Vec<Backend> = backends(&port.cluster, family);
+    let local: Vec<Backend> = backends(&port.local, family);
+    let ext_addrs = external_addrs(svc, family);
+    let externally_reachable = port.node_port.is_some() || !ext_addrs.is_empty();
+    let key = |addr: IpAddr| {
+        vec![
+            Value::Addr(addr),
+            Value::Proto(port.proto),
+            Value::Port(port.port),
+        ]
+    };
+    let nodeport_key = |np: u16| vec![Value::Proto(port.proto), Value::Port(np)];
+
+    add_firewall(table, ctx, svc, port, &label);
+
+    // Cluster endpoints are empty only when no endpoint anywhere is ready or serving (the local
+    // list is a subset of the same endpoints), so this is kube-proxy's "no endpoints at all".
+    if cluster.is_empty() {
+        let reject = || Some(ElemData::Verdict(Verdict::Goto(REJECT_CHAIN.to_string())));
+        let comment = Some(label.clone());
+        add_element(
+            table,
+            NO_ENDPOINT_SERVICES,
+            key(cluster_ip),
+            reject(),
+            comment.clone(),
+        );
+        for addr in &ext_addrs {
+            add_element(
+                table,
+                NO_ENDPOINT_SERVICES,
+                key(*addr),
+                reject(),
+                comment.clone(),
+            );
+        }
+        if let Some(np) = port.node_port {
+            add_element(
+                table,
+                NO_ENDPOINT_NODEPORTS,
+                nodeport_key(np),
+                reject(),
+                comment,
+            );
+        }
+        return;
+    }
+
+    let service_chain = names::service_chain(&id);
+    let local_chain = names::local_chain(&id);
+    let external_chain = names::external_chain(&id);
+    let internal_chain = if svc.internal_local {
+        &local_chain
+    } else {
+        &service_chain
+    };
+    let internal_list = if svc.internal_local { &local } else { &cluster };
+
+    // Which policy chains exist: the Cluster chain serves Cluster-policy ClusterIP traffic and
+    // every external entry (eTP=Cluster, and eTP=Local's short-circuit for pods and the host);
+    // the Local chain serves iTP=Local and eTP=Local when there are local endpoints.
+    let needs_service_chain = !svc.internal_local || externally_reachable;
+    let needs_local_chain =
+        !local.is_empty() && (svc.internal_local || (externally_reachable && svc.external_local));
+
+    // ClusterIP dispatch.
+    if internal_list.is_empty() {
+        // iTP=Local with endpoints only on other nodes: drop, as kube-proxy does.
+        add_element(
+            table,
+            NO_ENDPOINT_SERVICES,
+            key(cluster_ip),
+            Some(ElemData::Verdict(Verdict::Drop)),
+            Some(label.clone()),
+        );
+    } else {
+        add_element(
+            table,
+            SERVICE_IPS,
+            key(cluster_ip),
+            Some(ElemData::Verdict(Verdict::Goto(internal_chain.clone()))),
+            None,
+        );
+    }
+
+    for (name, list, needed) in [
+        (&service_chain, &cluster, needs_service_chain),
+        (&local_chain, &local, needs_local_chain),
+    ] {
+        if !needed {
+            continue;
+        }
+        let mut c = chain(name);
+        if name == internal_chain {
+            c.rules.extend(cluster_ip_masquerade(ctx, cluster_ip));
+        }
+        add_balancing(&mut c.rules, table, ctx, svc, &id, port, list);
+        insert_chain(table, c);
+        for b in list {
+            add_element(
+                table,
+                HAIRPIN,
+                vec![Value::Addr(b.addr), Value::Addr(b.addr)],
+                None,
+                None,
+            );
+        }
+    }
+
+    if !externally_reachable {
+        return;
+    }
+    let mut ext = chain(&external_chain);
+    ext.rules = external_rules(ctx, svc, &service_chain, &local_chain, !local.is_empty());
+    insert_chain(table, ext);
+    let to_external = || Some(ElemData::Verdict(Verdict::Goto(external_chain.clone())));
+    // eTP=Local without local endpoints: pods and the host are short-circuited inside the
+    // external chain (DNAT happens there); everything else falls through un-NATed and is then
+    // dropped by the post-DNAT checks through these elements.
+    let no_local = svc.external_local && local.is_empty();
+    let drop = || Some(ElemData::Verdict(Verdict::Drop));
+    for addr in &ext_addrs {
+        add_element(table, SERVICE_IPS, key(*addr), to_external(), None);
+        if no_local {
+            add_element(
+                table,
+                NO_ENDPOINT_SERVICES,
+                key(*addr),
+                drop(),
+                Some(label.clone()),
+            );
+        }
+    }
+    if let Some(np) = port.node_port {
+        add_element(
+            table,
+            SERVICE_NODEPORTS,
+            nodeport_key(np),
+            to_external(),
+            None,
+        );
+        if no_local {
+            add_element(
+                table,
+                NO_ENDPOINT_NODEPORTS,
+                nodeport_key(np),
+                drop(),
+                Some(label),
+            );
+        }
+    }
+}
+
+fn backends(list: &[Backend], family: Family) -> Vec<Backend> {
+    list.iter()
+        .copied()
+        .filter(|b| in_family(b.addr, family))
+        .collect()
+}
+
+/// The masquerade rule of the chain ClusterIP traffic enters. Guarded by `daddr == ClusterIP`
+/// because the same chain also serves external entries, which decide masquerade themselves.
+fn cluster_ip_masquerade(ctx: &FamilyCtx<'_>, cluster_ip: IpAddr) -> Option<Rule> {
+    if ctx.masquerade_all {
+        return Some(Rule::new(vec![
+            match_daddr(cluster_ip),
+            jump(MARK_FOR_MASQUERADE),
+        ]));
+    }
+    // Without a local-pod detector kube-proxy masquerades no ClusterIP traffic; so do we.
+    let pod_cidr = ctx.pod_cidr?;
+    Some(
+        Rule::new(vec![
+            match_daddr(cluster_ip),
+            match_saddr_not_in(pod_cidr),
+            jump(MARK_FOR_MASQUERADE),
+        ])
+        .with_comment("masquerade traffic from outside the cluster network"),
+    )
+}
+
+/// Rules of `external-…`.
+fn external_rules(
+    ctx: &FamilyCtx<'_>,
+    svc: &Service,
+    service_chain: &str,
+    local_chain: &str,
+    has_local: bool,
+) -> Vec<Rule> {
+    if !svc.external_local {
+        // eTP=Cluster: the client address is lost anyway (the endpoint may be on another node),
+        // so masquerade to keep the return path through this node.
+        return vec![
+            Rule::new(vec![jump(MARK_FOR_MASQUERADE)]),
+            Rule::new(vec![goto(service_chain)]),
+        ];
+    }
+    let mut rules = Vec::new();
+    if let Some(pod_cidr) = ctx.pod_cidr {
+        rules.push(
+            Rule::new(vec![match_saddr_in(pod_cidr), goto(service_chain)])
+                .with_comment("short-circuit pod traffic"),
+        );
+    }
+    rules.push(
+        Rule::new(vec![fib_saddr_local(), jump(MARK_FOR_MASQUERADE)])
+            .with_comment("masquerade local traffic"),
+    );
+    rules.push(
+        Rule::new(vec![fib_saddr_local(), goto(service_chain)])
+            .with_comment("short-circuit local traffic"),
+    );
+    if has_local {
+        rules.push(Rule::new(vec![goto(local_chain)]));
+    }
+    rules
+}
+
+/// Appends the endpoint selection for `list` (non-empty) to `rules`.
+///
+/// Without affinity and with K ≤ [`CASCADE_MAX`] endpoints, rule j (0-based, j < K-1) is
+/// `numgen random mod (K-j) 0 … dnat to e_j` and the last rule DNATs unconditionally: rule j is
+/// reached with probability (K-j)/K and matches with 1/(K-j), so every endpoint gets exactly 1/K.
+/// DNAT is terminal, so the first match wins. `numgen inc` in the same cascade gives strict
+/// round robin (each rule's counter advances only when the rule is evaluated), and `jhash ip
+/// saddr` with a different seed per rule gives a stable per-client choice (one seed for all rules
+/// would nest the hash thresholds and skew the split).
+///
+/// With ClientIP affinity every endpoint first gets `ip saddr @affinity-e … dnat to e`, and each
+/// choice refreshes the client's entry in the endpoint's timeout set (kube-proxy's semantics:
+/// keyed on client IP, per service port, across all the port's addresses).
+fn add_balancing(
+    rules: &mut Vec<Rule>,
+    table: &mut Table,
+    ctx: &FamilyCtx<'_>,
+    svc: &Service,
+    id: &ServicePortId<'_>,
+    port: &ServicePort,
+    list: &[Backend],
+) {
+    let family = ctx.family;
+    let dnat = |b: &Backend| {
+        Stmt::Dnat(NatTarget::Addr {
+            proto: port.proto,
+            addr: b.addr,
+            port: b.port,
+        })
+    };
+    let affinity_sets: Vec<Option<String>> = list
+        .iter()
+        .map(|b| {
+            svc.affinity_timeout.map(|timeout| {
+                let name = names::affinity_set(id, b.addr, b.port);
+                table.sets.entry(name.clone()).or_insert_with(|| Set {
+                    name: name.clone(),
+                    key: vec![family.addr_type()],
+                    data: vec![],
+                    // `dynamic` is set explicitly: some kernels add it to sets updated from the
+                    // packet path and a later identical `add set` then fails (kube-proxy note).
+                    flags: SetFlags {
+                        interval: false,
+                        dynamic: true,
+                        timeout: true,
+                    },
+                    timeout: Some(timeout),
+                    comment: None,
+                    elements: Vec::new(),
+                });
+                name
+            })
+        })
+        .collect();
+
+    for (b, set) in list.iter().zip(&affinity_sets) {
+        if let Some(set) = set {
+            rules.push(Rule::new(vec![
+                Stmt::Lookup {
+                    left: Expr::Saddr(family),
+                    set: set.clone(),
+                    negate: false,
+                },
+                Stmt::Update {
+                    set: set.clone(),
+                    key: Expr::Saddr(family),
+                },
+                dnat(b),
+            ]));
+        }
+    }
+
+    let k = list.len();
+    if k > CASCADE_MAX && svc.affinity_timeout.is_none() {
+        rules.push(Rule::new(vec![Stmt::Dnat(NatTarget::NumgenMap {
+            proto: port.proto,
+            index: selector(svc.scheduler, family, k, 0),
+            targets: list.iter().map(|b| (b.addr, b.port)).collect(),
+        })]));
+        return;
+    }
+    for (j, (b, set)) in list.iter().zip(&affinity_sets).enumerate() {
+        let mut stmts = Vec::new();
+        if j + 1 < k {
+            stmts.push(Stmt::Match {
+                left: selector(svc.scheduler, family, k - j, j as u32),
+                op: crate::ir::CmpOp::Eq,
+                right: Value::Int(0),
+            });
+        }
+        if let Some(set) = set {
+            stmts.push(Stmt::Update {
+                set: set.clone(),
+                key: Expr::Saddr(family),
+            });
+        }
+        stmts.push(dnat(b));
+        rules.push(Rule::new(stmts));
+    }
+}
+
+/// The expression that picks among `modulus` choices; `step` seeds source hashing.
+fn selector(scheduler: Scheduler, family: Family, modulus: usize, step: u32) -> Expr {
+    let modulus = u32::try_from(modulus).expect("endpoint count fits in u32");
+    match scheduler {
+        Scheduler::Random => Expr::Numgen {
+            mode: NumgenMode::Random,
+            modulus,
+        },
+        Scheduler::RoundRobin => Expr::Numgen {
+            mode: NumgenMode::Inc,
+            modulus,
+        },
+        Scheduler::SourceHash => Expr::JhashSaddr {
+            family,
+            modulus,
+            seed: step,
+        },
+    }
+}
+
+/// `loadBalancerSourceRanges` for this port's LoadBalancer IPs: the IPs go into `firewall-ips`
+/// and each allowed (IP, port, source prefix) into `firewall-allow`; `firewall-check` drops new
+/// connections to a listed IP whose source is not allowed, before DNAT.
+fn add_firewall(
+    table: &mut Table,
+    ctx: &FamilyCtx<'_>,
+    svc: &Service,
+    port: &ServicePort,
+    label: &str,
+) {
+    let family = ctx.family;
+    let ranges: Vec<_> = svc
+        .source_ranges
+        .iter()
+        .copied()
+        .filter(|n| Family::of_net(n) == family)
+        .collect();
+    // Overlapping intervals are refused by the kernel; merge them.
+    let ranges = ipnet::IpNet::aggregate(&ranges);
+    if ranges.is_empty() {
+        return;
+    }
+    // When the node itself is an allowed source, a connection from the node to a VIP that is
+    // also a local address gets the VIP as its source: allow the VIP too (kube-proxy does).
+    let node_allowed = ctx
+        .node_ip
+        .is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip)));
+    for vip in svc
+        .lb_ips
+        .iter()
+        .copied()
+        .filter(|ip| in_family(*ip, family))
+    {
+        let head = vec![
+            Value::Addr(vip),
+            Value::Proto(port.proto),
+            Value::Port(port.port),
+        ];
+        add_element(
+            table,
+            FIREWALL_IPS,
+            head.clone(),
+            None,
+            Some(label.to_string()),
+        );
+        let mut allowed: Vec<Value> = ranges.iter().map(|r| Value::Prefix(*r)).collect();
+        // A VIP already inside an allowed range needs no element of its own (and the kernel
+        // would refuse the overlapping interval).
+        if node_allowed && !ranges.iter().any(|r| r.contains(&vip)) {
+            allowed.push(Value::Addr(vip));
+        }
+        for source in allowed {
+            let mut key = head.clone();
+            key.push(source);
+            add_element(table, FIREWALL_ALLOW, key, None, None);
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The fixed part of each table: base chains on the netfilter hooks, the dispatch and check
+//! chains, and the global sets and maps that every Service adds elements to. The skeleton is the
+//! same for every cluster (only the masquerade mark and the ServiceCIDR drop rules vary), so the
+//! runtime can create it once and afterwards change only elements and per-service chains.
+//!
+//! Hook placement follows kube-proxy's documented contract so other components can order
+//! themselves around us: DNAT in `type nat` at `dstnat` (-100) on prerouting/output, masquerade
+//! in `type nat` at `srcnat` (100) on postrouting, the source-range firewall in `type filter` at
+//! `dstnat - 10` (before DNAT, so it sees the LoadBalancer IP), and the no-endpoint / invalid-port
+//! checks in `type filter` at `filter` (0) on input/forward/output (after DNAT, and `reject` was
+//! only allowed in those hooks before kernel 5.9).
+
+use crate::ir::{
+    priority, BaseChain, ChainKind, DataType, Expr, Family, Hook, Rule, SetFlags, Stmt, Table,
+    Value,
+};
+
+use super::build::{
+    addr_proto_port, base_chain, chain, ct_state_new, goto, insert_chain, jump, lookup, match_eq,
+    match_ne, proto_port, set_decl, vmap,
+};
+use super::FamilyCtx;
+
+/// Active ClusterIPs: traffic to them that no service port claimed is rejected.
+pub(crate) const CLUSTER_IPS: &str = "cluster-ips";
+/// Local addresses (prefixes) that serve NodePorts.
+pub(crate) const NODEPORT_IPS: &str = "nodeport-ips";
+/// `addr . proto . port : goto <chain>` for ClusterIPs, externalIPs and LoadBalancer IPs.
+pub(crate) const SERVICE_IPS: &str = "service-ips";
+/// `proto . port : goto external-…` for NodePorts.
+pub(crate) const SERVICE_NODEPORTS: &str = "service-nodeports";
+/// `addr . proto . port : drop | goto reject-chain` for service IPs without usable endpoints.
+pub(crate) const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+/// `proto . port : drop | goto reject-chain` for NodePorts without usable endpoints.
+pub(crate) const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+/// `lbip . proto . port` of LoadBalancer IPs that have source ranges.
+pub(crate) const FIREWALL_IPS: &str = "firewall-ips";
+/// `lbip . proto . port . source-prefix` that are allowed through the firewall.
+pub(crate) const FIREWALL_ALLOW: &str = "firewall-allow";
+/// `endpoint . endpoint`: an endpoint reaching itself through a Service (hairpin).
+pub(crate) const HAIRPIN: &str = "hairpin";
+
+pub(crate) const REJECT_CHAIN: &str = "reject-chain";
+pub(crate) const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+const SERVICES: &str = "services";
+const MASQUERADING: &str = "masquerading";
+const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+const FIREWALL_CHECK: &str = "firewall-check";
+const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+
+/// Adds the base chains, fixed chains and (empty) global sets to `table`.
+pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
+    let family = ctx.family;
+    add_sets(table, family);
+
+    let base = |kind, hook, priority| BaseChain {
+        kind,
+        hook,
+        priority,
+    };
+    let pre_dnat = priority::DSTNAT - 10;
+    let base_chains = [
+        (
+            "filter-prerouting-pre-dnat",
+            base(ChainKind::Filter, Hook::Prerouting, pre_dnat),
+            vec![FIREWALL_CHECK],
+        ),
+        (
+            "filter-output-pre-dnat",
+            base(ChainKind::Filter, Hook::Output, pre_dnat),
+            vec![FIREWALL_CHECK],
+        ),
+        (
+            "filter-input",
+            base(ChainKind::Filter, Hook::Input, priority::FILTER),
+            vec![NODEPORT_ENDPOINTS_CHECK, SERVICE_ENDPOINTS_CHECK],
+        ),
+        (
+            "filter-forward",
+            base(ChainKind::Filter, Hook::Forward, priority::FILTER),
+            vec![SERVICE_ENDPOINTS_CHECK, CLUSTER_IPS_CHECK],
+        ),
+        (
+            "filter-output",
+            base(ChainKind::Filter, Hook::Output, priority::FILTER),
+            vec![SERVICE_ENDPOINTS_CHECK, CLUSTER_IPS_CHECK],
+        ),
+    ];
+    for (name, hook, targets) in base_chains {
+        let mut c = base_chain(name, hook);
+        // Only the first packet of a connection needs checking; later packets follow conntrack.
+        c.rules = targets
+            .into_iter()
+            .map(|t| Rule::new(vec![ct_state_new(), jump(t)]))
+            .collect();
+        insert_chain(table, c);
+    }
+    for (name, hook, target) in [
+        (
+            "nat-prerouting",
+            base(ChainKind::Nat, Hook::Prerouting, priority::DSTNAT),
+            SERVICES,
+        ),
+        (
+            "nat-output",
+            base(ChainKind::Nat, Hook::Output, priority::DSTNAT),
+            SERVICES,
+        ),
+        (
+            "nat-postrouting",
+            base(ChainKind::Nat, Hook::Postrouting, priority::SRCNAT),
+            MASQUERADING,
+        ),
+    ] {
+        let mut c = base_chain(name, hook);
+        c.rules = vec![Rule::new(vec![jump(target)])];
+        insert_chain(table, c);
+    }
+
+    // The NodePort match: a local destination address inside `nodeport-ips`, never loopback
+    // (localhost NodePorts would need route_localnet, which kube-proxy's nftables mode also
+    // refuses). `fib daddr type local` keeps the set of prefixes honest: only addresses this
+    // node really owns match, whatever the CIDRs given.
+    let nodeport_dst = |with_fib: bool| {
+        let mut stmts = Vec::new();
+        if with_fib {
+            stmts.push(match_eq(
+                Expr::FibType(crate::ir::FibAddr::Daddr),
+                Value::FibLocal,
+            ));
+        }
+        stmts.push(match_ne(
+            Expr::Daddr(family),
+            Value::Prefix(family.loopback()),
+        ));
+        stmts.push(lookup(Expr::Daddr(family), NODEPORT_IPS));
+        stmts
+    };
+
+    let mut services = chain(SERVICES);
+    services.rules = vec![
+        Rule::new(vec![vmap(addr_proto_port(family), SERVICE_IPS)]),
+        Rule::new({
+            let mut stmts = nodeport_dst(true);
+            stmts.push(vmap(proto_port(), SERVICE_NODEPORTS));
+            stmts
+        }),
+    ];
+    insert_chain(table, services);
+
+    let mut check = chain(SERVICE_ENDPOINTS_CHECK);
+    check.rules = vec![Rule::new(vec![vmap(
+        addr_proto_port(family),
+        NO_ENDPOINT_SERVICES,
+    )])];
+    insert_chain(table, check);
+
+    // Runs in the input hook only, where the destination is already known to be local.
+    let mut check = chain(NODEPORT_ENDPOINTS_CHECK);
+    check.rules = vec![Rule::new({
+        let mut stmts = nodeport_dst(false);
+        stmts.push(vmap(proto_port(), NO_ENDPOINT_NODEPORTS));
+        stmts
+    })];
+    insert_chain(table, check);
+
+    let mut firewall = chain(FIREWALL_CHECK);
+    firewall.rules = vec![Rule::new(vec![
+        lookup(addr_proto_port(family), FIREWALL_IPS),
+        Stmt::Lookup {
+            left: Expr::Concat(vec![
+                Expr::Daddr(family),
+                Expr::L4Proto,
+                Expr::Dport,
+                Expr::Saddr(family),
+            ]),
+            set: FIREWALL_ALLOW.to_string(),
+            negate: true,
+        },
+        Stmt::Verdict(crate::ir::Verdict::Drop),
+    ])
+    .with_comment("source not in loadBalancerSourceRanges")];
+    insert_chain(table, firewall);
+
+    let mut cluster_ips_check = chain(CLUSTER_IPS_CHECK);
+    cluster_ips_check.rules.push(
+        Rule::new(vec![
+            lookup(Expr::Daddr(family), CLUSTER_IPS),
+            goto(REJECT_CHAIN),
+        ])
+        .with_comment("reject traffic to invalid ports of ClusterIPs"),
+    );
+    for cidr in ctx
+        .graph
+        .service_cidrs
+        .iter()
+        .filter(|n| Family::of_net(n) == family)
+    {
+        cluster_ips_check.rules.push(
+            Rule::new(vec![
+                match_eq(Expr::Daddr(family), Value::Prefix(*cidr)),
+                Stmt::Verdict(crate::ir::Verdict::Drop),
+            ])
+            .with_comment("drop traffic to unallocated ClusterIPs"),
+        );
+    }
+    insert_chain(table, cluster_ips_check);
+
+    // `reject` cannot be a verdict-map value, so the no-endpoint maps `goto` this chain.
+    let mut reject = chain(REJECT_CHAIN);
+    reject.rules = vec![Rule::new(vec![Stmt::Reject])];
+    insert_chain(table, reject);
+
+    let mut mark = chain(MARK_FOR_MASQUERADE);
+    mark.rules = vec![Rule::new(vec![Stmt::MarkOr(ctx.mark)])];
+    insert_chain(table, mark);
+
+    let mut masq = chain(MASQUERADING);
+    masq.rules = vec![
+        // Hairpin: after DNAT the packet goes from an endpoint to the same endpoint; without
+        // SNAT the reply would short-cut inside the pod and never be un-NATed.
+        Rule::new(vec![
+            match_eq(Expr::CtStatus, Value::CtDnat),
+            lookup(
+                Expr::Concat(vec![Expr::Saddr(family), Expr::Daddr(family)]),
+                HAIRPIN,
+            ),
+            jump(MARK_FOR_MASQUERADE),
+        ])
+        .with_comment("hairpin"),
+        Rule::new(vec![
+            match_eq(Expr::MarkAnd(ctx.mark), Value::Int(0)),
+            Stmt::Verdict(crate::ir::Verdict::Return),
+        ]),
+        // Clear the bit so the mark does not leak to whatever sees the packet next.
+        Rule::new(vec![Stmt::MarkXor(ctx.mark)]),
+        Rule::new(vec![Stmt::Masquerade { fully_random: true }]),
+    ];
+    insert_chain(table, masq);
+
+    // NodePort addresses: a family with no entry serves NodePorts on every local address.
+    let nodeport_nets: Vec<_> = ctx
+        .graph
+        .nodeport_addresses
+        .iter()
+        .filter(|n| Family::of_net(n) == family)
+        .copied()
+        .collect();
+    // Interval sets refuse overlapping prefixes, so merge them first.
+    let mut nodeport_nets = ipnet::IpNet::aggregate(&nodeport_nets);
+    if nodeport_nets.is_empty() {
+        nodeport_nets.push(match family {
+            Family::Ip => "0.0.0.0/0".parse().expect("valid prefix"),
+            Family::Ip6 => "::/0".parse().expect("valid prefix"),
+        });
+    }
+    for net in nodeport_nets {
+        let key = if net.prefix_len() == net.max_prefix_len() {
+            Value::Addr(net.addr())
+        } else {
+            Value::Prefix(net.trunc())
+        };
+        super::build::add_element(table, NODEPORT_IPS, vec![key], None, None);
+    }
+}
+
+fn add_sets(table: &mut Table, family: Family) {
+    let addr = family.addr_type();
+    let app = vec![addr, DataType::InetProto, DataType::InetService];
+    let pp = vec![DataType::InetProto, DataType::InetService];
+    let verdict = vec![DataType::Verdict];
+    let interval = SetFlags {
+        interval: true,
+        ..SetFlags::default()
+    };
+    let mut sets = vec![
+        set_decl(CLUSTER_IPS, vec![addr], vec![], "active ClusterIPs"),
+        set_decl(
+            SERVICE_IPS,
+            app.clone(),
+            verdict.clone(),
+            "ClusterIP, externalIP and LoadBalancer IP traffic",
+        ),
+        set_decl(
+            SERVICE_NODEPORTS,
+            pp.clone(),
+            verdict.clone(),
+            "NodePort traffic",
+        ),
+        set_decl(
+            NO_ENDPOINT_SERVICES,
+            app.clone(),
+            verdict.clone(),
+            "vmap to drop or reject packets to services with no endpoints",
+        ),
+        set_decl(
+            NO_ENDPOINT_NODEPORTS,
+            pp,
+            verdict,
+            "vmap to drop or reject packets to NodePorts with no endpoints",
+        ),
+        set_decl(
+            FIREWALL_IPS,
+            app.clone(),
+            vec![],
+            "LoadBalancer IP ports with loadBalancerSourceRanges",
+        ),
+        set_decl(HAIRPIN, vec![addr, addr], vec![], "endpoint . endpoint"),
+    ];
+    let mut nodeport_ips = set_decl(
+        NODEPORT_IPS,
+        vec![addr],
+        vec![],
+        "local addresses that serve NodePorts",
+    );
+    nodeport_ips.flags = interval;
+    sets.push(nodeport_ips);
+    let mut allow_key = app;
+    allow_key.push(addr);
+    let mut allow = set_decl(
+        FIREWALL_ALLOW,
+        allow_key,
+        vec![],
+        "LoadBalancer IP . proto . port . allowed source range",
+    );
+    allow.flags = interval;
+    sets.push(allow);
+    for set in sets {
+        table.sets.insert(set.name.clone(), set);
+    }
+}
+
+/// Sorts every set's elements and removes duplicates (the same key added by two services, e.g.
+/// a hairpin pair for an endpoint shared by two Services). Keeps the first element for a key.
+pub(crate) fn finish(table: &mut Table) {
+    for set in table.sets.values_mut() {
+        set.elements.sort_by(|a, b| a.key.cmp(&b.key));
+        set.elements.dedup_by(|a, b| a.key == b.key);
+    }
+}

@@ -1,0 +1,412 @@
+//! Endpoints of one Service: its EndpointSlices (and, for selectorless Services, its legacy
+//! `v1 Endpoints` mirrored the way the EndpointSlice mirroring controller would), validated once
+//! per object, then categorized per service port as kube-proxy's `CategorizeEndpoints` does:
+//! ready endpoints (topology-filtered when hints apply), else serving-and-terminating ones; the
+//! same again restricted to this node for the Local policies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints, Service as K8sService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::address::{parse_ip, unusable_endpoint};
+use super::service::{port_number, protocol};
+use super::{namespace_of, Obj};
+use crate::graph::{Backend, NodeInfo};
+use crate::ir::{Family, L4Proto};
+use crate::model::Snapshot;
+use crate::Diagnostic;
+
+/// Label linking an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label (also accepted as an annotation) that opts legacy Endpoints out of mirroring.
+const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
+
+/// Slices and legacy Endpoints looked up by the Service they belong to.
+pub(super) struct Index<'a> {
+    /// `(namespace, service name)` → slices labelled for it, in input order.
+    slices: BTreeMap<(String, String), Vec<&'a EndpointSlice>>,
+    /// `(namespace, name)` → the Endpoints object of that name (the first one).
+    endpoints: BTreeMap<(String, String), &'a Endpoints>,
+}
+
+impl<'a> Index<'a> {
+    /// Indexes the snapshot. Slices without the service-name label belong to no Service and
+    /// are ignored, as kube-proxy ignores them.
+    pub(super) fn new(snapshot: &'a Snapshot, diags: &mut Vec<Diagnostic>) -> Index<'a> {
+        let mut slices: BTreeMap<_, Vec<_>> = BTreeMap::new();
+        for slice in &snapshot.endpoint_slices {
+            let labels = slice.metadata.labels.as_ref();
+            if let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                let key = (namespace_of(&slice.metadata), service.clone());
+                slices.entry(key).or_default().push(slice);
+            }
+        }
+        let mut endpoints = BTreeMap::new();
+        for eps in &snapshot.endpoints {
+            let obj = Obj::of("Endpoints", &eps.metadata);
+            if endpoints.contains_key(&(obj.namespace.clone(), obj.name.clone())) {
+                diags.push(obj.diag("metadata.name", "duplicate Endpoints; later copy skipped"));
+                continue;
+            }
+            endpoints.insert((obj.namespace, obj.name), eps);
+        }
+        Index { slices, endpoints }
+    }
+}
+
+/// One endpoint of a slice with its conditions resolved (API defaults applied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Endpoint {
+    addr: IpAddr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    node: Option<String>,
+    /// `hints.forNodes` names; empty when there is no hint.
+    for_nodes: BTreeSet<String>,
+    /// `hints.forZones` names; empty when there is no hint.
+    for_zones: BTreeSet<String>,
+}
+
+/// A named port of a slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SlicePort {
+    name: String,
+    proto: L4Proto,
+    port: u16,
+}
+
+/// One validated slice (or one mirrored Endpoints subset).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Slice {
+    ports: Vec<SlicePort>,
+    endpoints: Vec<Endpoint>,
+}
+
+/// Every validated slice of a Service: its EndpointSlices, plus its mirrored Endpoints when the
+/// Service has no selector and the Endpoints does not opt out. Mirroring and real slices may
+/// describe the same endpoints; [`categorize`] merges duplicates.
+pub(super) fn collect(
+    index: &Index<'_>,
+    svc: &K8sService,
+    obj: &Obj,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Slice> {
+    let key = (obj.namespace.clone(), obj.name.clone());
+    let mut out: Vec<Slice> = index
+        .slices
+        .get(&key)
+        .into_iter()
+        .flatten()
+        .filter_map(|slice| read_slice(slice, diags))
+        .collect();
+    let selectorless = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_none_or(|s| s.is_empty());
+    if selectorless {
+        if let Some(eps) = index.endpoints.get(&key).filter(|e| mirrored(e)) {
+            out.extend(mirror(eps, diags));
+        }
+    }
+    out
+}
+
+/// Whether the mirroring controller would copy these Endpoints into slices.
+fn mirrored(eps: &Endpoints) -> bool {
+    let skip = |map: Option<&BTreeMap<String, String>>| {
+        map.and_then(|m| m.get(SKIP_MIRROR))
+            .is_some_and(|v| v == "true")
+    };
+    !skip(eps.metadata.labels.as_ref()) && !skip(eps.metadata.annotations.as_ref())
+}
+
+fn read_slice(slice: &EndpointSlice, diags: &mut Vec<Diagnostic>) -> Option<Slice> {
+    let obj = Obj::of("EndpointSlice", &slice.metadata);
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Family::Ip,
+        "IPv6" => Family::Ip6,
+        other => {
+            diags.push(obj.diag(
+                "addressType",
+                format!("address type {other:?} is not supported; slice skipped"),
+            ));
+            return None;
+        }
+    };
+
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let Some(proto) = protocol(
+            p.protocol.as_deref(),
+            &format!("ports[{i}].protocol"),
+            &obj,
+            diags,
+        ) else {
+            continue;
+        };
+        let Some(port) = p.port.and_then(port_number) else {
+            let message = match p.port {
+                None | Some(0) => "no port number; slice port unused".to_owned(),
+                Some(n) => format!("port {n} is not in 1-65535; slice port unused"),
+            };
+            diags.push(obj.diag(format!("ports[{i}].port"), message));
+            continue;
+        };
+        let name = p.name.clone().unwrap_or_default();
+        ports.push(SlicePort { name, proto, port });
+    }
+
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.iter().flatten().enumerate() {
+        // Only the first address has defined semantics; kube-proxy ignores the rest.
+        let Some(text) = ep.addresses.first() else {
+            diags.push(obj.diag(
+                format!("endpoints[{i}].addresses"),
+                "no address; endpoint skipped",
+            ));
+            continue;
+        };
+        let field = format!("endpoints[{i}].addresses[0]");
+        let Some(addr) = endpoint_addr(text, Some(family), &field, &obj, diags) else {
+            continue;
+        };
+        let conditions = ep.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+        let hints = ep.hints.as_ref();
+        endpoints.push(Endpoint {
+            addr,
+            ready,
+            serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+            node: ep.node_name.clone(),
+            for_nodes: hints
+                .and_then(|h| h.for_nodes.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|n| n.name.clone())
+                .collect(),
+            for_zones: hints
+                .and_then(|h| h.for_zones.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|z| z.name.clone())
+                .collect(),
+        });
+    }
+    Some(Slice { ports, endpoints })
+}
+
+/// Parses and vets one endpoint address; `family` is the slice's address type, if any.
+fn endpoint_addr(
+    text: &str,
+    family: Option<Family>,
+    field: &str,
+    obj: &Obj,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<IpAddr> {
+    let Some(parsed) = parse_ip(text) else {
+        diags.push(obj.diag(
+            field,
+            format!("invalid IP address {text:?}; endpoint skipped"),
+        ));
+        return None;
+    };
+    let addr = parsed.value;
+    if parsed.sloppy {
+        diags.push(obj.diag(
+            field,
+            format!("leading zeros in IPv4 address; read as {addr}"),
+        ));
+    }
+    if let Some(family) = family.filter(|f| *f != Family::of(addr)) {
+        let want = match family {
+            Family::Ip => "IPv4",
+            Family::Ip6 => "IPv6",
+        };
+        diags.push(obj.diag(
+            field,
+            format!("{addr} is not an {want} address; endpoint skipped"),
+        ));
+        return None;
+    }
+    if let Some(why) = unusable_endpoint(addr) {
+        diags.push(obj.diag(
+            field,
+            format!("{addr} is a {why} address; endpoint skipped"),
+        ));
+        return None;
+    }
+    Some(addr)
+}
+
+/// Legacy Endpoints as slices, one per subset: `addresses` are ready, `notReadyAddresses` are
+/// neither ready nor serving (the mirroring controller's mapping); there are no hints.
+fn mirror(eps: &Endpoints, diags: &mut Vec<Diagnostic>) -> Vec<Slice> {
+    let obj = Obj::of("Endpoints", &eps.metadata);
+    let mut out = Vec::new();
+    for (s, subset) in eps.subsets.iter().flatten().enumerate() {
+        let mut ports = Vec::new();
+        for (i, p) in subset.ports.iter().flatten().enumerate() {
+            let field = format!("subsets[{s}].ports[{i}]");
+            let Some(proto) = protocol(
+                p.protocol.as_deref(),
+                &format!("{field}.protocol"),
+                &obj,
+                diags,
+            ) else {
+                continue;
+            };
+            let Some(port) = port_number(p.port) else {
+                diags.push(obj.diag(
+                    format!("{field}.port"),
+                    format!("port {} is not in 1-65535; port unused", p.port),
+                ));
+                continue;
+            };
+            let name = p.name.clone().unwrap_or_default();
+            ports.push(SlicePort { name, proto, port });
+        }
+        let mut endpoints = Vec::new();
+        let lists: [(&str, Option<&Vec<EndpointAddress>>, bool); 2] = [
+            ("addresses", subset.addresses.as_ref(), true),
+            (
+                "notReadyAddresses",
+                subset.not_ready_addresses.as_ref(),
+                false,
+            ),
+        ];
+        for (list, addresses, ready) in lists {
+            for (i, address) in addresses.into_iter().flatten().enumerate() {
+                let field = format!("subsets[{s}].{list}[{i}].ip");
+                let Some(addr) = endpoint_addr(&address.ip, None, &field, &obj, diags) else {
+                    continue;
+                };
+                endpoints.push(Endpoint {
+                    addr,
+                    ready,
+                    serving: ready,
+                    terminating: false,
+                    node: address.node_name.clone(),
+                    for_nodes: BTreeSet::new(),
+                    for_zones: BTreeSet::new(),
+                });
+            }
+        }
+        out.push(Slice { ports, endpoints });
+    }
+    out
+}
+
+/// `(cluster, local)` endpoints of the service port `(name, proto)` for this node.
+pub(super) fn categorize(
+    slices: &[Slice],
+    name: &str,
+    proto: L4Proto,
+    node: &NodeInfo,
+) -> (Vec<Backend>, Vec<Backend>) {
+    // The same endpoint may appear in several slices (mirrored and real, or during a slice
+    // rewrite): merge copies so that any ready copy makes it ready.
+    let mut merged: BTreeMap<Backend, Endpoint> = BTreeMap::new();
+    for slice in slices {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == name && p.proto == proto)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            let key = Backend {
+                addr: ep.addr,
+                port: port.port,
+            };
+            match merged.get_mut(&key) {
+                None => {
+                    merged.insert(key, ep.clone());
+                }
+                Some(have) => {
+                    have.ready |= ep.ready;
+                    have.serving |= ep.serving;
+                    have.terminating |= ep.terminating;
+                    if have.node.is_none() {
+                        have.node.clone_from(&ep.node);
+                    }
+                    have.for_nodes.extend(ep.for_nodes.iter().cloned());
+                    have.for_zones.extend(ep.for_zones.iter().cloned());
+                }
+            }
+        }
+    }
+
+    let topology = Topology::of(merged.values(), node);
+    let is_local = |ep: &Endpoint| node.name.is_some() && ep.node == node.name;
+    let fallback = |ep: &Endpoint| ep.serving && ep.terminating;
+
+    let mut cluster = select(&merged, |ep| ep.ready && topology.admits(ep));
+    if cluster.is_empty() {
+        cluster = select(&merged, fallback);
+    }
+    let mut local = select(&merged, |ep| ep.ready && is_local(ep));
+    if local.is_empty() {
+        local = select(&merged, |ep| fallback(ep) && is_local(ep));
+    }
+    (cluster, local)
+}
+
+/// Backends matching `keep`, in (address, port) order (the map's order).
+fn select(merged: &BTreeMap<Backend, Endpoint>, keep: impl Fn(&Endpoint) -> bool) -> Vec<Backend> {
+    merged
+        .iter()
+        .filter(|(_, ep)| keep(ep))
+        .map(|(backend, _)| *backend)
+        .collect()
+}
+
+/// Which topology hints apply to this node (kube-proxy's `topologyModeFromHints`).
+enum Topology<'n> {
+    /// Hints do not apply: every ready endpoint is eligible.
+    None,
+    /// PreferSameNode: only endpoints hinted for this node.
+    Node(&'n str),
+    /// PreferSameZone: only endpoints hinted for this node's zone.
+    Zone(&'n str),
+}
+
+impl<'n> Topology<'n> {
+    /// Hints apply only when *every* ready endpoint carries one (a partial rollout by the slice
+    /// controller must not concentrate traffic) and at least one names this node or zone (an
+    /// empty result would black-hole the service).
+    fn of<'e>(
+        endpoints: impl Iterator<Item = &'e Endpoint> + Clone,
+        node: &'n NodeInfo,
+    ) -> Topology<'n> {
+        let ready = endpoints.filter(|ep| ep.ready);
+        if let Some(name) = node.name.as_deref() {
+            if ready.clone().all(|ep| !ep.for_nodes.is_empty())
+                && ready.clone().any(|ep| ep.for_nodes.contains(name))
+            {
+                return Topology::Node(name);
+            }
+        }
+        if let Some(zone) = node.zone.as_deref() {
+            if ready.clone().all(|ep| !ep.for_zones.is_empty())
+                && ready.clone().any(|ep| ep.for_zones.contains(zone))
+            {
+                return Topology::Zone(zone);
+            }
+        }
+        Topology::None
+    }
+
+    fn admits(&self, ep: &Endpoint) -> bool {
+        match self {
+            Topology::None => true,
+            Topology::Node(name) => ep.for_nodes.contains(*name),
+            Topology::Zone(zone) => ep.for_zones.contains(*zone),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The node-wide part of the graph: which node we are (name, zone, primary IPs), the addresses
+//! NodePorts answer on, and the ServiceCIDR prefixes. These come from the config and the Node
+//! and ServiceCIDR objects, never from Services.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::address::{parse_cidr, parse_ip};
+use super::Obj;
+use crate::config::NodePortAddress;
+use crate::graph::NodeInfo;
+use crate::ir::Family;
+use crate::model::Snapshot;
+use crate::{Config, Diagnostic};
+
+/// The label the node's zone is read from (and that `forZones` hints refer to).
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// This node's name, zone and primary IPs.
+pub(super) fn node_info(
+    snapshot: &Snapshot,
+    config: &Config,
+    diags: &mut Vec<Diagnostic>,
+) -> NodeInfo {
+    // kube-proxy's node-name rule: trimmed, lower-cased, empty means unset.
+    let name = config
+        .hostname
+        .as_deref()
+        .map(|h| h.trim().to_lowercase())
+        .filter(|h| !h.is_empty());
+    let node = name.as_deref().and_then(|name| {
+        snapshot
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+    });
+    if let (Some(name), None) = (&name, node) {
+        diags.push(Diagnostic::new(
+            "Node",
+            "",
+            name,
+            "metadata.name",
+            "no Node object with this name; zone unknown and node IPs only from --node-ip",
+        ));
+    }
+
+    let zone = node
+        .and_then(|n| n.metadata.labels.as_ref())
+        .and_then(|labels| labels.get(ZONE_LABEL))
+        .filter(|zone| !zone.is_empty())
+        .cloned();
+
+    let mut ips = Vec::new();
+    if !config.node_ips.is_empty() {
+        for ip in &config.node_ips {
+            push_first_of_family(&mut ips, *ip);
+        }
+    } else if let Some(node) = node {
+        let obj = Obj::cluster("Node", &node.metadata);
+        let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+        for (i, address) in addresses.into_iter().flatten().enumerate() {
+            if address.type_ != "InternalIP" {
+                continue;
+            }
+            let field = format!("status.addresses[{i}].address");
+            match parse_ip(&address.address) {
+                Some(ip) => push_first_of_family(&mut ips, ip.value),
+                None => diags.push(obj.diag(field, "invalid IP address; skipped")),
+            }
+        }
+    }
+    ips.sort();
+
+    NodeInfo { name, zone, ips }
+}
+
+fn push_first_of_family(ips: &mut Vec<IpAddr>, ip: IpAddr) {
+    if !ips.iter().any(|have| Family::of(*have) == Family::of(ip)) {
+        ips.push(ip);
+    }
+}
+
+/// `--nodeport-addresses` resolved against the node IPs, without loopback prefixes.
+pub(super) fn nodeport_addresses(
+    node: &NodeInfo,
+    config: &Config,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<IpNet> {
+    let primary = [NodePortAddress::Primary];
+    let entries: &[NodePortAddress] = if config.nodeport_addresses.is_empty() {
+        &primary
+    } else {
+        &config.nodeport_addresses
+    };
+    let mut out = BTreeSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let nets: Vec<IpNet> = match entry {
+            NodePortAddress::Primary => node.ips.iter().map(|ip| IpNet::from(*ip)).collect(),
+            NodePortAddress::Cidr(net) => vec![*net],
+        };
+        for net in nets {
+            // NodePorts are never served on localhost (kube-proxy logs and ignores these).
+            if Family::of_net(&net).loopback().contains(&net) {
+                diags.push(Diagnostic::new(
+                    "Config",
+                    "",
+                    "nodeport-addresses",
+                    format!("[{i}]"),
+                    format!("{net} is loopback, where NodePorts are not served; skipped"),
+                ));
+                continue;
+            }
+            out.insert(net);
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The prefixes of every ServiceCIDR object.
+pub(super) fn service_cidrs(snapshot: &Snapshot, diags: &mut Vec<Diagnostic>) -> Vec<IpNet> {
+    let mut out = BTreeSet::new();
+    for cidr in &snapshot.service_cidrs {
+        let obj = Obj::cluster("ServiceCIDR", &cidr.metadata);
+        let cidrs = cidr.spec.as_ref().and_then(|s| s.cidrs.as_ref());
+        for (i, text) in cidrs.into_iter().flatten().enumerate() {
+            let field = format!("spec.cidrs[{i}]");
+            match parse_cidr(text, false) {
+                Some(net) => {
+                    if net.sloppy {
+                        diags.push(obj.diag(
+                            field,
+                            format!("leading zeros in IPv4 prefix; read as {}", net.value),
+                        ));
+                    }
+                    out.insert(net.value);
+                }
+                None => diags.push(obj.diag(field, format!("invalid CIDR {text:?}; skipped"))),
+            }
+        }
+    }
+    out.into_iter().collect()
+}

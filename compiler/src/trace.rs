@@ -1,1 +1,0 @@
-//! Packet interpreter over the IR (TODO).

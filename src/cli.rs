@@ -1,0 +1,195 @@
+//! The command line: argument structs only (clap derive), no behaviour. Node flags keep
+//! kube-proxy's names so DaemonSet arguments carry over; their help says which kube-proxy flag
+//! or `KubeProxyConfiguration` field each one mirrors. Values are validated here by clap, so a
+//! bad IP or CIDR is a usage error (exit 2) that names the flag.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use kube_nft_compiler::config::{self, NodePortAddress};
+
+/// The exit codes, shown at the end of every `--help`.
+macro_rules! exit_codes {
+    () => {
+        "\
+Exit status:
+  0  success
+  1  the input or --config file cannot be read or parsed
+  2  usage error (unknown flag, invalid flag value, missing --dry-run)"
+    };
+}
+
+/// A Kubernetes Service proxy with a pure nftables data plane.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kube-nft",
+    version,
+    about,
+    long_about = "A Kubernetes Service proxy (kube-proxy replacement) with a pure nftables data \
+                  plane. It compiles Services, EndpointSlices and the local Node into one \
+                  nftables table.",
+    after_help = exit_codes!()
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Compile cluster objects into the nftables ruleset for one node.
+    #[command(after_long_help = concat!("\
+Examples:
+  # Print the ruleset node-a would get, from a `kubectl get -o yaml` dump:
+  kubectl get svc,endpointslices,nodes -A -o yaml > cluster.yaml
+  kube-nft compile --dry-run -f cluster.yaml --hostname-override node-a --cluster-cidr 10.0.0.0/8
+
+  # Every *.yaml, *.yml and *.json file below a directory, in path order:
+  kube-nft compile --dry-run -f manifests/ --config kube-proxy-config.yaml
+
+Diagnostics about individual objects go to stderr as `warning:` lines (and into the script as \
+`# warning:` comments); the object is skipped or degraded and the rest is compiled.
+
+", exit_codes!()))]
+    Compile(CompileArgs),
+    /// Compile, then follow one packet through the ruleset and print what happens to it.
+    #[command(after_long_help = concat!("\
+Examples:
+  # A client outside the cluster connects to a ClusterIP through node-a:
+  kube-nft trace -f examples/cluster.yaml --hostname-override node-a \\
+      --cluster-cidr 10.0.0.0/8 'tcp 192.0.2.2:40000 -> 172.30.0.10:53'
+
+  # The same from a pod on node-a:
+  kube-nft trace -f examples/cluster.yaml --hostname-override node-a \\
+      --cluster-cidr 10.0.0.0/8 --from pod 'udp 10.0.1.7:5353 -> 172.30.0.10:53'
+
+", exit_codes!()))]
+    Trace(TraceArgs),
+}
+
+/// `kube-nft compile`.
+#[derive(Debug, Args)]
+pub(crate) struct CompileArgs {
+    /// Print the ruleset as an nft script instead of programming the kernel.
+    ///
+    /// Required for now: programming the kernel is not implemented yet.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+}
+
+/// `kube-nft trace`.
+#[derive(Debug, Args)]
+pub(crate) struct TraceArgs {
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+    /// Where the packet comes from.
+    ///
+    /// Default: `host` when the source address is one of the node's IPs, else `outside`.
+    #[arg(long, value_enum, value_name = "ORIGIN")]
+    pub(crate) from: Option<PacketOrigin>,
+    /// The packet: `PROTO SRC:PORT -> DST:PORT`, e.g. 'tcp 192.0.2.2:40000 -> 10.96.0.10:80'
+    /// (IPv6 addresses in brackets: '[2001:db8::2]:40000').
+    #[arg(value_name = "PACKET")]
+    pub(crate) packet: String,
+}
+
+/// Where a traced packet enters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PacketOrigin {
+    /// Arrives on a node interface from another machine (prerouting).
+    Outside,
+    /// Sent by a pod on this node (prerouting, source in --cluster-cidr).
+    Pod,
+    /// Sent by a process in the host network namespace (output).
+    Host,
+}
+
+/// Where the cluster objects come from.
+#[derive(Debug, Args)]
+pub(crate) struct InputArgs {
+    /// A file, a directory (every *.yaml, *.yml and *.json file below it, recursively, in path
+    /// order) or `-` for stdin.
+    ///
+    /// Files hold Services, EndpointSlices, Endpoints, Nodes and ServiceCIDRs as YAML or JSON,
+    /// several documents per file and `kind: List` (what `kubectl get -o yaml` prints) allowed.
+    /// Other kinds are skipped with a note.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub(crate) path: PathBuf,
+}
+
+/// The node the ruleset is for, with kube-proxy's flag names.
+///
+/// With `--config`, the file is applied first and flags given on the command line win over it.
+/// (kube-proxy itself ignores most flags when `--config` is set; kube-nft lets explicit flags
+/// override the file so one config can serve many nodes.)
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Node options (as kube-proxy)")]
+pub(crate) struct NodeArgs {
+    /// Name of this node; selects its Node object, local endpoints and zone.
+    ///
+    /// kube-proxy `--hostname-override` / `hostnameOverride`. Trimmed and lower-cased.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) hostname_override: Option<String>,
+    /// Primary node IPs, at most one per family (comma-separated or repeated).
+    ///
+    /// Default: the Node object's InternalIP addresses. Like kubelet's `--node-ip` and
+    /// kube-proxy's `--bind-address` / `bindAddress` (its primary-IP override).
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    pub(crate) node_ip: Vec<IpAddr>,
+    /// Pod CIDRs of the cluster (comma-separated or repeated): traffic from them is from pods.
+    ///
+    /// kube-proxy `--cluster-cidr` / `clusterCIDR` (the ClusterCIDR local-traffic detector).
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub(crate) cluster_cidr: Vec<IpNet>,
+    /// Addresses NodePorts are reachable on: CIDRs and/or `primary` (comma-separated or
+    /// repeated).
+    ///
+    /// Default: `primary`, the node's primary IPs. kube-proxy `--nodeport-addresses` /
+    /// `nodePortAddresses` (nftables mode).
+    #[arg(long, value_name = "CIDR|primary", value_delimiter = ',', value_parser = parse_node_port_address)]
+    pub(crate) nodeport_addresses: Vec<NodePortAddress>,
+    /// Masquerade (SNAT) every connection to a ClusterIP.
+    ///
+    /// kube-proxy `--masquerade-all` / `nftables.masqueradeAll`.
+    #[arg(long)]
+    pub(crate) masquerade_all: bool,
+    /// Only handle Services labelled `service.kubernetes.io/service-proxy-name=NAME`.
+    ///
+    /// Without it, only Services without that label are handled, as kube-proxy does.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) service_proxy_name: Option<String>,
+    /// A kube-proxy `KubeProxyConfiguration` file (kubeproxy.config.k8s.io/v1alpha1).
+    ///
+    /// Read: hostnameOverride, bindAddress, clusterCIDR, nodePortAddresses,
+    /// nftables.masqueradeAll, nftables.masqueradeBit, mode (must be `nftables` or empty).
+    /// Unknown fields are ignored with a warning. Flags on the command line win over the file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    config::parse_cidr(text)
+}
+
+fn parse_node_port_address(text: &str) -> Result<NodePortAddress, String> {
+    text.parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

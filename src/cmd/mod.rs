@@ -1,0 +1,186 @@
+//! Subcommands and the plumbing they share: reading inputs (file, directory or stdin), building
+//! the node [`Config`] from `--config` and flags, compiling, and printing diagnostics to stderr.
+//! Errors are `anyhow`; a [`UsageError`] in the chain makes the exit code 2, any other error 1.
+
+mod compile;
+mod trace;
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use kube_nft_compiler::config::{normalize_hostname, parse_kube_proxy_configuration};
+use kube_nft_compiler::model::{self, Source};
+use kube_nft_compiler::{Compiled, Config};
+
+use crate::cli::{Cli, Command, InputArgs, NodeArgs};
+
+/// Runs the subcommand.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Compile(args) => compile::run(&args),
+        Command::Trace(args) => trace::run(&args),
+    }
+}
+
+/// The exit code for an error: 2 for usage errors, 1 for everything else.
+pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.chain().any(|cause| cause.is::<UsageError>()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// The command line asks for something impossible (clap's own usage errors exit 2 before we
+/// run; this is for the checks clap cannot express).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Builds the node config: defaults, then the `--config` file, then explicit flags (flags win).
+fn node_config(node: &NodeArgs) -> anyhow::Result<Config> {
+    let mut config = Config::default();
+    if let Some(path) = &node.config {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("read config file {}", path.display()))?;
+        let (file, warnings) = parse_kube_proxy_configuration(&text)
+            .with_context(|| format!("config file {}", path.display()))?;
+        for warning in warnings {
+            eprintln!("warning: {}: {warning}", path.display());
+        }
+        file.apply_to(&mut config);
+    }
+    if let Some(name) = &node.hostname_override {
+        match normalize_hostname(name) {
+            Some(name) => config.hostname = Some(name),
+            None => bail!(UsageError(
+                "invalid value '' for '--hostname-override <NAME>': the node name is empty".into()
+            )),
+        }
+    }
+    if !node.node_ip.is_empty() {
+        config.node_ips = node.node_ip.clone();
+    }
+    if !node.cluster_cidr.is_empty() {
+        config.cluster_cidrs = node.cluster_cidr.clone();
+    }
+    if !node.nodeport_addresses.is_empty() {
+        config.nodeport_addresses = node.nodeport_addresses.clone();
+    }
+    if node.masquerade_all {
+        config.masquerade_all = true;
+    }
+    if let Some(name) = &node.service_proxy_name {
+        config.service_proxy_name = Some(name.clone());
+    }
+    Ok(config)
+}
+
+/// Reads, loads and compiles the input for the node, printing every diagnostic and skipped
+/// kind to stderr. Diagnostics from loading come first in `Compiled::diagnostics`, so the
+/// rendered script carries them too.
+fn load_and_compile(input: &InputArgs, node: &NodeArgs) -> anyhow::Result<Compiled> {
+    let config = node_config(node)?;
+    let sources = read_sources(&input.path)?;
+    let loaded = model::load(&sources)?;
+    let mut compiled = kube_nft_compiler::compile(&loaded.snapshot, &config);
+    compiled.diagnostics.splice(0..0, loaded.diagnostics);
+    for diagnostic in &compiled.diagnostics {
+        eprintln!("warning: {diagnostic}");
+    }
+    for (kind, count) in &loaded.skipped {
+        eprintln!("note: skipped {count} objects of kind {kind} (not used by kube-nft)");
+    }
+    Ok(compiled)
+}
+
+/// Reads `-f PATH`: stdin for `-`, every `*.yaml`, `*.yml` and `*.json` file below a
+/// directory in path order, or one file.
+fn read_sources(path: &Path) -> anyhow::Result<Vec<Source>> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        io::stdin()
+            .read_to_string(&mut text)
+            .context("read standard input")?;
+        return Ok(vec![Source {
+            origin: "<stdin>".into(),
+            text,
+        }]);
+    }
+    let metadata = fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
+    let files = if metadata.is_dir() {
+        let mut files = Vec::new();
+        collect_manifests(path, &mut files)?;
+        if files.is_empty() {
+            bail!(
+                "no *.yaml, *.yml or *.json files under directory {}",
+                path.display()
+            );
+        }
+        files.sort();
+        files
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .map(|file| {
+            let text =
+                fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+            Ok(Source {
+                origin: file.display().to_string(),
+                text,
+            })
+        })
+        .collect()
+}
+
+/// Collects manifest files below `dir`. Symlinked directories are not followed (no cycles);
+/// symlinked files are.
+fn collect_manifests(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let entries = fs::read_dir(dir).with_context(|| format!("read directory {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("read directory {}", dir.display()))?;
+        let path = entry.path();
+        let file_type = entry
+            .file_type()
+            .with_context(|| format!("read {}", path.display()))?;
+        if file_type.is_dir() {
+            collect_manifests(&path, files)?;
+        } else if is_manifest(&path) && path.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|ext| ext.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// Writes command output to stdout. A closed pipe (`| head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+            Err(err).context("write to standard output")
+        }
+        _ => Ok(()),
+    }
+}
