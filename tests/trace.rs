@@ -1,0 +1,680 @@
+//! Packet traces over the golden clusters: what the compiled ruleset does to the first packet of
+//! a connection, per Service feature, through `kube-nft trace` (the same binary and flags the
+//! goldens use). Each expectation is a list of `probability  fate  [masquerade]` lines; the chain
+//! path is left out so the assertions state behaviour, not layout. Expected outcomes follow
+//! kube-proxy's nftables tests (`shared/reference/kube-proxy-nftables.md` §2 and §5).
+//! Refresh with `UPDATE_EXPECT=1 cargo test --test trace` and review every change.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use expect_test::{expect, Expect};
+
+/// Node-a's address in every golden cluster.
+const NODE: &str = "192.168.0.2";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `# args:` flags of a golden case.
+fn case_args(case: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join(case)).expect("read case");
+    text.lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("# args:"))
+        .flat_map(|l| l.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+/// Traces `packet` (sent `from` outside, pod or host) through the ruleset of `case`.
+fn trace(case: &str, from: &str, packet: &str) -> String {
+    let case = PathBuf::from("testdata/compile").join(format!("{case}.yaml"));
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
+        .current_dir(repo_root())
+        .arg("trace")
+        .arg("-f")
+        .arg(&case)
+        .args(case_args(&case))
+        .args(["--from", from, packet])
+        .output()
+        .expect("run kube-nft trace");
+    assert!(
+        out.status.success(),
+        "kube-nft trace failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    // Drop the header line and the chain path of each outcome.
+    stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split("  via ").next().unwrap_or(l).trim().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn check(case: &str, from: &str, packet: &str, expect: Expect) {
+    expect.assert_eq(&trace(case, from, packet));
+}
+
+// --- 1. ClusterIP, protocols, ports ---------------------------------------------------------
+
+#[test]
+fn clusterip_from_pod_balances_evenly_without_masquerade() {
+    check(
+        "clusterip/tcp-basic",
+        "pod",
+        "tcp 10.0.1.99:40000 -> 172.30.0.10:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.5:8080
+            1/2  dnat 10.0.2.5:8080"#]],
+    );
+}
+
+#[test]
+fn clusterip_from_outside_the_cluster_network_is_masqueraded() {
+    check(
+        "clusterip/tcp-basic",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 172.30.0.10:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.5:8080  masquerade
+            1/2  dnat 10.0.2.5:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn clusterip_from_the_node_is_masqueraded() {
+    check(
+        "clusterip/tcp-basic",
+        "host",
+        &format!("tcp {NODE}:40000 -> 172.30.0.10:80"),
+        expect![[r#"
+            1/2  dnat 10.0.1.5:8080  masquerade
+            1/2  dnat 10.0.2.5:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn clusterip_unknown_port_is_rejected() {
+    check(
+        "clusterip/tcp-basic",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.0.10:81",
+        expect!["1  reject"],
+    );
+}
+
+#[test]
+fn clusterip_wrong_protocol_is_rejected() {
+    check(
+        "clusterip/tcp-basic",
+        "pod",
+        "udp 10.0.1.5:40000 -> 172.30.0.10:80",
+        expect!["1  reject"],
+    );
+}
+
+#[test]
+fn clusterip_wrong_protocol_is_rejected_from_the_node_too() {
+    check(
+        "clusterip/tcp-basic",
+        "host",
+        &format!("udp {NODE}:40000 -> 172.30.0.10:80"),
+        expect!["1  reject"],
+    );
+}
+
+#[test]
+fn udp_service_maps_to_its_target_port() {
+    check(
+        "clusterip/udp",
+        "pod",
+        "udp 10.0.1.5:40000 -> 172.30.0.11:514",
+        expect![[r#"
+            1/2  dnat 10.0.1.11:5514
+            1/2  dnat 10.0.2.11:5514"#]],
+    );
+}
+
+#[test]
+fn sctp_service() {
+    check(
+        "clusterip/sctp",
+        "pod",
+        "sctp 10.0.1.5:40000 -> 172.30.0.12:3868",
+        expect![[r#"
+            1/2  dnat 10.0.1.12:3868
+            1/2  dnat 10.0.2.12:3868"#]],
+    );
+}
+
+#[test]
+fn same_port_on_tcp_and_udp_are_separate() {
+    check(
+        "clusterip/dns-tcp-and-udp",
+        "pod",
+        "udp 10.0.1.5:40000 -> 172.30.0.53:53",
+        expect![[r#"
+            1/2  dnat 10.0.1.53:53
+            1/2  dnat 10.0.2.53:53"#]],
+    );
+    check(
+        "clusterip/dns-tcp-and-udp",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.0.53:9153",
+        expect![[r#"
+            1/2  dnat 10.0.1.53:9153
+            1/2  dnat 10.0.2.53:9153"#]],
+    );
+}
+
+#[test]
+fn another_services_port_on_this_clusterip_is_rejected() {
+    check(
+        "clusterip/dns-tcp-and-udp",
+        "pod",
+        "udp 10.0.1.5:40000 -> 172.30.0.53:9153",
+        expect!["1  reject"],
+    );
+}
+
+// --- 2. Endpoint choice -----------------------------------------------------------------------
+
+#[test]
+fn terminating_endpoints_serve_when_none_is_ready() {
+    check(
+        "endpoints/terminating-fallback",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.1.11:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.30:8080
+            1/2  dnat 10.0.2.30:8080"#]],
+    );
+}
+
+#[test]
+fn selectorless_service_uses_mirrored_legacy_endpoints() {
+    check(
+        "endpoints/legacy-endpoints-mirrored",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.13.10:5432",
+        expect![[r#"
+            1/2  dnat 192.168.50.10:5432
+            1/2  dnat 192.168.50.11:5432"#]],
+    );
+}
+
+#[test]
+fn a_malformed_service_does_not_stop_the_good_one() {
+    check(
+        "degraded/service-type-error",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.16.15:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.218:8080
+            1/2  dnat 10.0.2.218:8080"#]],
+    );
+}
+
+// --- 3. Schedulers ----------------------------------------------------------------------------
+
+#[test]
+fn source_hash_pins_a_client_to_one_endpoint() {
+    check(
+        "schedulers/source-hash",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.2.11:80",
+        expect!["1  dnat 10.0.2.91:8080"],
+    );
+    // The source port does not matter, only the address.
+    check(
+        "schedulers/source-hash",
+        "pod",
+        "tcp 10.0.1.5:50000 -> 172.30.2.11:80",
+        expect!["1  dnat 10.0.2.91:8080"],
+    );
+}
+
+#[test]
+fn source_hash_spreads_different_clients() {
+    // Each client is pinned to exactly one endpoint, and 30 clients reach all three.
+    let mut chosen = std::collections::BTreeSet::new();
+    for host in 1..=30 {
+        let outcome = trace(
+            "schedulers/source-hash",
+            "pod",
+            &format!("tcp 10.0.1.{host}:40000 -> 172.30.2.11:80"),
+        );
+        let target = outcome
+            .strip_prefix("1  dnat ")
+            .unwrap_or_else(|| panic!("client 10.0.1.{host} is not pinned: {outcome}"));
+        chosen.insert(target.to_string());
+    }
+    assert_eq!(
+        chosen.into_iter().collect::<Vec<_>>(),
+        ["10.0.1.90:8080", "10.0.2.90:8080", "10.0.2.91:8080"]
+    );
+}
+
+#[test]
+fn round_robin_is_uniform_over_a_cycle() {
+    check(
+        "schedulers/round-robin",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.2.10:80",
+        expect![[r#"
+            1/3  dnat 10.0.1.90:8080
+            1/3  dnat 10.0.2.90:8080
+            1/3  dnat 10.0.2.91:8080"#]],
+    );
+}
+
+// --- 4. No endpoints, ServiceCIDR ---------------------------------------------------------------
+
+#[test]
+fn service_without_endpoints_rejects() {
+    check(
+        "clusterip/no-endpoints-reject",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.0.15:80",
+        expect!["1  reject"],
+    );
+}
+
+#[test]
+fn unallocated_ip_in_service_cidr_is_dropped() {
+    check(
+        "clusterip/no-endpoints-reject",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.0.99:80",
+        expect!["1  drop"],
+    );
+}
+
+#[test]
+fn load_balancer_without_endpoints_rejects_on_every_address() {
+    let seen: Vec<String> = [
+        ("outside", "tcp 203.0.113.2:40000 -> 198.51.100.10:80"),
+        ("outside", "tcp 203.0.113.2:40000 -> 192.168.99.10:80"),
+        ("outside", "tcp 203.0.113.2:40000 -> 192.168.0.2:30080"),
+        ("pod", "tcp 10.0.1.5:40000 -> 172.30.3.10:80"),
+    ]
+    .into_iter()
+    .map(|(from, packet)| {
+        let outcome = trace("loadbalancer/no-endpoints-reject", from, packet);
+        format!("{packet} => {outcome}")
+    })
+    .collect();
+    expect![[r#"
+        tcp 203.0.113.2:40000 -> 198.51.100.10:80 => 1  reject
+        tcp 203.0.113.2:40000 -> 192.168.99.10:80 => 1  reject
+        tcp 203.0.113.2:40000 -> 192.168.0.2:30080 => 1  reject
+        tcp 10.0.1.5:40000 -> 172.30.3.10:80 => 1  reject"#]]
+    .assert_eq(&seen.join("\n"));
+}
+
+// --- 5. NodePort ----------------------------------------------------------------------------------
+
+#[test]
+fn nodeport_on_the_primary_node_ip_is_masqueraded() {
+    check(
+        "nodeport/default-primary-addresses",
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30080"),
+        expect![[r#"
+            1/2  dnat 10.0.1.100:8080  masquerade
+            1/2  dnat 10.0.2.100:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn nodeport_from_the_node_itself() {
+    check(
+        "nodeport/default-primary-addresses",
+        "host",
+        &format!("tcp {NODE}:40000 -> {NODE}:30080"),
+        expect![[r#"
+            1/2  dnat 10.0.1.100:8080  masquerade
+            1/2  dnat 10.0.2.100:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn nodeport_on_localhost_is_not_served() {
+    check(
+        "nodeport/nodeport-addresses-match-all",
+        "host",
+        "tcp 127.0.0.1:40000 -> 127.0.0.1:30082",
+        expect!["1  accept (not a service)"],
+    );
+}
+
+#[test]
+fn nodeport_on_a_foreign_address_is_not_a_service() {
+    check(
+        "nodeport/nodeport-addresses-cidr",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 192.168.7.7:30081",
+        expect!["1  accept (not a service)"],
+    );
+}
+
+// --- 6. externalIPs, LoadBalancer, source ranges ------------------------------------------------
+
+#[test]
+fn external_ip_is_masqueraded_with_cluster_policy() {
+    check(
+        "externalip/external-ips",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 192.168.99.11:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.110:8080  masquerade
+            1/2  dnat 10.0.2.110:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn load_balancer_allows_sources_in_range() {
+    check(
+        "loadbalancer/source-ranges",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 198.51.100.30:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.130:8080  masquerade
+            1/2  dnat 10.0.2.130:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn load_balancer_drops_sources_out_of_range() {
+    check(
+        "loadbalancer/source-ranges",
+        "outside",
+        "tcp 203.0.113.200:40000 -> 198.51.100.30:80",
+        expect!["1  drop"],
+    );
+}
+
+#[test]
+fn load_balancer_drops_pods_out_of_range() {
+    check(
+        "loadbalancer/source-ranges",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 198.51.100.30:80",
+        expect!["1  drop"],
+    );
+}
+
+#[test]
+fn nodeport_is_not_subject_to_source_ranges() {
+    check(
+        "loadbalancer/source-ranges",
+        "outside",
+        &format!("tcp 203.0.113.200:40000 -> {NODE}:30180"),
+        expect![[r#"
+            1/2  dnat 10.0.1.130:8080  masquerade
+            1/2  dnat 10.0.2.130:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn node_in_range_reaches_the_load_balancer_ip() {
+    check(
+        "loadbalancer/source-range-contains-node-ip",
+        "host",
+        &format!("tcp {NODE}:40000 -> 198.51.100.40:80"),
+        expect![[r#"
+            1/2  dnat 10.0.1.140:8080  masquerade
+            1/2  dnat 10.0.2.140:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn load_balancer_ip_may_reach_itself() {
+    check(
+        "loadbalancer/source-range-contains-node-ip",
+        "host",
+        "tcp 198.51.100.40:40000 -> 198.51.100.40:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.140:8080  masquerade
+            1/2  dnat 10.0.2.140:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn proxy_mode_ingress_ip_is_left_to_the_load_balancer() {
+    check(
+        "loadbalancer/ingress-ip-modes",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 198.51.100.22:443",
+        expect!["1  accept (not a service)"],
+    );
+}
+
+// --- 7. Traffic policies ------------------------------------------------------------------------
+
+#[test]
+fn external_local_sends_outside_clients_to_local_endpoints_unmasqueraded() {
+    check(
+        "nodeport/local-policy-with-local-endpoint",
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30084"),
+        expect!["1  dnat 10.0.1.104:8080"],
+    );
+}
+
+#[test]
+fn external_local_short_circuits_pods_to_all_endpoints() {
+    check(
+        "nodeport/local-policy-with-local-endpoint",
+        "pod",
+        &format!("tcp 10.0.1.5:40000 -> {NODE}:30084"),
+        expect![[r#"
+            1/2  dnat 10.0.1.104:8080
+            1/2  dnat 10.0.2.104:8080"#]],
+    );
+}
+
+#[test]
+fn external_local_short_circuits_the_node_with_masquerade() {
+    check(
+        "nodeport/local-policy-with-local-endpoint",
+        "host",
+        &format!("tcp {NODE}:40000 -> {NODE}:30084"),
+        expect![[r#"
+            1/2  dnat 10.0.1.104:8080  masquerade
+            1/2  dnat 10.0.2.104:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn external_local_without_local_endpoints_drops_outside_clients() {
+    check(
+        "nodeport/local-policy-no-local-endpoints",
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30085"),
+        expect!["1  drop"],
+    );
+}
+
+#[test]
+fn external_local_without_local_endpoints_still_serves_pods() {
+    check(
+        "nodeport/local-policy-no-local-endpoints",
+        "pod",
+        &format!("tcp 10.0.1.5:40000 -> {NODE}:30085"),
+        expect![[r#"
+            1/2  dnat 10.0.2.105:8080
+            1/2  dnat 10.0.2.106:8080"#]],
+    );
+}
+
+#[test]
+fn external_local_external_ip_preserves_the_client() {
+    check(
+        "externalip/local-policy",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 192.168.99.12:80",
+        expect!["1  dnat 10.0.1.111:8080"],
+    );
+}
+
+#[test]
+fn internal_local_uses_only_local_endpoints() {
+    check(
+        "traffic-policy/internal-local-with-local-endpoints",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.6.10:6379",
+        expect![[r#"
+            1/2  dnat 10.0.1.180:6379
+            1/2  dnat 10.0.1.181:6379"#]],
+    );
+}
+
+#[test]
+fn internal_local_without_local_endpoints_drops() {
+    check(
+        "traffic-policy/internal-local-no-local-endpoints",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.6.11:6379",
+        expect!["1  drop"],
+    );
+}
+
+// --- 8. Affinity ----------------------------------------------------------------------------------
+
+#[test]
+fn affinity_first_connection_is_balanced() {
+    check(
+        "affinity/clientip-timeout-60",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.7.11:80",
+        expect![[r#"
+            1/3  dnat 10.0.1.191:8080
+            1/3  dnat 10.0.2.191:8080
+            1/3  dnat 10.0.2.192:8080"#]],
+    );
+}
+
+// --- 9. Masquerade ----------------------------------------------------------------------------------
+
+#[test]
+fn without_cluster_cidr_clusterip_traffic_is_not_masqueraded() {
+    check(
+        "masquerade/no-cluster-cidr",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 172.30.8.11:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.201:8080
+            1/2  dnat 10.0.2.201:8080"#]],
+    );
+}
+
+#[test]
+fn masquerade_all_masquerades_pods_too() {
+    check(
+        "masquerade/masquerade-all",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.8.12:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.202:8080  masquerade
+            1/2  dnat 10.0.2.202:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn hairpin_is_masqueraded_only_when_the_endpoint_reaches_itself() {
+    check(
+        "masquerade/hairpin",
+        "pod",
+        "tcp 10.0.1.203:40000 -> 172.30.8.13:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.203:8080  masquerade
+            1/2  dnat 10.0.2.203:8080"#]],
+    );
+}
+
+// --- 10. Skipped services ------------------------------------------------------------------------
+
+#[test]
+fn services_of_another_proxy_are_programmed_only_with_its_name() {
+    check(
+        "skipped/service-proxy-name-flag",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.9.14:15443",
+        expect![[r#"
+            1/2  dnat 10.0.1.215:15443
+            1/2  dnat 10.0.2.215:15443"#]],
+    );
+}
+
+// --- 11. IPv6 and dual-stack ------------------------------------------------------------------------
+
+#[test]
+fn ipv6_clusterip() {
+    check(
+        "dualstack/ipv6-single-stack",
+        "pod",
+        "tcp [fd00:10::1:5]:40000 -> [fd00:10:96::10]:80",
+        expect![[r#"
+            1/2  dnat [fd00:10::1:10]:8080
+            1/2  dnat [fd00:10::2:10]:8080"#]],
+    );
+}
+
+#[test]
+fn dual_stack_service_answers_in_both_families() {
+    check(
+        "dualstack/dual-stack-clusterip",
+        "pod",
+        "tcp [fd00:10::1:5]:40000 -> [fd00:10:96::a]:80",
+        expect![[r#"
+            1/2  dnat [fd00:10::1:dc]:8080
+            1/2  dnat [fd00:10::2:dc]:8080"#]],
+    );
+    check(
+        "dualstack/dual-stack-clusterip",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 172.30.10.10:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.220:8080  masquerade
+            1/2  dnat 10.0.2.220:8080  masquerade"#]],
+    );
+}
+
+// --- 12. Topology ---------------------------------------------------------------------------------------
+
+#[test]
+fn zone_hints_keep_traffic_in_the_zone() {
+    check(
+        "topology/zone-hints",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.11.10:80",
+        expect!["1  dnat 10.0.1.230:8080"],
+    );
+}
+
+#[test]
+fn a_ready_endpoint_without_hints_disables_topology() {
+    check(
+        "topology/zone-hints-missing-one",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.11.11:80",
+        expect![[r#"
+            1/3  dnat 10.0.1.231:8080
+            1/3  dnat 10.0.2.231:8080
+            1/3  dnat 10.0.3.231:8080"#]],
+    );
+}
+
+#[test]
+fn node_hints_keep_traffic_on_the_node() {
+    check(
+        "topology/node-hints",
+        "pod",
+        "tcp 10.0.1.5:40000 -> 172.30.11.14:80",
+        expect!["1  dnat 10.0.1.235:8080"],
+    );
+}
