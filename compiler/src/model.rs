@@ -243,15 +243,20 @@ impl Loaded {
 fn push<T: DeserializeOwned>(diagnostics: &mut Vec<Diagnostic>, into: &mut Vec<T>, value: Value) {
     let kind = str_field(&value, "kind").to_owned();
     let (namespace, name) = metadata(&value);
-    match serde_json::from_value::<T>(value) {
+    // serde_path_to_error tracks where in the object deserialization failed, so the
+    // diagnostic names the field (`spec.ports[0].port`) instead of the whole object.
+    match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(object) => into.push(object),
-        Err(e) => diagnostics.push(Diagnostic::new(
-            kind,
-            namespace,
-            name,
-            ".",
-            format!("{e}; object skipped"),
-        )),
+        Err(e) => {
+            let field = e.path().to_string();
+            diagnostics.push(Diagnostic::new(
+                kind,
+                namespace,
+                name,
+                field,
+                format!("{}; object skipped", e.into_inner()),
+            ))
+        }
     }
 }
 

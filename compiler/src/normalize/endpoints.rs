@@ -236,7 +236,7 @@ fn endpoint_addr(
     if let Some(why) = unusable_endpoint(addr) {
         diags.push(obj.diag(
             field,
-            format!("{addr} is a {why} address; endpoint skipped"),
+            format!("{addr} is not a usable endpoint address ({why}); endpoint skipped"),
         ));
         return None;
     }

@@ -478,9 +478,9 @@ fn bad_endpoint_addresses_are_skipped() {
         fields(&diags),
         [
             "EndpointSlice ns/web-1 endpoints[0].addresses[0]: fd00::1 is not an IPv4 address; endpoint skipped",
-            "EndpointSlice ns/web-1 endpoints[1].addresses[0]: 127.0.0.1 is a loopback address; endpoint skipped",
+            "EndpointSlice ns/web-1 endpoints[1].addresses[0]: 127.0.0.1 is not a usable endpoint address (loopback); endpoint skipped",
             r#"EndpointSlice ns/web-1 endpoints[2].addresses[0]: invalid IP address "not-an-ip"; endpoint skipped"#,
-            "EndpointSlice ns/web-1 endpoints[3].addresses[0]: 169.254.0.5 is a link-local address; endpoint skipped",
+            "EndpointSlice ns/web-1 endpoints[3].addresses[0]: 169.254.0.5 is not a usable endpoint address (link-local); endpoint skipped",
             "EndpointSlice ns/web-1 endpoints[5].addresses: no address; endpoint skipped",
         ]
     );
