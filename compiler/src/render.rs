@@ -711,13 +711,8 @@ mod tests {
 
     fn set(name: &str, key: Vec<DataType>, data: Vec<DataType>, elements: Vec<Element>) -> Set {
         Set {
-            name: name.into(),
-            key,
-            data,
-            flags: SetFlags::default(),
-            timeout: None,
-            comment: None,
             elements,
+            ..Set::new(name, key, data)
         }
     }
 

@@ -250,13 +250,8 @@ fn base(kind: ChainKind, hook: Hook, priority: i32) -> Option<BaseChain> {
 
 fn set(name: &str, key: Vec<DataType>, data: Vec<DataType>, elements: Vec<Element>) -> Set {
     Set {
-        name: name.into(),
-        key,
-        data,
-        flags: SetFlags::default(),
-        timeout: None,
-        comment: None,
         elements,
+        ..Set::new(name, key, data)
     }
 }
 

@@ -529,6 +529,19 @@ pub struct Set {
 }
 
 impl Set {
+    /// A set (`data` empty) or map with no flags, timeout, comment or elements.
+    pub fn new(name: impl Into<String>, key: Vec<DataType>, data: Vec<DataType>) -> Set {
+        Set {
+            name: name.into(),
+            key,
+            data,
+            flags: SetFlags::default(),
+            timeout: None,
+            comment: None,
+            elements: Vec::new(),
+        }
+    }
+
     /// Whether this is a map (has data).
     pub fn is_map(&self) -> bool {
         !self.data.is_empty()

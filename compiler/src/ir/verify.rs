@@ -830,15 +830,7 @@ mod tests {
         key: Vec<DataType>,
         data: Vec<DataType>,
     ) -> &'t mut Set {
-        let set = Set {
-            name: name.into(),
-            key,
-            data,
-            flags: SetFlags::default(),
-            timeout: None,
-            comment: None,
-            elements: vec![],
-        };
+        let set = Set::new(name, key, data);
         table.sets.insert(name.into(), set);
         table.sets.get_mut(name).unwrap()
     }

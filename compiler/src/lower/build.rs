@@ -128,12 +128,7 @@ pub(crate) fn set_decl(
     comment: &str,
 ) -> Set {
     Set {
-        name: name.to_string(),
-        key,
-        data,
-        flags: Default::default(),
-        timeout: None,
         comment: Some(comment.to_string()),
-        elements: Vec::new(),
+        ..Set::new(name, key, data)
     }
 }
