@@ -15,6 +15,7 @@ pub mod ir;
 pub mod lower;
 pub mod model;
 pub mod normalize;
+pub mod plan;
 pub mod render;
 pub mod trace;
 

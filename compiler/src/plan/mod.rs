@@ -1,0 +1,321 @@
+//! (old IR, new IR) → [`Transaction`]: the ordered operations that turn a kernel holding exactly
+//! `old` into one holding exactly `new` when sent as one nftables transaction, in knftables'
+//! verbs (`add`, `flush`, `delete`). The runtime diffs against what it last committed and never
+//! lists the kernel on the hot path, so [`plan`] is the whole partial sync; [`apply`] is the
+//! matching in-memory model of the kernel's semantics (ENOENT, EEXIST, EBUSY), used to prove
+//! plans correct and as the fake kernel of runtime tests. Rules have no identity without kernel
+//! handles, so a chain whose rules changed is flushed and refilled (kube-proxy's approach; the
+//! layout keeps such chains small), while set and map elements are diffed by key. The order of
+//! the phases and why it is safe is documented on [`plan`]; [`Transaction`]'s `Display` prints
+//! one operation per line in `nft -f` syntax.
+
+mod apply;
+mod diff;
+#[cfg(test)]
+mod tests;
+mod text;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::ir::{BaseChain, Chain, DataType, Element, Family, Rule, Set, SetFlags, Stmt};
+
+pub use apply::{apply, ErrorKind, PlanError};
+pub use diff::plan;
+
+/// An ordered list of operations, meant to be sent as one nftables transaction (one netlink
+/// batch), so the kernel goes from the old ruleset to the new one atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transaction {
+    /// Operations in the order they must be applied.
+    pub ops: Vec<Op>,
+}
+
+impl Transaction {
+    /// The number of individual operations: every rule and every element counts one, as does
+    /// every table, chain and set operation.
+    pub fn len(&self) -> usize {
+        self.ops.iter().map(Op::len).sum()
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.ops.iter().all(Op::is_empty)
+    }
+
+    /// How many operations of each verb and object kind (elements counted one by one).
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for op in &self.ops {
+            let n = op.len();
+            if n > 0 {
+                *counts.0.entry((op.verb, op.object.kind())).or_insert(0) += n;
+            }
+        }
+        counts
+    }
+}
+
+/// One operation on one object of one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// What to do.
+    pub verb: Verb,
+    /// The table family.
+    pub family: Family,
+    /// The table name.
+    pub table: String,
+    /// The object operated on.
+    pub object: Object,
+}
+
+impl Op {
+    /// Individual operations in this one: the number of elements of an [`Object::Elements`],
+    /// otherwise 1.
+    pub fn len(&self) -> usize {
+        match &self.object {
+            Object::Elements { elements, .. } => elements.len(),
+            _ => 1,
+        }
+    }
+
+    /// Whether this op does nothing (an [`Object::Elements`] without elements).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An nftables verb (knftables' names). `add` of a table, chain or set that already exists
+/// with the same definition is a no-op in nftables; of an element with the same key and data,
+/// too. `flush` empties a chain (or set); `delete` removes the object and fails if it is missing
+/// or still referenced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verb {
+    /// `add`.
+    Add,
+    /// `flush`.
+    Flush,
+    /// `delete`.
+    Delete,
+}
+
+impl Verb {
+    /// nft keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Verb::Add => "add",
+            Verb::Flush => "flush",
+            Verb::Delete => "delete",
+        }
+    }
+}
+
+/// The object of an [`Op`]. Chains and sets are named by their headers (without rules or
+/// elements), which `add` needs and `flush`/`delete` carry for the record; rules and elements
+/// are separate operations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// The table itself (named by the op).
+    Table {
+        /// Table comment.
+        comment: Option<String>,
+    },
+    /// A chain, without its rules.
+    Chain(ChainHeader),
+    /// A set or map, without its elements.
+    Set(SetHeader),
+    /// One rule, appended at the end of `chain` (only `add`: rules have no identity here).
+    Rule {
+        /// The chain the rule belongs to.
+        chain: String,
+        /// The rule.
+        rule: Rule,
+    },
+    /// Elements of one set or map. A `delete` needs only the keys; the data and comment are
+    /// those of the element being removed.
+    Elements {
+        /// Set or map name.
+        set: String,
+        /// The elements, in key order.
+        elements: Vec<Element>,
+    },
+}
+
+impl Object {
+    /// What kind of object this is.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Table { .. } => Kind::Table,
+            Object::Chain(_) => Kind::Chain,
+            Object::Set(_) => Kind::Set,
+            Object::Rule { .. } => Kind::Rule,
+            Object::Elements { .. } => Kind::Element,
+        }
+    }
+}
+
+/// A chain's definition without its rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainHeader {
+    /// Chain name.
+    pub name: String,
+    /// Hook attachment of a base chain.
+    pub base: Option<BaseChain>,
+    /// Chain comment.
+    pub comment: Option<String>,
+}
+
+impl ChainHeader {
+    /// The header of a chain.
+    pub fn of(chain: &Chain) -> ChainHeader {
+        ChainHeader {
+            name: chain.name.clone(),
+            base: chain.base,
+            comment: chain.comment.clone(),
+        }
+    }
+
+    /// An empty chain with this header.
+    pub fn to_chain(&self) -> Chain {
+        Chain {
+            name: self.name.clone(),
+            base: self.base,
+            comment: self.comment.clone(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// A set's or map's definition without its elements.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetHeader {
+    /// Set name.
+    pub name: String,
+    /// Key type.
+    pub key: Vec<DataType>,
+    /// Map data type, empty for a plain set.
+    pub data: Vec<DataType>,
+    /// Set flags.
+    pub flags: SetFlags,
+    /// Default element timeout in seconds.
+    pub timeout: Option<u32>,
+    /// Set comment.
+    pub comment: Option<String>,
+}
+
+impl SetHeader {
+    /// The header of a set.
+    pub fn of(set: &Set) -> SetHeader {
+        SetHeader {
+            name: set.name.clone(),
+            key: set.key.clone(),
+            data: set.data.clone(),
+            flags: set.flags,
+            timeout: set.timeout,
+            comment: set.comment.clone(),
+        }
+    }
+
+    /// An empty set with this header.
+    pub fn to_set(&self) -> Set {
+        Set {
+            name: self.name.clone(),
+            key: self.key.clone(),
+            data: self.data.clone(),
+            flags: self.flags,
+            timeout: self.timeout,
+            comment: self.comment.clone(),
+            elements: Vec::new(),
+        }
+    }
+
+    /// Whether this is a map.
+    pub fn is_map(&self) -> bool {
+        !self.data.is_empty()
+    }
+}
+
+/// The kind of an [`Object`], for [`Counts`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// A table.
+    Table,
+    /// A chain.
+    Chain,
+    /// A set or map.
+    Set,
+    /// A rule.
+    Rule,
+    /// A set or map element.
+    Element,
+}
+
+impl Kind {
+    /// nft keyword (`set` also stands for maps).
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Kind::Table => "table",
+            Kind::Chain => "chain",
+            Kind::Set => "set",
+            Kind::Rule => "rule",
+            Kind::Element => "element",
+        }
+    }
+}
+
+/// Operation counts by verb and object kind; prints as `add chain 1, add rule 4, …` in verb then
+/// kind order, leaving out zeros (`nothing` when empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts(BTreeMap<(Verb, Kind), usize>);
+
+impl Counts {
+    /// The count for one verb and kind.
+    pub fn get(&self, verb: Verb, kind: Kind) -> usize {
+        self.0.get(&(verb, kind)).copied().unwrap_or(0)
+    }
+
+    /// The sum of all counts (equals [`Transaction::len`]).
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("nothing");
+        }
+        for (i, ((verb, kind), n)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} {} {n}", verb.keyword(), kind.keyword())?;
+        }
+        Ok(())
+    }
+}
+
+/// The chains a rule enters (`jump`/`goto` targets).
+fn rule_chains(rule: &Rule) -> impl Iterator<Item = &str> {
+    rule.stmts.iter().filter_map(|stmt| match stmt {
+        Stmt::Verdict(v) => v.target(),
+        _ => None,
+    })
+}
+
+/// The named sets and maps a rule uses (lookups, verdict maps, updates).
+fn rule_sets(rule: &Rule) -> impl Iterator<Item = &str> {
+    rule.stmts.iter().filter_map(|stmt| match stmt {
+        Stmt::Lookup { set, .. } | Stmt::Update { set, .. } => Some(set.as_str()),
+        Stmt::Vmap { map, .. } => Some(map.as_str()),
+        _ => None,
+    })
+}
+
+/// The chain an element's verdict enters, if any.
+fn element_chain(element: &Element) -> Option<&str> {
+    match &element.data {
+        Some(crate::ir::ElemData::Verdict(v)) => v.target(),
+        _ => None,
+    }
+}
