@@ -1,0 +1,7 @@
+//! kube-nft's runtime: everything that talks to the kernel. [`netlink`] encodes the compiler's
+//! `ir::Ruleset` as nf_tables netlink batches and sends them; [`apply`] wraps that into the
+//! operations the proxy needs (atomically replace our tables, clean them up). The compiler
+//! stays pure; this crate is where IO happens.
+
+pub mod apply;
+pub mod netlink;

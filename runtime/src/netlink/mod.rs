@@ -1,0 +1,10 @@
+//! nf_tables over netlink, in pure Rust: [`encode`] turns `ir` objects into the bytes of one
+//! transaction (sans-IO, unit-testable without a kernel), [`socket`] sends a transaction in one
+//! `sendmsg` and maps the kernel's answers back to the objects that failed. `socket` is the only
+//! module in kube-nft that opens a socket.
+
+mod attr;
+pub mod encode;
+mod rule;
+pub mod socket;
+mod sys;

@@ -1,0 +1,497 @@
+//! The only place in kube-nft that opens a socket: a `NETLINK_NETFILTER` socket that sends one
+//! [`Transaction`] per `sendmsg` and reads the kernel's verdict on it. The kernel processes a
+//! batch synchronously inside `sendmsg`, so by the time the call returns every reply is queued;
+//! they are drained without blocking. A reply is an `NLMSG_ERROR` carrying either 0 (an ACK,
+//! only requested for BATCH_END and only sent by kernels ≥ 6.10) or a negative errno for the
+//! message whose sequence number it echoes. Errors are mapped back to the operation and object
+//! through the transaction's seq table, with the extended ACK's message and attribute offset
+//! when the kernel provides them. No error and no ACK means committed on older kernels.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, SocketAddr};
+
+use super::encode::{OpKind, Transaction};
+use super::sys::{
+    NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS, NLMSG_ERROR, NLM_F_ACK_TLVS, NLM_F_CAPPED,
+};
+
+/// Default socket buffers are ~208 KiB; `sendmsg` fails with EMSGSIZE for a batch larger than
+/// the send buffer minus 32 bytes, so bigger batches raise it first.
+const DEFAULT_BUFFER: usize = 200 * 1024;
+
+/// Receive buffer for one reply datagram. With `NETLINK_CAP_ACK` an error echoes only the
+/// failing message's header; without it (old kernels) the whole message, at most ~64 KiB.
+const RECV_BUFFER: usize = 256 * 1024;
+
+/// An errno from the kernel or a socket call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// ENOENT: a table, chain or set that the message refers to does not exist.
+    pub fn is_not_found(self) -> bool {
+        self.0 == libc::ENOENT
+    }
+
+    /// Transient conditions worth retrying the same transaction for (EAGAIN, EBUSY, EINTR,
+    /// ENOBUFS, ENOMEM): the kernel was busy or short of memory, the request was fine.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self.0,
+            libc::EAGAIN | libc::EBUSY | libc::EINTR | libc::ENOBUFS | libc::ENOMEM
+        )
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", io::Error::from_raw_os_error(self.0))
+    }
+}
+
+/// The kernel refused one message of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The failing message's sequence number.
+    pub seq: u32,
+    /// What the message did (`None` if the seq is not one of ours, which would be a kernel or
+    /// encoder bug).
+    pub op: Option<OpKind>,
+    /// The object the message was about.
+    pub object: String,
+    /// The errno.
+    pub errno: Errno,
+    /// The extended ACK's message (`NLMSGERR_ATTR_MSG`), if the kernel sent one. nf_tables
+    /// rarely does.
+    pub message: Option<String>,
+    /// The extended ACK's offset of the offending attribute within the failing message
+    /// (`NLMSGERR_ATTR_OFFS`).
+    pub offset: Option<u32>,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.op {
+            Some(op) => write!(f, "{} {}: {}", op.verb(), self.object, self.errno)?,
+            None => write!(f, "message seq {}: {}", self.seq, self.errno)?,
+        }
+        if let Some(message) = &self.message {
+            write!(f, " ({message})")?;
+        }
+        if let Some(offset) = self.offset {
+            write!(f, " [attribute at byte {offset}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// What happened to a transaction the kernel accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The kernel acknowledged BATCH_END (kernels ≥ 6.10). Older kernels stay silent on
+    /// success, which is then inferred from the absence of errors.
+    pub end_acked: bool,
+}
+
+/// Failures of the netlink socket and of transactions.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// nf_tables is not available: no `NETLINK_NETFILTER` (nfnetlink) in this kernel, or the
+    /// nf_tables subsystem refused the batch as unknown.
+    #[error("nf_tables not available in this kernel")]
+    NotAvailable {
+        /// The errno that told.
+        errno: Errno,
+    },
+    /// The kernel refused the batch with EPERM: the process lacks CAP_NET_ADMIN in the network
+    /// namespace.
+    #[error("CAP_NET_ADMIN missing: the kernel refused to change nftables")]
+    PermissionDenied,
+    /// Opening, binding or configuring the netlink socket failed.
+    #[error("open netlink socket")]
+    Open(#[source] io::Error),
+    /// `sendmsg` failed; nothing was applied.
+    #[error("send nf_tables transaction")]
+    Send(#[source] io::Error),
+    /// `sendmsg` sent only part of the batch; the kernel discards an incomplete batch.
+    #[error("send nf_tables transaction: sent {sent} of {len} bytes")]
+    ShortSend {
+        /// Bytes sent.
+        sent: usize,
+        /// Bytes in the batch.
+        len: usize,
+    },
+    /// Reading the kernel's replies failed.
+    #[error("read nf_tables replies")]
+    Receive(#[source] io::Error),
+    /// The receive queue overflowed (ENOBUFS), so replies were lost: the transaction may or may
+    /// not have committed. Re-read the kernel state and do not reuse the socket.
+    #[error("nf_tables replies lost (receive queue overflow): outcome unknown")]
+    OutcomeUnknown,
+    /// A reply could not be parsed.
+    #[error("malformed netlink reply: {0}")]
+    Malformed(String),
+    /// The kernel refused the transaction; nothing of it was applied (nf_tables transactions
+    /// are atomic). `rejections` lists every failing message, in the order reported.
+    #[error("{}", describe_rejections(.rejections))]
+    Rejected {
+        /// Every failing message; never empty.
+        rejections: Vec<Rejection>,
+    },
+}
+
+impl Error {
+    /// The errno of the first rejected message, if the kernel rejected the transaction.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Error::Rejected { rejections } => rejections.first().map(|r| r.errno),
+            Error::NotAvailable { errno } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+fn describe_rejections(rejections: &[Rejection]) -> String {
+    match rejections {
+        [] => "nf_tables transaction rejected".to_owned(),
+        [one] => one.to_string(),
+        [first, rest @ ..] => format!("{first} (and {} more errors)", rest.len()),
+    }
+}
+
+/// A `NETLINK_NETFILTER` socket bound to an automatic port id.
+pub struct Socket {
+    socket: netlink_sys::Socket,
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("fd", &self.socket.as_raw_fd())
+            .finish()
+    }
+}
+
+impl Socket {
+    /// Opens and binds the socket, asking for capped ACKs (errors echo only the failing
+    /// message's header, not its whole body) and extended ACKs (error strings and attribute
+    /// offsets). Both are best effort: kernels without them still report errors.
+    pub fn open() -> Result<Socket, Error> {
+        let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER).map_err(|err| {
+            match err.raw_os_error() {
+                Some(errno @ (libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)) => Error::NotAvailable {
+                    errno: Errno(errno),
+                },
+                _ => Error::Open(err),
+            }
+        })?;
+        socket.bind_auto().map_err(Error::Open)?;
+        let _ = socket.set_cap_ack(true);
+        let _ = socket.set_ext_ack(true);
+        Ok(Socket { socket })
+    }
+
+    /// Sends the transaction in one `sendmsg` and collects the kernel's answers.
+    ///
+    /// After [`Error::OutcomeUnknown`] the socket must not be reused: stale replies may still
+    /// be queued.
+    pub fn transact(&self, tx: &Transaction) -> Result<Committed, Error> {
+        let bytes = tx.bytes();
+        if bytes.len() > DEFAULT_BUFFER {
+            // SO_SNDBUFFORCE ignores net.core.wmem_max but needs CAP_NET_ADMIN. Without it
+            // the kernel will refuse the batch with EPERM anyway, which is the clearer error.
+            let _ = self.force_buffer(libc::SO_SNDBUFFORCE, bytes.len() + 64 * 1024);
+        }
+        // Room for one error per message in the worst case (each reply is its own skb of
+        // roughly 1 KiB truesize).
+        let replies = tx.ops().len().saturating_mul(1024);
+        if replies > DEFAULT_BUFFER {
+            let _ = self.force_buffer(libc::SO_RCVBUFFORCE, replies.min(64 << 20));
+        }
+
+        let kernel = SocketAddr::new(0, 0);
+        let sent =
+            self.socket
+                .send_to(bytes, &kernel, 0)
+                .map_err(|err| match err.raw_os_error() {
+                    Some(libc::EPERM) => Error::PermissionDenied,
+                    _ => Error::Send(err),
+                })?;
+        if sent != bytes.len() {
+            return Err(Error::ShortSend {
+                sent,
+                len: bytes.len(),
+            });
+        }
+
+        let mut rejections = Vec::new();
+        let mut end_acked = false;
+        let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUFFER);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(err) => match err.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => return Err(Error::OutcomeUnknown),
+                    _ => return Err(Error::Receive(err)),
+                },
+            }
+            for reply in parse_replies(&buf)? {
+                match reply {
+                    Reply::Ack { seq } => end_acked |= seq == tx.end_seq(),
+                    Reply::Error {
+                        seq,
+                        errno,
+                        message,
+                        offset,
+                    } => {
+                        let op = tx.op(seq);
+                        rejections.push(Rejection {
+                            seq,
+                            op: op.map(|o| o.kind),
+                            object: op.map(|o| o.object.clone()).unwrap_or_default(),
+                            errno,
+                            message,
+                            offset,
+                        });
+                    }
+                }
+            }
+        }
+        classify(rejections).map(|()| Committed { end_acked })
+    }
+
+    fn force_buffer(&self, option: libc::c_int, size: usize) -> io::Result<()> {
+        let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX / 2);
+        // SAFETY: `value` is a live c_int and the length passed is its size; the fd is open
+        // for as long as `self.socket` is.
+        let res = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if res < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Turns the collected rejections into the most telling error.
+fn classify(mut rejections: Vec<Rejection>) -> Result<(), Error> {
+    if rejections.is_empty() {
+        return Ok(());
+    }
+    rejections.sort_by_key(|r| r.seq);
+    let first = &rejections[0];
+    // nfnetlink checks CAP_NET_ADMIN for the whole batch and answers on BATCH_BEGIN; an
+    // unknown subsystem (nf_tables not built or not loadable) is refused there too.
+    if first.op == Some(OpKind::BatchBegin) {
+        match first.errno.0 {
+            libc::EPERM => return Err(Error::PermissionDenied),
+            libc::EOPNOTSUPP | libc::ENOENT | libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT => {
+                return Err(Error::NotAvailable { errno: first.errno })
+            }
+            _ => {}
+        }
+    }
+    Err(Error::Rejected { rejections })
+}
+
+/// One reply message.
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    /// `NLMSG_ERROR` with error 0.
+    Ack { seq: u32 },
+    /// `NLMSG_ERROR` with a negative errno.
+    Error {
+        seq: u32,
+        errno: Errno,
+        message: Option<String>,
+        offset: Option<u32>,
+    },
+}
+
+fn u16_at(buf: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(buf.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(buf.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Parses one datagram of replies: `nlmsghdr`s, of which only `NLMSG_ERROR` matters here.
+/// Layout of an error: `nlmsghdr`, `struct nlmsgerr { int error; struct nlmsghdr msg; }`, the
+/// rest of the failing message unless `NLM_F_CAPPED`, then extended ACK attributes if
+/// `NLM_F_ACK_TLVS`.
+fn parse_replies(buf: &[u8]) -> Result<Vec<Reply>, Error> {
+    let malformed = |what: &str| Error::Malformed(what.to_owned());
+    let mut replies = Vec::new();
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32_at(buf, at).ok_or_else(|| malformed("truncated header"))? as usize;
+        let ty = u16_at(buf, at + 4).ok_or_else(|| malformed("truncated header"))?;
+        let flags = u16_at(buf, at + 6).ok_or_else(|| malformed("truncated header"))?;
+        if len < 16 || at + len > buf.len() {
+            return Err(malformed("message length out of bounds"));
+        }
+        let msg = &buf[at..at + len];
+        if ty == NLMSG_ERROR {
+            let error = u32_at(msg, 16).ok_or_else(|| malformed("truncated nlmsgerr"))? as i32;
+            // The echoed header of the message this reply is about.
+            let orig_len = u32_at(msg, 20).ok_or_else(|| malformed("truncated nlmsgerr"))?;
+            let seq = u32_at(msg, 28).ok_or_else(|| malformed("truncated nlmsgerr"))?;
+            if error == 0 {
+                replies.push(Reply::Ack { seq });
+            } else {
+                let mut message = None;
+                let mut offset = None;
+                if flags & NLM_F_ACK_TLVS != 0 {
+                    let echoed = if flags & NLM_F_CAPPED != 0 {
+                        16
+                    } else {
+                        (orig_len as usize).div_ceil(4) * 4
+                    };
+                    let mut tlv = 20 + echoed;
+                    while tlv + 4 <= msg.len() {
+                        let Some(alen) = u16_at(msg, tlv).map(usize::from) else {
+                            break;
+                        };
+                        let atype = u16_at(msg, tlv + 2).unwrap_or(0) & 0x3fff;
+                        if alen < 4 || tlv + alen > msg.len() {
+                            break;
+                        }
+                        let value = &msg[tlv + 4..tlv + alen];
+                        match atype {
+                            NLMSGERR_ATTR_MSG => {
+                                let text = value.split(|b| *b == 0).next().unwrap_or(&[]);
+                                message = Some(String::from_utf8_lossy(text).into_owned());
+                            }
+                            NLMSGERR_ATTR_OFFS => offset = u32_at(value, 0),
+                            _ => {}
+                        }
+                        tlv += alen.div_ceil(4) * 4;
+                    }
+                }
+                replies.push(Reply::Error {
+                    seq,
+                    errno: Errno(error.wrapping_neg()),
+                    message,
+                    offset,
+                });
+            }
+        }
+        at += len.div_ceil(4) * 4;
+    }
+    Ok(replies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_reply(seq: u32, errno: i32, tlvs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(-errno).to_ne_bytes());
+        // Echoed header: len 64, type NEWCHAIN, seq.
+        body.extend_from_slice(&64u32.to_ne_bytes());
+        body.extend_from_slice(&0x0a03u16.to_ne_bytes());
+        body.extend_from_slice(&0u16.to_ne_bytes());
+        body.extend_from_slice(&seq.to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes());
+        for (ty, value) in tlvs {
+            body.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+            body.extend_from_slice(&ty.to_ne_bytes());
+            body.extend_from_slice(value);
+            while body.len() % 4 != 0 {
+                body.push(0);
+            }
+        }
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        let flags = if tlvs.is_empty() {
+            NLM_F_CAPPED
+        } else {
+            NLM_F_CAPPED | NLM_F_ACK_TLVS
+        };
+        msg.extend_from_slice(&flags.to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&body);
+        msg
+    }
+
+    #[test]
+    fn errors_and_acks_are_parsed_with_extended_ack() {
+        let mut buf = error_reply(
+            7,
+            libc::ENOENT,
+            &[(NLMSGERR_ATTR_OFFS, &44u32.to_ne_bytes())],
+        );
+        buf.extend(error_reply(9, 0, &[]));
+        buf.extend(error_reply(
+            8,
+            libc::EINVAL,
+            &[(NLMSGERR_ATTR_MSG, b"bad thing\0")],
+        ));
+        let replies = parse_replies(&buf).unwrap();
+        assert_eq!(
+            replies,
+            [
+                Reply::Error {
+                    seq: 7,
+                    errno: Errno(libc::ENOENT),
+                    message: None,
+                    offset: Some(44)
+                },
+                Reply::Ack { seq: 9 },
+                Reply::Error {
+                    seq: 8,
+                    errno: Errno(libc::EINVAL),
+                    message: Some("bad thing".into()),
+                    offset: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn eperm_on_batch_begin_means_no_cap_net_admin() {
+        let rejection = |op, errno| Rejection {
+            seq: 1,
+            op: Some(op),
+            object: "nf_tables".into(),
+            errno: Errno(errno),
+            message: None,
+            offset: None,
+        };
+        assert!(matches!(
+            classify(vec![rejection(OpKind::BatchBegin, libc::EPERM)]),
+            Err(Error::PermissionDenied)
+        ));
+        assert!(matches!(
+            classify(vec![rejection(OpKind::BatchBegin, libc::EOPNOTSUPP)]),
+            Err(Error::NotAvailable { .. })
+        ));
+        let err = classify(vec![rejection(OpKind::AddChain, libc::ENOENT)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "add chain nf_tables: {}",
+                io::Error::from_raw_os_error(libc::ENOENT)
+            )
+        );
+        assert!(err.errno().is_some_and(Errno::is_not_found));
+        assert_eq!(classify(Vec::new()).ok(), Some(()));
+    }
+}
