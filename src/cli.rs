@@ -17,7 +17,8 @@ macro_rules! exit_codes {
 Exit status:
   0  success
   1  the input or --config file cannot be read or parsed
-  2  usage error (unknown flag, invalid flag value, missing --dry-run)"
+  1  the kernel refused the change (nothing was changed)
+  2  usage error (unknown flag, invalid flag value)"
     };
 }
 
@@ -67,6 +68,11 @@ Examples:
 
 ", exit_codes!()))]
     Trace(TraceArgs),
+    /// Delete kube-nft's tables (`ip kube-nft`, `ip6 kube-nft`) and nothing else.
+    ///
+    /// Absent tables are not an error, so it can run any number of times.
+    #[command(after_long_help = exit_codes!())]
+    Cleanup,
 }
 
 /// `kube-nft compile`.
@@ -74,7 +80,8 @@ Examples:
 pub(crate) struct CompileArgs {
     /// Print the ruleset as an nft script instead of programming the kernel.
     ///
-    /// Required for now: programming the kernel is not implemented yet.
+    /// Without it, the ruleset is programmed into the current network namespace in one
+    /// netlink transaction that atomically replaces kube-nft's tables (needs CAP_NET_ADMIN).
     #[arg(long)]
     pub(crate) dry_run: bool,
     #[command(flatten)]

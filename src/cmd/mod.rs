@@ -2,6 +2,7 @@
 //! the node [`Config`] from `--config` and flags, compiling, and printing diagnostics to stderr.
 //! Errors are `anyhow`; a [`UsageError`] in the chain makes the exit code 2, any other error 1.
 
+mod cleanup;
 mod compile;
 mod trace;
 
@@ -22,6 +23,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Compile(args) => compile::run(&args),
         Command::Trace(args) => trace::run(&args),
+        Command::Cleanup => cleanup::run(),
     }
 }
 
