@@ -1,10 +1,13 @@
-//! Programming a whole ruleset: [`replace`] swaps each of our tables for its new content in one
-//! nf_tables transaction, and [`cleanup`] removes our tables. Both are single batches, so the
-//! kernel either applies everything or nothing, and packets never see a half-built table.
-//! Neither touches any table other than kube-nft's own (`ip kube-nft`, `ip6 kube-nft`).
-//! Incremental updates (element and chain diffs) are `plan`'s job, not this module's.
+//! Programming the kernel: [`replace`] swaps each of our tables for its new content in one
+//! nf_tables transaction, [`apply_plan`] sends an incremental change (a `plan::Transaction`,
+//! computed by the compiler from the last committed ruleset and the new one), and [`cleanup`]
+//! removes our tables. All are single batches, so the kernel either applies everything or
+//! nothing, and packets never see a half-built table. None touches any table other than
+//! kube-nft's own (`ip kube-nft`, `ip6 kube-nft`). Deciding *what* changes is `plan`'s job;
+//! this module only encodes and sends it.
 
 use kube_nft_compiler::ir::{self, names, Family};
+use kube_nft_compiler::plan;
 
 use crate::netlink::encode::{self, Batch, Transaction};
 use crate::netlink::socket::{self, Socket};
@@ -21,7 +24,21 @@ pub struct ApplyReport {
     pub end_acked: bool,
 }
 
-/// Failures of [`replace`] and [`cleanup`].
+impl ApplyReport {
+    /// The report of a transaction that was not sent because it had nothing to do.
+    const NOTHING_SENT: ApplyReport = ApplyReport {
+        messages: 0,
+        bytes: 0,
+        end_acked: false,
+    };
+
+    /// Whether nothing was sent (an empty plan): no socket was opened, the kernel was not asked.
+    pub fn nothing_sent(&self) -> bool {
+        self.messages == 0
+    }
+}
+
+/// Failures of [`replace`], [`apply_plan`] and [`cleanup`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The ruleset contains something the encoder cannot express; nothing was sent.
@@ -64,6 +81,39 @@ pub fn replace_transaction(ruleset: &ir::Ruleset) -> Result<Transaction, encode:
 /// Atomically replaces our tables with the ruleset's, in one transaction.
 pub fn replace(ruleset: &ir::Ruleset) -> Result<ApplyReport, Error> {
     let tx = replace_transaction(ruleset)?;
+    Ok(send(&tx)?)
+}
+
+/// Builds the transaction [`apply_plan`] sends: the plan's operations in order, one or more
+/// messages each (element operations are chunked under 64 KiB per message). `old` is the
+/// ruleset the plan was computed from, i.e. what the kernel holds: element operations name
+/// their set only, and the set's key type and flags come from there (or from an `add set`
+/// earlier in the plan). Sets of `old` are referred to by name, sets the plan creates by name
+/// and batch-local id.
+pub fn plan_transaction(
+    old: &ir::Ruleset,
+    tx: &plan::Transaction,
+) -> Result<Transaction, encode::Error> {
+    let mut batch = Batch::new(first_seq());
+    for table in &old.tables {
+        batch.existing_table(table);
+    }
+    for op in tx.ops.iter().filter(|op| !op.is_empty()) {
+        batch.add_plan_op(op)?;
+    }
+    Ok(batch.finish())
+}
+
+/// Applies an incremental change in one transaction: `tx` is `plan::plan(old, new)` and the
+/// kernel must hold exactly `old` (see [`plan_transaction`]). An empty plan sends nothing and
+/// returns a report whose [`nothing_sent`](ApplyReport::nothing_sent) is true. If the kernel
+/// refuses any operation, nothing of the plan is applied and the error names the operation and
+/// its object; the caller should then fall back to [`replace`], as after any failed apply.
+pub fn apply_plan(old: &ir::Ruleset, tx: &plan::Transaction) -> Result<ApplyReport, Error> {
+    if tx.is_empty() {
+        return Ok(ApplyReport::NOTHING_SENT);
+    }
+    let tx = plan_transaction(old, tx)?;
     Ok(send(&tx)?)
 }
 

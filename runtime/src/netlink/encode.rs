@@ -4,6 +4,11 @@
 //! `NFNL_MSG_BATCH_END` into a [`Transaction`]: one contiguous buffer, meant for exactly one
 //! `sendmsg` (the kernel processes a batch per skb; a batch split across sends is aborted).
 //!
+//! The same batch carries incremental changes: [`Batch::add_plan_op`] encodes one operation of
+//! a compiler `plan` (adds, deletes, chain and set flushes, element adds and key-only element
+//! deletes). Sets the kernel already holds are announced with [`Batch::existing_table`] and
+//! referred to by name; sets created in the batch by name and `NFTA_SET_ID`.
+//!
 //! Every message gets its own sequence number, and the transaction remembers which operation
 //! and which object each number stands for, so a kernel error can be reported as "add chain ip
 //! kube-nft services: No such file or directory" instead of "seq 17: ENOENT". Only BATCH_END
@@ -21,6 +26,7 @@ use std::net::IpAddr;
 use kube_nft_compiler::ir::{
     self, BaseChain, DataType, ElemData, Element, Family, Hook, Value, Verdict,
 };
+use kube_nft_compiler::plan::{self, Object, Verb};
 use kube_nft_compiler::render::{render_rule, sanitize_comment};
 
 use super::attr::{self, Udata};
@@ -29,6 +35,12 @@ use super::sys::*;
 
 /// Size of `struct nlmsghdr`.
 const NLMSG_HDRLEN: usize = 16;
+
+// The delete messages of `enum nf_tables_msg_types`, which only incremental transactions send.
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_DELRULE: u16 = 8;
+const NFT_MSG_DELSET: u16 = 11;
+const NFT_MSG_DELSETELEM: u16 = 14;
 
 /// The largest NEWSETELEM message, in bytes. The element list is one nested attribute whose
 /// `nla_len` is a `u16`, so a list over 64 KiB cannot be described at all (the kernel then
@@ -49,10 +61,20 @@ pub enum OpKind {
     DeleteTable,
     /// `NFT_MSG_NEWCHAIN`.
     AddChain,
+    /// `NFT_MSG_DELRULE` naming only the chain: removes every rule of the chain.
+    FlushChain,
+    /// `NFT_MSG_DELCHAIN`.
+    DeleteChain,
     /// `NFT_MSG_NEWSET` (named or anonymous).
     AddSet,
+    /// `NFT_MSG_DELSET`.
+    DeleteSet,
+    /// `NFT_MSG_DELSETELEM` without an element list: removes every element of the set.
+    FlushSet,
     /// `NFT_MSG_NEWSETELEM`: one chunk of a set's elements.
     AddElements,
+    /// `NFT_MSG_DELSETELEM`: one chunk of keys to remove from a set.
+    DeleteElements,
     /// `NFT_MSG_NEWRULE`.
     AddRule,
 }
@@ -66,8 +88,13 @@ impl OpKind {
             OpKind::AddTable => "add table",
             OpKind::DeleteTable => "delete table",
             OpKind::AddChain => "add chain",
+            OpKind::FlushChain => "flush chain",
+            OpKind::DeleteChain => "delete chain",
             OpKind::AddSet => "add set",
+            OpKind::DeleteSet => "delete set",
+            OpKind::FlushSet => "flush set",
             OpKind::AddElements => "add elements to set",
+            OpKind::DeleteElements => "delete elements from set",
             OpKind::AddRule => "add rule",
         }
     }
@@ -144,15 +171,22 @@ pub enum ErrorKind {
     /// A message or nested attribute would exceed the 64 KiB netlink attribute limit.
     #[error("encoded message is larger than 64 KiB")]
     TooLarge,
+    /// Elements name a set that neither the kernel holds (as far as the batch was told, see
+    /// [`Batch::existing_table`]) nor the batch created: its key type is unknown, so its keys
+    /// cannot be encoded.
+    #[error("set {0} is neither in the kernel nor created earlier in the batch")]
+    UnknownSet(String),
 }
 
-/// What the batch knows about a set it created, so rules and elements can refer to it by
-/// `NFTA_SET_ID` (needed while the set exists only inside the uncommitted transaction) and so
-/// lookups know whether the set is an interval concatenation.
+/// What the batch knows about a set it created or was told exists, so rules and elements can
+/// refer to a set created in the batch by `NFTA_SET_ID` (needed while the set exists only inside
+/// the uncommitted transaction) and so lookups know whether the set is an interval
+/// concatenation.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SetInfo {
-    /// The batch-local set id.
-    pub(crate) id: u32,
+    /// The batch-local set id of a set created in this batch; `None` for a set the kernel
+    /// already holds, which is referred to by name only.
+    pub(crate) id: Option<u32>,
     /// `flags interval` with a concatenated key (pipapo): host-order key parts need a byteorder
     /// conversion in lookups, as nft emits.
     pub(crate) interval_concat: bool,
@@ -166,6 +200,27 @@ pub struct Batch {
     next_seq: u32,
     next_set_id: u32,
     sets: BTreeMap<(Family, String, String), SetInfo>,
+    /// Key and data types of the same sets, which element messages need (a plan's element
+    /// operation names its set only).
+    schemas: BTreeMap<(Family, String, String), SetSchema>,
+}
+
+/// What encoding a set's elements depends on.
+#[derive(Clone, Debug)]
+struct SetSchema {
+    key: Vec<DataType>,
+    data: Vec<DataType>,
+    interval: bool,
+}
+
+impl SetSchema {
+    fn of(set: &ir::Set) -> SetSchema {
+        SetSchema {
+            key: set.key.clone(),
+            data: set.data.clone(),
+            interval: set.flags.interval,
+        }
+    }
 }
 
 impl Batch {
@@ -177,6 +232,7 @@ impl Batch {
             next_seq: first_seq,
             next_set_id: 1,
             sets: BTreeMap::new(),
+            schemas: BTreeMap::new(),
         };
         let start = batch.begin(
             NFNL_MSG_BATCH_BEGIN,
@@ -245,8 +301,10 @@ impl Batch {
         );
         attr::put_strz(&mut self.buf, NFTA_TABLE_NAME, name);
         self.end(start);
-        // Sets of a deleted table can no longer be referred to by id.
+        // Sets of a deleted table can no longer be referred to at all.
         self.sets
+            .retain(|(f, t, _), _| !(*f == family && t.as_str() == name));
+        self.schemas
             .retain(|(f, t, _), _| !(*f == family && t.as_str() == name));
     }
 
@@ -352,13 +410,7 @@ impl Batch {
         let udata = set_udata(&key, data.as_ref(), set.comment.as_deref());
         attr::put(buf, NFTA_SET_USERDATA, udata.bytes());
         self.end(start);
-        self.sets.insert(
-            (family, table.to_owned(), set.name.clone()),
-            SetInfo {
-                id,
-                interval_concat,
-            },
-        );
+        self.remember_set(family, table, set, Some(id));
         Ok(())
     }
 
@@ -371,12 +423,16 @@ impl Batch {
         set: &ir::Set,
     ) -> Result<(), Error> {
         let object = format!("elements of set {family} {table} {}", set.name);
-        let encoded = encode_elements(set).map_err(|kind| Error {
-            object: object.clone(),
-            kind,
-        })?;
-        let id = self.set_info(family, table, &set.name).map(|info| info.id);
-        self.put_element_chunks(family, table, &set.name, id, &encoded)
+        let encoded =
+            encode_elements(&SetSchema::of(set), &set.elements).map_err(|kind| Error {
+                object: object.clone(),
+                kind,
+            })?;
+        let id = self
+            .set_info(family, table, &set.name)
+            .and_then(|info| info.id);
+        let message = ElementMessage::Add;
+        self.put_element_chunks(family, table, &set.name, id, message, &encoded)
             .map_err(|kind| Error { object, kind })
     }
 
@@ -456,6 +512,170 @@ impl Batch {
         Ok(())
     }
 
+    /// Records that the kernel already holds `table` as it is (committed before this batch), so
+    /// that element operations on its sets know their key types and rules refer to its sets by
+    /// name alone (an `NFTA_SET_ID` only finds sets created in the same batch). Sends nothing;
+    /// an incremental transaction calls this with the ruleset its plan started from.
+    pub fn existing_table(&mut self, table: &ir::Table) {
+        for set in table.sets.values() {
+            self.remember_set(table.family, &table.name, set, None);
+        }
+    }
+
+    /// `NFT_MSG_DELRULE` naming only the table and chain: the kernel deletes every rule of the
+    /// chain (`flush chain`). Anonymous sets bound to those rules (numgen DNAT maps) go with
+    /// them.
+    pub fn flush_chain(&mut self, family: Family, table: &str, chain: &str) {
+        let object = format!("{family} {table} {chain}");
+        let start = self.begin_nft(NFT_MSG_DELRULE, 0, family, OpKind::FlushChain, object);
+        attr::put_strz(&mut self.buf, NFTA_RULE_TABLE, table);
+        attr::put_strz(&mut self.buf, NFTA_RULE_CHAIN, chain);
+        self.end(start);
+    }
+
+    /// `NFT_MSG_DELCHAIN`. The kernel refuses (EBUSY) while a rule or a verdict map element
+    /// still jumps to the chain; the chain's own rules go with it.
+    pub fn delete_chain(&mut self, family: Family, table: &str, chain: &str) {
+        let object = format!("{family} {table} {chain}");
+        let start = self.begin_nft(NFT_MSG_DELCHAIN, 0, family, OpKind::DeleteChain, object);
+        attr::put_strz(&mut self.buf, NFTA_CHAIN_TABLE, table);
+        attr::put_strz(&mut self.buf, NFTA_CHAIN_NAME, chain);
+        self.end(start);
+    }
+
+    /// `NFT_MSG_DELSET`, for a set or map with all its elements. The kernel refuses (EBUSY)
+    /// while a rule still uses the set. Later messages of the batch no longer find it, until a
+    /// new set of the same name is added (with a new id).
+    pub fn delete_set(&mut self, family: Family, table: &str, set: &str) {
+        let object = format!("{family} {table} {set}");
+        let start = self.begin_nft(NFT_MSG_DELSET, 0, family, OpKind::DeleteSet, object);
+        attr::put_strz(&mut self.buf, NFTA_SET_TABLE, table);
+        attr::put_strz(&mut self.buf, NFTA_SET_NAME, set);
+        self.end(start);
+        let key = (family, table.to_owned(), set.to_owned());
+        self.sets.remove(&key);
+        self.schemas.remove(&key);
+    }
+
+    /// `NFT_MSG_DELSETELEM` without an element list: the kernel removes every element.
+    pub fn flush_set(&mut self, family: Family, table: &str, set: &str) {
+        let id = self.set_info(family, table, set).and_then(|info| info.id);
+        let object = format!("{family} {table} {set}");
+        let start = self.begin_nft(NFT_MSG_DELSETELEM, 0, family, OpKind::FlushSet, object);
+        attr::put_strz(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
+        attr::put_strz(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
+        if let Some(id) = id {
+            attr::put_be32(&mut self.buf, NFTA_SET_ELEM_LIST_SET_ID, id);
+        }
+        self.end(start);
+    }
+
+    /// `NFT_MSG_NEWSETELEM` messages adding `elements` to the set named `set`, which the batch
+    /// created or was told exists ([`existing_table`](Batch::existing_table)); chunked like
+    /// [`add_elements`](Batch::add_elements).
+    pub fn add_set_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elements: &[Element],
+    ) -> Result<(), Error> {
+        self.put_named_set_elements(family, table, set, elements, ElementMessage::Add)
+    }
+
+    /// `NFT_MSG_DELSETELEM` messages removing the elements with these keys (their data and
+    /// comments are ignored) from the set named `set`, chunked under [`MAX_SETELEM_MESSAGE`].
+    pub fn delete_set_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elements: &[Element],
+    ) -> Result<(), Error> {
+        self.put_named_set_elements(family, table, set, elements, ElementMessage::Delete)
+    }
+
+    fn put_named_set_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        set: &str,
+        elements: &[Element],
+        message: ElementMessage,
+    ) -> Result<(), Error> {
+        let object = format!("elements of set {family} {table} {set}");
+        let fail = |kind| Error {
+            object: object.clone(),
+            kind,
+        };
+        let key = (family, table.to_owned(), set.to_owned());
+        let schema = self
+            .schemas
+            .get(&key)
+            .ok_or_else(|| fail(ErrorKind::UnknownSet(format!("{family} {table} {set}"))))?;
+        let encoded = match message {
+            ElementMessage::Add => encode_elements(schema, elements),
+            ElementMessage::Delete => encode_element_keys(schema, elements),
+        }
+        .map_err(fail)?;
+        let id = self.sets.get(&key).and_then(|info| info.id);
+        self.put_element_chunks(family, table, set, id, message, &encoded)
+            .map_err(fail)
+    }
+
+    /// The messages of one operation of a plan (`kube_nft_compiler::plan::Op`), in knftables'
+    /// verbs: `add`/`delete` of tables, chains, sets, rules (add only: a rule has no identity
+    /// without its kernel handle) and elements, `flush` of chains and sets. Chains and sets are
+    /// declared without their rules or elements, which are separate operations.
+    pub fn add_plan_op(&mut self, op: &plan::Op) -> Result<(), Error> {
+        let (family, table) = (op.family, op.table.as_str());
+        match (op.verb, &op.object) {
+            (Verb::Add, Object::Table { comment }) => {
+                self.add_table(family, table, comment.as_deref())
+            }
+            (Verb::Delete, Object::Table { .. }) => self.delete_table(family, table),
+            (Verb::Add, Object::Chain(header)) => self.add_chain(family, table, &header.to_chain()),
+            (Verb::Flush, Object::Chain(header)) => self.flush_chain(family, table, &header.name),
+            (Verb::Delete, Object::Chain(header)) => self.delete_chain(family, table, &header.name),
+            (Verb::Add, Object::Set(header)) => self.add_set(family, table, &header.to_set())?,
+            (Verb::Flush, Object::Set(header)) => self.flush_set(family, table, &header.name),
+            (Verb::Delete, Object::Set(header)) => self.delete_set(family, table, &header.name),
+            (Verb::Add, Object::Rule { chain, rule }) => {
+                self.add_rule(family, table, chain, rule)?
+            }
+            (Verb::Add, Object::Elements { set, elements }) => {
+                self.add_set_elements(family, table, set, elements)?
+            }
+            (Verb::Delete, Object::Elements { set, elements }) => {
+                self.delete_set_elements(family, table, set, elements)?
+            }
+            (verb @ (Verb::Flush | Verb::Delete), object) => {
+                let kind = object.kind().keyword();
+                return Err(Error {
+                    object: format!("{} {kind} in table {family} {table}", verb.keyword()),
+                    kind: ErrorKind::Unsupported(format!(
+                        "{} of a {kind} (nf_tables needs a rule handle, or has no such operation)",
+                        verb.keyword()
+                    )),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn remember_set(&mut self, family: Family, table: &str, set: &ir::Set, id: Option<u32>) {
+        let key = (family, table.to_owned(), set.name.clone());
+        let interval_concat = set.flags.interval && set.key.len() > 1;
+        self.sets.insert(
+            key.clone(),
+            SetInfo {
+                id,
+                interval_concat,
+            },
+        );
+        self.schemas.insert(key, SetSchema::of(set));
+    }
+
     /// The batch's knowledge of a set it created.
     pub(crate) fn set_info(&self, family: Family, table: &str, set: &str) -> Option<SetInfo> {
         self.sets
@@ -517,29 +737,29 @@ impl Batch {
             let data_types = [addr_type, DataType::InetService];
             put_plain_element(&mut encoded, &element, &[DataType::Integer], &data_types)?;
         }
-        self.put_element_chunks(family, table, name, Some(id), &encoded)?;
+        self.put_element_chunks(family, table, name, Some(id), ElementMessage::Add, &encoded)?;
         Ok(id)
     }
 
-    /// Packs encoded elements (`NFTA_LIST_ELEM` nests) into as few NEWSETELEM messages as fit.
+    /// Packs encoded elements (`NFTA_LIST_ELEM` nests) into as few NEWSETELEM (or DELSETELEM)
+    /// messages as fit.
     fn put_element_chunks(
         &mut self,
         family: Family,
         table: &str,
         set: &str,
         id: Option<u32>,
+        message: ElementMessage,
         elements: &[Vec<u8>],
     ) -> Result<(), ErrorKind> {
+        let (msg, flags, kind) = match message {
+            ElementMessage::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE, OpKind::AddElements),
+            ElementMessage::Delete => (NFT_MSG_DELSETELEM, 0, OpKind::DeleteElements),
+        };
         let mut rest = elements;
         let mut first_index = 0;
         while !rest.is_empty() {
-            let start = self.begin_nft(
-                NFT_MSG_NEWSETELEM,
-                NLM_F_CREATE,
-                family,
-                OpKind::AddElements,
-                String::new(),
-            );
+            let start = self.begin_nft(msg, flags, family, kind, String::new());
             attr::put_strz(&mut self.buf, NFTA_SET_ELEM_LIST_TABLE, table);
             attr::put_strz(&mut self.buf, NFTA_SET_ELEM_LIST_SET, set);
             if let Some(id) = id {
@@ -899,19 +1119,90 @@ fn successor(bytes: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Every element of `set` as encoded `NFTA_LIST_ELEM` nests.
-fn encode_elements(set: &ir::Set) -> Result<Vec<Vec<u8>>, ErrorKind> {
-    let mut out = Vec::with_capacity(set.elements.len());
-    for element in &set.elements {
-        if set.flags.interval && set.key.len() == 1 {
-            put_interval_element(&mut out, element, set.key[0], &set.data)?;
-        } else if set.flags.interval {
-            put_concat_interval_element(&mut out, element, &set.key, &set.data)?;
+/// Elements of a set with this schema as encoded `NFTA_LIST_ELEM` nests.
+fn encode_elements(schema: &SetSchema, elements: &[Element]) -> Result<Vec<Vec<u8>>, ErrorKind> {
+    let SetSchema {
+        key,
+        data,
+        interval,
+    } = schema;
+    let mut out = Vec::with_capacity(elements.len());
+    for element in elements {
+        if *interval && key.len() == 1 {
+            put_interval_element(&mut out, element, key[0], data)?;
+        } else if *interval {
+            put_concat_interval_element(&mut out, element, key, data)?;
         } else {
-            put_plain_element(&mut out, element, &set.key, &set.data)?;
+            put_plain_element(&mut out, element, key, data)?;
         }
     }
     Ok(out)
+}
+
+/// The keys of elements to delete, as encoded `NFTA_LIST_ELEM` nests. The kernel finds an
+/// element by its key alone (data and user data are not compared), so a delete carries only the
+/// key, laid out as the add laid it out: the start and the `INTERVAL_END`-flagged end of a
+/// single-field interval (rbtree), the key and `KEY_END` of a concatenated one (pipapo).
+fn encode_element_keys(
+    schema: &SetSchema,
+    elements: &[Element],
+) -> Result<Vec<Vec<u8>>, ErrorKind> {
+    let mut out = Vec::with_capacity(elements.len());
+    let mut put = |flags: Option<u32>, key: &[u8], key_end: Option<&[u8]>| {
+        let mut buf = Vec::new();
+        let elem = attr::nest_start(&mut buf, NFTA_LIST_ELEM);
+        if let Some(flags) = flags {
+            attr::put_be32(&mut buf, NFTA_SET_ELEM_FLAGS, flags);
+        }
+        put_data_value(&mut buf, NFTA_SET_ELEM_KEY, key);
+        if let Some(key_end) = key_end {
+            put_data_value(&mut buf, NFTA_SET_ELEM_KEY_END, key_end);
+        }
+        close_small_nest(&mut buf, elem);
+        out.push(buf);
+    };
+    for element in elements {
+        let arity_error = || ErrorKind::Value {
+            value: format!("{:?}", element.key),
+            ty: "key of the set's arity",
+        };
+        if element.key.len() != schema.key.len() {
+            return Err(arity_error());
+        }
+        match (
+            schema.interval,
+            element.key.as_slice(),
+            schema.key.as_slice(),
+        ) {
+            (true, [value], [ty]) => {
+                let (first, last) = range_part(value, *ty)?;
+                put(None, &first, None);
+                if let Some(end) = successor(&last) {
+                    put(Some(NFT_SET_ELEM_INTERVAL_END), &end, None);
+                }
+            }
+            (true, values, types) => {
+                let (mut first, mut last) = (Vec::new(), Vec::new());
+                for (value, ty) in values.iter().zip(types) {
+                    let (a, b) = range_part(value, *ty)?;
+                    first.extend(a);
+                    attr::pad(&mut first);
+                    last.extend(b);
+                    attr::pad(&mut last);
+                }
+                put(None, &first, Some(&last));
+            }
+            (false, values, types) => put(None, &concat_bytes(values, types)?, None),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether element messages add or delete.
+#[derive(Clone, Copy, Debug)]
+enum ElementMessage {
+    Add,
+    Delete,
 }
 
 /// Element data (`NFTA_SET_ELEM_DATA`) and user data (comment, interval flags).
@@ -1300,6 +1591,181 @@ mod tests {
         let msgs = messages(tx.bytes());
         let hex: String = msgs[1].attrs.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, nft.replace(char::is_whitespace, ""));
+    }
+
+    /// Top-level attributes of a message (or of a nest's payload) as (type, payload), with the
+    /// NESTED flag cleared.
+    fn attributes(mut bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        while bytes.len() >= 4 {
+            let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
+            let ty = u16::from_ne_bytes([bytes[2], bytes[3]]) & !NLA_F_NESTED;
+            out.push((ty, bytes[4..len].to_vec()));
+            bytes = &bytes[len.div_ceil(4) * 4..];
+        }
+        out
+    }
+
+    fn types(attrs: &[(u16, Vec<u8>)]) -> Vec<u16> {
+        attrs.iter().map(|(ty, _)| *ty).collect()
+    }
+
+    fn plan_op(verb: Verb, object: Object) -> plan::Op {
+        plan::Op {
+            verb,
+            family: Family::Ip,
+            table: "kube-nft".into(),
+            object,
+        }
+    }
+
+    #[test]
+    fn plan_ops_refer_to_kernel_sets_by_name_and_to_sets_of_the_batch_by_id_too() {
+        let table = tiny_table();
+        let vips = &table.sets["vips"];
+        let elements = |set: &str| Object::Elements {
+            set: set.into(),
+            elements: vips.elements.clone(),
+        };
+        let mut batch = Batch::new(1);
+        batch.existing_table(&table);
+        for (verb, object) in [
+            (Verb::Delete, elements("vips")),
+            (
+                Verb::Flush,
+                Object::Chain(plan::ChainHeader::of(&table.chains["ep"])),
+            ),
+            (Verb::Delete, Object::Set(plan::SetHeader::of(vips))),
+            (Verb::Add, Object::Set(plan::SetHeader::of(vips))),
+            (Verb::Add, elements("vips")),
+        ] {
+            batch.add_plan_op(&plan_op(verb, object)).unwrap();
+        }
+        let tx = batch.finish();
+        let msgs = messages(tx.bytes());
+        let kinds: Vec<OpKind> = tx.ops().iter().map(|op| op.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                OpKind::BatchBegin,
+                OpKind::DeleteElements,
+                OpKind::FlushChain,
+                OpKind::DeleteSet,
+                OpKind::AddSet,
+                OpKind::AddElements,
+                OpKind::BatchEnd,
+            ]
+        );
+        // The set the kernel holds: name only. The delete carries the key alone.
+        let delete = attributes(&msgs[1].attrs);
+        assert_eq!(msgs[1].ty, MSG | NFT_MSG_DELSETELEM);
+        assert_eq!(
+            types(&delete),
+            [
+                NFTA_SET_ELEM_LIST_TABLE,
+                NFTA_SET_ELEM_LIST_SET,
+                NFTA_SET_ELEM_LIST_ELEMENTS
+            ]
+        );
+        let listed = attributes(&delete[2].1);
+        assert_eq!(types(&attributes(&listed[0].1)), [NFTA_SET_ELEM_KEY]);
+        // Flushing a chain is DELRULE with the table and chain and nothing else.
+        assert_eq!(msgs[2].ty, MSG | NFT_MSG_DELRULE);
+        assert_eq!(
+            types(&attributes(&msgs[2].attrs)),
+            [NFTA_RULE_TABLE, NFTA_RULE_CHAIN]
+        );
+        assert_eq!(msgs[3].ty, MSG | NFT_MSG_DELSET);
+        // The set recreated in this batch: name and id, with key, data and comment.
+        let add = attributes(&msgs[5].attrs);
+        assert_eq!(
+            types(&add),
+            [
+                NFTA_SET_ELEM_LIST_TABLE,
+                NFTA_SET_ELEM_LIST_SET,
+                NFTA_SET_ELEM_LIST_SET_ID,
+                NFTA_SET_ELEM_LIST_ELEMENTS
+            ]
+        );
+        let listed = attributes(&add[3].1);
+        assert_eq!(
+            types(&attributes(&listed[0].1)),
+            [NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA]
+        );
+    }
+
+    #[test]
+    fn interval_deletes_carry_the_keys_the_add_laid_out() {
+        let v4 = |s: &str| Value::Prefix(s.parse().unwrap());
+        let element = |key| Element {
+            key,
+            data: None,
+            comment: Some("ignored on delete".into()),
+        };
+        let mut ranges = Set::new("ranges", vec![DataType::Ipv4Addr], vec![]);
+        ranges.flags.interval = true;
+        let mut allow = Set::new(
+            "allow",
+            vec![DataType::Ipv4Addr, DataType::Ipv4Addr],
+            vec![],
+        );
+        allow.flags.interval = true;
+        let mut table = Table::new(Family::Ip, "kube-nft");
+        table.sets.insert("ranges".into(), ranges);
+        table.sets.insert("allow".into(), allow);
+        let mut batch = Batch::new(1);
+        batch.existing_table(&table);
+        let closed_and_open = [
+            element(vec![v4("10.0.0.0/8")]),
+            element(vec![v4("255.255.255.0/24")]),
+        ];
+        batch
+            .delete_set_elements(Family::Ip, "kube-nft", "ranges", &closed_and_open)
+            .unwrap();
+        let concat = [element(vec![v4("198.51.100.1/32"), v4("192.168.0.0/16")])];
+        batch
+            .delete_set_elements(Family::Ip, "kube-nft", "allow", &concat)
+            .unwrap();
+        let tx = batch.finish();
+        let msgs = messages(tx.bytes());
+        let listed = |msg: &Msg| -> Vec<Vec<(u16, Vec<u8>)>> {
+            let list = attributes(&msg.attrs).pop().unwrap().1;
+            attributes(&list)
+                .iter()
+                .map(|(_, e)| attributes(e))
+                .collect()
+        };
+        let key = |bytes: &[u8]| attributes(bytes)[0].1.clone();
+        // 10.0.0.0/8 is its start and, flagged INTERVAL_END, 11.0.0.0; the open-ended
+        // 255.255.255.0/24 has no end element.
+        let rbtree = listed(&msgs[1]);
+        assert_eq!(rbtree.len(), 3);
+        assert_eq!(types(&rbtree[0]), [NFTA_SET_ELEM_KEY]);
+        assert_eq!(key(&rbtree[0][0].1), [10, 0, 0, 0]);
+        assert_eq!(types(&rbtree[1]), [NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY]);
+        assert_eq!(key(&rbtree[1][1].1), [11, 0, 0, 0]);
+        assert_eq!(key(&rbtree[2][0].1), [255, 255, 255, 0]);
+        // A concatenation is one element with the first and last value of every field.
+        let pipapo = listed(&msgs[2]);
+        assert_eq!(
+            types(&pipapo[0]),
+            [NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END]
+        );
+        assert_eq!(key(&pipapo[0][0].1), [198, 51, 100, 1, 192, 168, 0, 0]);
+        assert_eq!(key(&pipapo[0][1].1), [198, 51, 100, 1, 192, 168, 255, 255]);
+    }
+
+    #[test]
+    fn plan_ops_nf_tables_cannot_express_are_errors() {
+        let mut batch = Batch::new(1);
+        let rule = Object::Rule {
+            chain: "ep".into(),
+            rule: ep_rule(),
+        };
+        let err = batch.add_plan_op(&plan_op(Verb::Delete, rule)).unwrap_err();
+        assert_eq!(err.object, "delete rule in table ip kube-nft");
+        assert!(matches!(err.kind, ErrorKind::Unsupported(_)), "{err:?}");
+        assert_eq!(batch.message_count(), 1);
     }
 
     #[test]

@@ -77,14 +77,14 @@ fn put_stmt(
             let interval_concat = info.is_some_and(|i| i.interval_concat);
             load(buf, ctx, left, BASE, interval_concat)?;
             let flags = if *negate { NFT_LOOKUP_F_INV } else { 0 };
-            lookup(buf, set, info.map(|i| i.id), None, flags);
+            lookup(buf, set, info.and_then(|i| i.id), None, flags);
             Ok(())
         }
         Stmt::Vmap { left, map } => {
             let info = ctx.set(map);
             let interval_concat = info.is_some_and(|i| i.interval_concat);
             load(buf, ctx, left, BASE, interval_concat)?;
-            lookup(buf, map, info.map(|i| i.id), Some(NFT_REG_VERDICT), 0);
+            lookup(buf, map, info.and_then(|i| i.id), Some(NFT_REG_VERDICT), 0);
             Ok(())
         }
         // `meta mark set meta mark | bits` is `(mark & ~bits) ^ bits`; `^ bits` is
@@ -99,7 +99,7 @@ fn put_stmt(
         }
         Stmt::Update { set, key } => {
             load(buf, ctx, key, BASE, false)?;
-            let id = ctx.set(set).map(|i| i.id);
+            let id = ctx.set(set).and_then(|i| i.id);
             expr(buf, "dynset", |buf| {
                 attr::put_strz(buf, NFTA_DYNSET_SET_NAME, set);
                 if let Some(id) = id {
