@@ -534,7 +534,7 @@ fn every_form(family: Family) -> ir::Table {
                     m(
                         Expr::Daddr(family),
                         CmpOp::Eq,
-                        Value::Prefix(net("10.0.0.1/32", "fd00::1/128")),
+                        Value::Prefix(net("10.0.0.0/31", "fd00::/127")),
                     ),
                     m(
                         Expr::Daddr(family),

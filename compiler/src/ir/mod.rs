@@ -466,6 +466,19 @@ pub enum Value {
     CtDnat,
 }
 
+impl Value {
+    /// A prefix as nft and the kernel see it: a full-length prefix (`/32`, `/128`) is just an
+    /// address (both encode to the same bytes and read back as the address), anything else
+    /// a prefix with its host bits cleared.
+    pub fn net(net: IpNet) -> Value {
+        if net.prefix_len() == net.max_prefix_len() {
+            Value::Addr(net.addr())
+        } else {
+            Value::Prefix(net.trunc())
+        }
+    }
+}
+
 /// The type of a set key part or map data part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataType {

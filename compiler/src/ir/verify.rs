@@ -755,6 +755,12 @@ fn value_fits(value: &Value, ty: DataType, interval: bool) -> Result<(), String>
                 // nft clears them silently; the IR should already be canonical.
                 return Err(format!("prefix {net} has host bits set"));
             }
+            if net.prefix_len() == net.max_prefix_len() {
+                // Encodes exactly like the address and reads back as one (`Value::net`).
+                return Err(format!(
+                    "full-length prefix {net} must be written as an address"
+                ));
+            }
             true
         }
         _ => false,
@@ -1218,7 +1224,7 @@ mod tests {
                     fw_elem("1.1.1.0/24", 80, "10.0.0.0/8"),
                     fw_elem("1.1.1.0/24", 443, "10.1.0.0/16"),
                     fw_elem("1.1.2.0/24", 80, "10.1.0.0/16"),
-                    fw_elem("1.1.1.1/32", 80, "10.1.0.0/16"),
+                    fw_elem("1.1.1.0/25", 80, "10.1.0.0/16"),
                 ];
             },
             expect![[r#"

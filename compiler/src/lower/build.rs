@@ -40,11 +40,11 @@ pub(crate) fn match_daddr(addr: IpAddr) -> Stmt {
 }
 
 pub(crate) fn match_saddr_in(net: IpNet) -> Stmt {
-    match_eq(Expr::Saddr(Family::of_net(&net)), Value::Prefix(net))
+    match_eq(Expr::Saddr(Family::of_net(&net)), Value::net(net))
 }
 
 pub(crate) fn match_saddr_not_in(net: IpNet) -> Stmt {
-    match_ne(Expr::Saddr(Family::of_net(&net)), Value::Prefix(net))
+    match_ne(Expr::Saddr(Family::of_net(&net)), Value::net(net))
 }
 
 pub(crate) fn ct_state_new() -> Stmt {

@@ -479,7 +479,7 @@ fn add_firewall(
             None,
             Some(label.to_string()),
         );
-        let mut allowed: Vec<Value> = ranges.iter().map(|r| Value::Prefix(*r)).collect();
+        let mut allowed: Vec<Value> = ranges.iter().map(|r| Value::net(*r)).collect();
         // A VIP already inside an allowed range needs no element of its own (and the kernel
         // would refuse the overlapping interval).
         if node_allowed && !ranges.iter().any(|r| r.contains(&vip)) {

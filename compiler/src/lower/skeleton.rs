@@ -130,10 +130,7 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
                 Value::FibLocal,
             ));
         }
-        stmts.push(match_ne(
-            Expr::Daddr(family),
-            Value::Prefix(family.loopback()),
-        ));
+        stmts.push(match_ne(Expr::Daddr(family), Value::net(family.loopback())));
         stmts.push(lookup(Expr::Daddr(family), NODEPORT_IPS));
         stmts
     };
@@ -199,7 +196,7 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
     {
         cluster_ips_check.rules.push(
             Rule::new(vec![
-                match_eq(Expr::Daddr(family), Value::Prefix(*cidr)),
+                match_eq(Expr::Daddr(family), Value::net(*cidr)),
                 Stmt::Verdict(crate::ir::Verdict::Drop),
             ])
             .with_comment("drop traffic to unallocated ClusterIPs"),
@@ -256,11 +253,7 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
         });
     }
     for net in nodeport_nets {
-        let key = if net.prefix_len() == net.max_prefix_len() {
-            Value::Addr(net.addr())
-        } else {
-            Value::Prefix(net.trunc())
-        };
+        let key = Value::net(net);
         super::build::add_element(table, NODEPORT_IPS, vec![key], None, None);
     }
 }

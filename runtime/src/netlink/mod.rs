@@ -4,6 +4,7 @@
 //! module in kube-nft that opens a socket.
 
 mod attr;
+pub mod decode;
 pub mod encode;
 mod rule;
 pub mod socket;

@@ -5,7 +5,9 @@
 //! only requested for BATCH_END and only sent by kernels ≥ 6.10) or a negative errno for the
 //! message whose sequence number it echoes. Errors are mapped back to the operation and object
 //! through the transaction's seq table, with the extended ACK's message and attribute offset
-//! when the kernel provides them. No error and no ACK means committed on older kernels.
+//! when the kernel provides them. No error and no ACK means committed on older kernels. The
+//! socket also reads state back: [`Socket::dump`] sends one `NLM_F_DUMP` request and blocks
+//! until the kernel's `NLMSG_DONE`, and [`Socket::get_gen`] asks for the generation id.
 
 use std::fmt;
 use std::io;
@@ -13,9 +15,13 @@ use std::os::fd::AsRawFd;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, SocketAddr};
 
+use super::decode::{
+    self, NFT_MSG_GETGEN, NFT_MSG_NEWGEN, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTI,
+};
 use super::encode::{OpKind, Transaction};
 use super::sys::{
-    NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS, NLMSG_ERROR, NLM_F_ACK_TLVS, NLM_F_CAPPED,
+    NFNETLINK_V0, NFNL_SUBSYS_NFTABLES, NFPROTO_UNSPEC, NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS,
+    NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_REQUEST,
 };
 
 /// Default socket buffers are ~208 KiB; `sendmsg` fails with EMSGSIZE for a batch larger than
@@ -134,6 +140,18 @@ pub enum Error {
     /// A reply could not be parsed.
     #[error("malformed netlink reply: {0}")]
     Malformed(String),
+    /// The kernel refused a dump or get request (e.g. ENOENT for a table that does not exist).
+    #[error("dump nf_tables message type {msg_type}: {errno}")]
+    DumpFailed {
+        /// The request's `NFT_MSG_GET*` type.
+        msg_type: u16,
+        /// The kernel's errno.
+        errno: Errno,
+    },
+    /// The ruleset changed while the kernel was dumping it (`NLM_F_DUMP_INTR`), or replies were
+    /// lost to a receive queue overflow (ENOBUFS): the dump may be inconsistent. Retry it.
+    #[error("nf_tables changed during the dump")]
+    DumpInterrupted,
     /// The kernel refused the transaction; nothing of it was applied (nf_tables transactions
     /// are atomic). `rejections` lists every failing message, in the order reported.
     #[error("{}", describe_rejections(.rejections))]
@@ -165,6 +183,8 @@ fn describe_rejections(rejections: &[Rejection]) -> String {
 /// A `NETLINK_NETFILTER` socket bound to an automatic port id.
 pub struct Socket {
     socket: netlink_sys::Socket,
+    /// Sequence number of the next dump or get request.
+    next_seq: u32,
 }
 
 impl fmt::Debug for Socket {
@@ -191,7 +211,10 @@ impl Socket {
         socket.bind_auto().map_err(Error::Open)?;
         let _ = socket.set_cap_ack(true);
         let _ = socket.set_ext_ack(true);
-        Ok(Socket { socket })
+        Ok(Socket {
+            socket,
+            next_seq: 1,
+        })
     }
 
     /// Sends the transaction in one `sendmsg` and collects the kernel's answers.
@@ -266,6 +289,109 @@ impl Socket {
         classify(rejections).map(|()| Committed { end_acked })
     }
 
+    /// Sends one `NLM_F_DUMP` request of nf_tables message type `msg_type` (an `NFT_MSG_GET*`
+    /// number) for `family` (an `NFPROTO_*` number, 0 for all) with the given request
+    /// attributes (filters such as `NFTA_RULE_TABLE`), and returns every reply message whole
+    /// (`nlmsghdr` onwards), until `NLMSG_DONE`. Dump replies arrive in several datagrams, each
+    /// holding as many messages as fit in the kernel's dump buffer; reading blocks until the
+    /// kernel is done, which it always reports.
+    pub fn dump(&mut self, msg_type: u16, family: u8, attrs: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+        self.request(msg_type, NLM_F_DUMP, family, attrs)
+    }
+
+    /// `NFT_MSG_GETGEN`: the ruleset's generation id, which every commit (by anyone) changes.
+    pub fn get_gen(&mut self) -> Result<u32, Error> {
+        let replies = self.request(NFT_MSG_GETGEN, NLM_F_ACK, NFPROTO_UNSPEC, &[])?;
+        for reply in &replies {
+            let msg = decode::Message::parse(reply).map_err(|e| Error::Malformed(e.to_string()))?;
+            if msg.msg_type == NFT_MSG_NEWGEN {
+                return decode::generation(&msg).map_err(|e| Error::Malformed(e.to_string()));
+            }
+        }
+        Err(Error::Malformed("GETGEN without a NEWGEN reply".into()))
+    }
+
+    /// One get or dump request; collects the nf_tables replies to it until `NLMSG_DONE` (dumps)
+    /// or the ACK (`NLM_F_ACK` requests).
+    fn request(
+        &mut self,
+        msg_type: u16,
+        flags: u16,
+        family: u8,
+        attrs: &[u8],
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let len = 16 + 4 + attrs.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg_type).to_ne_bytes());
+        msg.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&[family, NFNETLINK_V0, 0, 0]);
+        msg.extend_from_slice(attrs);
+        let kernel = SocketAddr::new(0, 0);
+        self.socket
+            .send_to(&msg, &kernel, 0)
+            .map_err(|err| match err.raw_os_error() {
+                Some(libc::EPERM) => Error::PermissionDenied,
+                _ => Error::Send(err),
+            })?;
+
+        let mut out = Vec::new();
+        let mut interrupted = false;
+        let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUFFER);
+        loop {
+            buf.clear();
+            match self.socket.recv(&mut buf, 0) {
+                Ok(_) => {}
+                Err(err) => match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => return Err(Error::DumpInterrupted),
+                    _ => return Err(Error::Receive(err)),
+                },
+            }
+            let mut at = 0;
+            while at + 16 <= buf.len() {
+                let malformed = || Error::Malformed("dump reply header".into());
+                let len = u32_at(&buf, at).ok_or_else(malformed)? as usize;
+                let ty = u16_at(&buf, at + 4).ok_or_else(malformed)?;
+                let reply_flags = u16_at(&buf, at + 6).ok_or_else(malformed)?;
+                let reply_seq = u32_at(&buf, at + 8).ok_or_else(malformed)?;
+                if len < 16 || at + len > buf.len() {
+                    return Err(malformed());
+                }
+                let reply = &buf[at..at + len];
+                at += len.div_ceil(4) * 4;
+                if reply_seq != seq {
+                    // A late reply to an earlier request on this socket.
+                    continue;
+                }
+                interrupted |= reply_flags & NLM_F_DUMP_INTR != 0;
+                match ty {
+                    NLMSG_DONE => return finish(out, interrupted),
+                    NLMSG_ERROR => {
+                        let error = u32_at(reply, 16).ok_or_else(malformed)? as i32;
+                        if error == 0 {
+                            return finish(out, interrupted);
+                        }
+                        return Err(Error::DumpFailed {
+                            msg_type,
+                            errno: Errno(error.wrapping_neg()),
+                        });
+                    }
+                    _ if ty >> 8 == NFNL_SUBSYS_NFTABLES => out.push(reply.to_vec()),
+                    _ => {}
+                }
+                // A non-multipart answer to a plain get without an ACK ends here.
+                if flags & (NLM_F_DUMP | NLM_F_ACK) == 0 && reply_flags & NLM_F_MULTI == 0 {
+                    return finish(out, interrupted);
+                }
+            }
+        }
+    }
+
     fn force_buffer(&self, option: libc::c_int, size: usize) -> io::Result<()> {
         let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX / 2);
         // SAFETY: `value` is a live c_int and the length passed is its size; the fd is open
@@ -283,6 +409,15 @@ impl Socket {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+/// The replies of a finished dump, unless the kernel flagged it as interrupted.
+fn finish(replies: Vec<Vec<u8>>, interrupted: bool) -> Result<Vec<Vec<u8>>, Error> {
+    if interrupted {
+        Err(Error::DumpInterrupted)
+    } else {
+        Ok(replies)
     }
 }
 
