@@ -68,6 +68,11 @@ Examples:
 
 ", exit_codes!()))]
     Trace(TraceArgs),
+    /// Compare the compiled ruleset with what the kernel holds in kube-nft's tables.
+    ///
+    /// Prints the operations `compile -f` would apply; exit 0 when equal, 1 when different,
+    /// 2 on error.
+    Diff(DiffArgs),
     /// Delete kube-nft's tables (`ip kube-nft`, `ip6 kube-nft`) and nothing else.
     ///
     /// Absent tables are not an error, so it can run any number of times.
@@ -84,6 +89,15 @@ pub(crate) struct CompileArgs {
     /// netlink transaction that atomically replaces kube-nft's tables (needs CAP_NET_ADMIN).
     #[arg(long)]
     pub(crate) dry_run: bool,
+    #[command(flatten)]
+    pub(crate) input: InputArgs,
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+}
+
+/// `kube-nft diff`.
+#[derive(Debug, Args)]
+pub(crate) struct DiffArgs {
     #[command(flatten)]
     pub(crate) input: InputArgs,
     #[command(flatten)]

@@ -110,18 +110,29 @@ fn bad_flag_values_are_usage_errors() {
     }
 }
 
-/// `compile -f` (no `--dry-run`) programs the kernel and `cleanup` removes only our tables,
-/// twice in a row without error. Runs in a throwaway network namespace (`unshare -n`), so the
-/// host's ruleset is never touched; needs root.
+/// `compile -f` (no `--dry-run`) programs the kernel, a second run changes nothing and says so,
+/// `diff` exits 0 (equal), 1 (different) or 2 (error: a foreign rule in our table), `compile`
+/// replaces a table someone edited, and `cleanup` removes only our tables, twice without error.
+/// Runs in a throwaway network namespace (`unshare -n`), so the host's ruleset is never
+/// touched; needs root.
 #[test]
-fn compile_programs_the_kernel_and_cleanup_removes_only_our_tables() {
+fn compile_diff_and_cleanup_program_the_kernel() {
     let bin = env!("CARGO_BIN_EXE_kube-nft");
+    let a = format!("-f {EXAMPLE} --hostname-override node-a --cluster-cidr 10.0.0.0/8");
+    let b = format!("-f {EXAMPLE} --hostname-override node-b --cluster-cidr 10.0.0.0/8");
     let script = format!(
         "set -e
         nft add table ip other
-        '{bin}' compile -f {EXAMPLE} --hostname-override node-a --cluster-cidr 10.0.0.0/8
-        nft list table ip kube-nft | grep -c 'dnat to' > /dev/null
+        '{bin}' compile {a} 2>&1 | tail -1 | cut -d' ' -f1
+        '{bin}' compile {a} 2>&1 | tail -1
+        nft list table ip kube-nft | grep -q 'dnat to'
         echo programmed: $(nft list tables | sort | tr '\\n' ' ')
+        '{bin}' diff {a} 2>/dev/null && echo diff-same=$?
+        '{bin}' diff {b} > /dev/null 2>&1 || echo diff-other=$?
+        nft add rule ip kube-nft services counter
+        '{bin}' diff {a} > /dev/null 2>&1 || echo diff-foreign=$?
+        '{bin}' compile {a} 2>&1 | tail -1 | cut -d' ' -f1
+        '{bin}' diff {a} 2>/dev/null && echo diff-repaired=$?
         '{bin}' cleanup
         '{bin}' cleanup
         echo cleaned: $(nft list tables | sort | tr '\\n' ' ')"
@@ -146,7 +157,14 @@ fn compile_programs_the_kernel_and_cleanup_removes_only_our_tables() {
     );
     assert_eq!(
         stdout,
-        "programmed: table ip kube-nft table ip other table ip6 kube-nft\n\
+        "applied\n\
+         no changes: the kernel already holds this ruleset\n\
+         programmed: table ip kube-nft table ip other table ip6 kube-nft\n\
+         diff-same=0\n\
+         diff-other=1\n\
+         diff-foreign=2\n\
+         replaced\n\
+         diff-repaired=0\n\
          cleaned: table ip other\n"
     );
 }

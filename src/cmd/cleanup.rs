@@ -3,8 +3,8 @@
 use anyhow::Context;
 
 /// Runs `cleanup`.
-pub(super) fn run() -> anyhow::Result<()> {
+pub(super) fn run() -> anyhow::Result<u8> {
     kube_nft_runtime::apply::cleanup().context("delete the kube-nft tables")?;
     eprintln!("deleted ip/ip6 kube-nft (if they existed)");
-    Ok(())
+    Ok(0)
 }

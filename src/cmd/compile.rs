@@ -1,23 +1,51 @@
 //! `kube-nft compile`: compile the ruleset for one node, then either print it as an nft script
-//! (`--dry-run`) or program it into the current network namespace.
+//! (`--dry-run`) or program it into the current network namespace: read our tables back,
+//! plan the difference and apply it in one netlink transaction (nothing when equal).
 
 use anyhow::Context;
+use kube_nft_compiler::ir::Family;
+use kube_nft_compiler::plan::plan;
 use kube_nft_compiler::render::render;
+use kube_nft_runtime::{apply, readback};
 
 use super::{load_and_compile, print_stdout};
 use crate::cli::CompileArgs;
 
 /// Runs `compile`.
-pub(super) fn run(args: &CompileArgs) -> anyhow::Result<()> {
+pub(super) fn run(args: &CompileArgs) -> anyhow::Result<u8> {
     let compiled = load_and_compile(&args.input, &args.node)?;
     if args.dry_run {
-        return print_stdout(&render(&compiled));
+        print_stdout(&render(&compiled))?;
+        return Ok(0);
     }
-    let report = kube_nft_runtime::apply::replace(&compiled.ruleset)
-        .context("program the kernel (nothing was changed)")?;
+    let desired = &compiled.ruleset;
+    let current = match readback::read(&[Family::Ip, Family::Ip6]) {
+        Ok(current) => current,
+        // Someone edited our tables with rules we did not write: planning against them is
+        // impossible, so replace the tables wholesale (still one atomic transaction).
+        Err(err @ readback::Error::UnrecognisedRule { .. }) => {
+            eprintln!("warning: {err}; replacing the kube-nft tables");
+            let report = apply::replace(desired).context("program the kernel")?;
+            eprintln!(
+                "replaced ip/ip6 kube-nft in one transaction ({} messages, {} bytes)",
+                report.messages, report.bytes
+            );
+            return Ok(0);
+        }
+        Err(err) => return Err(err).context("read the current kube-nft tables"),
+    };
+    let tx = plan(&current, desired);
+    if tx.is_empty() {
+        eprintln!("no changes: the kernel already holds this ruleset");
+        return Ok(0);
+    }
+    let report = apply::apply_plan(&current, &tx)
+        .context("program the kernel (the transaction was refused; nothing was changed)")?;
     eprintln!(
-        "programmed ip/ip6 kube-nft in one transaction ({} messages, {} bytes)",
-        report.messages, report.bytes
+        "applied {} in one transaction ({} messages, {} bytes)",
+        tx.counts(),
+        report.messages,
+        report.bytes
     );
-    Ok(())
+    Ok(0)
 }

@@ -4,6 +4,7 @@
 
 mod cleanup;
 mod compile;
+mod diff;
 mod trace;
 
 use std::fmt;
@@ -18,11 +19,12 @@ use kube_nft_compiler::{Compiled, Config};
 
 use crate::cli::{Cli, Command, InputArgs, NodeArgs};
 
-/// Runs the subcommand.
-pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the subcommand; `Ok` carries the exit code.
+pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Compile(args) => compile::run(&args),
-        Command::Trace(args) => trace::run(&args),
+        Command::Trace(args) => trace::run(&args).map(|()| 0),
+        Command::Diff(args) => diff::run(&args),
         Command::Cleanup => cleanup::run(),
     }
 }
