@@ -10,8 +10,7 @@
 //! run, the tests print `SKIPPED: …`, except under `CI=true`, where they fail.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use kube_nft_compiler::ir::{
     priority, verify, BaseChain, Chain, ChainKind, CmpOp, DataType, ElemData, Element, Expr,
@@ -19,6 +18,8 @@ use kube_nft_compiler::ir::{
     Table, Value, Verdict,
 };
 use kube_nft_compiler::render::render_ruleset;
+use kube_nft_testkit::golden::{files_under, repo_root};
+use kube_nft_testkit::netns::{can_run, nft_in_fresh_netns};
 
 /// Runs `unshare -n nft -c -f path` (parse, evaluate, kernel check without commit); `Err`
 /// carries nft's stderr.
@@ -39,84 +40,13 @@ fn nft_check_and_load(path: &Path) -> Result<(), String> {
 }
 
 fn run_nft(args: &[&str], path: &Path) -> Result<(), String> {
-    let output = Command::new("unshare")
-        .arg("-n")
-        .arg("nft")
-        .args(args)
-        .arg(path)
-        .output()
-        .map_err(|e| format!("cannot run unshare: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-/// Why this environment cannot run nft checks, if it cannot.
-fn unavailable() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    if uid != "0" {
-        return Some(format!("not root (effective uid {uid})"));
-    }
-    for (program, args) in [
-        ("nft", &["--version"][..]),
-        ("unshare", &["-n", "true"][..]),
-    ] {
-        match Command::new(program).args(args).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                let stderr = String::from_utf8_lossy(&out.stderr);
-                return Some(format!(
-                    "`{program} {}` failed: {}",
-                    args.join(" "),
-                    stderr.trim()
-                ));
-            }
-            Err(e) => return Some(format!("cannot run {program}: {e}")),
-        }
-    }
-    None
-}
-
-/// `true` when the checks can run; otherwise skips loudly, or fails under `CI=true` so CI can
-/// never pass without having checked anything.
-fn can_run(test: &str) -> bool {
-    let Some(reason) = unavailable() else {
-        return true;
-    };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: CI=true but nft checks cannot run here: {reason}");
-    }
-    eprintln!("\n*** SKIPPED: {test}: {reason} ***\n");
-    false
-}
-
-fn collect_nft_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            collect_nft_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "nft") {
-            out.push(path);
-        }
-    }
+    nft_in_fresh_netns(args, path).map(|_| ())
 }
 
 #[test]
 fn every_golden_nft_passes_nft_check() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata");
-    let mut files = Vec::new();
-    collect_nft_files(&root, &mut files);
-    files.sort();
+    let root = repo_root().join("testdata");
+    let files = files_under(&root, "nft");
     assert!(
         !files.is_empty(),
         "no golden .nft files under {}: the compile goldens (testdata/compile/**/*.nft) must \

@@ -20,18 +20,14 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
-use kube_nft_compiler::config::{
-    normalize_hostname, parse_cidr, parse_kube_proxy_configuration, NodePortAddress,
-};
 use kube_nft_compiler::ir::{self, Family};
-use kube_nft_compiler::model::{self, Source};
-use kube_nft_compiler::Config;
 use kube_nft_runtime::netlink::decode::{self, AnonMaps, Message};
 use kube_nft_runtime::netlink::socket::Socket;
 use kube_nft_runtime::{apply, readback};
+use kube_nft_testkit::golden::compile_case;
+use kube_nft_testkit::netns::{can_run, in_netns, unavailable};
 
 /// The recorded cases: fixture directory and golden case. Together they have base and regular
 /// chains, plain and concatenated sets, interval sets of both backends, verdict maps, comments
@@ -63,149 +59,12 @@ const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 
 // ---------------------------------------------------------------------------------------------
-// Environment
-
-/// Why this environment cannot record, if it cannot. nft is not needed: only our own socket.
-fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        return Some(format!("not root (effective uid {euid})"));
-    }
-    match Command::new("unshare").args(["-n", "true"]).output() {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!(
-            "`unshare -n true` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Some(format!("cannot run unshare: {e}")),
-    }
-}
-
-/// `true` when kernel tests can run; otherwise skips loudly, or fails under `CI=true`.
-fn can_run(test: &str) -> bool {
-    let Some(reason) = unavailable() else {
-        return true;
-    };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: CI=true but kernel tests cannot run here: {reason}");
-    }
-    eprintln!("\n*** SKIPPED: {test}: {reason} ***\n");
-    false
-}
-
-/// Runs `f` on a new thread inside a fresh network namespace that disappears with the thread
-/// (the network namespace is per thread, so the rest of the test process stays in the host's).
-fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    let host_ns = std::fs::read_link("/proc/thread-self/ns/net").expect("read own netns");
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: unshare only changes this thread's namespace membership.
-                let res = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-                assert_eq!(
-                    res,
-                    0,
-                    "unshare(CLONE_NEWNET): {}",
-                    std::io::Error::last_os_error()
-                );
-                let ns = std::fs::read_link("/proc/thread-self/ns/net").expect("read netns");
-                assert_ne!(ns, host_ns, "still in the host's network namespace");
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Golden cases
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("runtime/ has a parent")
-        .to_path_buf()
-}
+// Fixture directories
 
 fn fixture_dir(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/netlink")
         .join(case)
-}
-
-/// The node config from a case's leading `# args:` lines, built like the binary does: the
-/// `--config` file first, then the flags.
-fn case_config(text: &str) -> Config {
-    let args: Vec<&str> = text
-        .lines()
-        .take_while(|line| line.starts_with('#'))
-        .filter_map(|line| line.strip_prefix("# args:"))
-        .flat_map(str::split_whitespace)
-        .collect();
-    let value = |i: usize| *args.get(i + 1).expect("flag value");
-    let mut file = None;
-    let mut flags = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        match args[i] {
-            "--config" => {
-                file = Some(value(i));
-                i += 2;
-            }
-            "--masquerade-all" => {
-                flags.push(("--masquerade-all", ""));
-                i += 1;
-            }
-            flag => {
-                flags.push((flag, value(i)));
-                i += 2;
-            }
-        }
-    }
-    let mut config = Config::default();
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(repo_root().join(path)).expect("read --config file");
-        let (file, _warnings) = parse_kube_proxy_configuration(&text).expect("parse --config");
-        file.apply_to(&mut config);
-    }
-    let list = |v: &str| v.split(',').map(str::to_owned).collect::<Vec<_>>();
-    for (flag, v) in flags {
-        match flag {
-            "--hostname-override" => config.hostname = normalize_hostname(v),
-            "--node-ip" => {
-                config.node_ips = list(v).iter().map(|s| s.parse().expect("IP")).collect()
-            }
-            "--cluster-cidr" => {
-                config.cluster_cidrs = list(v)
-                    .iter()
-                    .map(|s| parse_cidr(s).expect("CIDR"))
-                    .collect()
-            }
-            "--nodeport-addresses" => {
-                config.nodeport_addresses = list(v)
-                    .iter()
-                    .map(|s| s.parse::<NodePortAddress>().expect("nodeport address"))
-                    .collect()
-            }
-            "--masquerade-all" => config.masquerade_all = true,
-            "--service-proxy-name" => config.service_proxy_name = Some(v.to_owned()),
-            other => panic!("case uses flag {other}, which this test does not parse yet"),
-        }
-    }
-    config
-}
-
-fn compile_case(case: &str) -> ir::Ruleset {
-    let path = repo_root().join(case);
-    let text = std::fs::read_to_string(&path).expect("read case");
-    let config = case_config(&text);
-    let loaded = model::load(&[Source {
-        origin: case.to_owned(),
-        text,
-    }])
-    .expect("load case");
-    kube_nft_compiler::compile(&loaded.snapshot, &config).ruleset
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -222,7 +81,7 @@ struct Recorded {
 /// (same requests, same order), masking each reply.
 fn record(case: &str) -> Vec<Recorded> {
     let ruleset = compile_case(case);
-    let dumps = in_netns(|| {
+    let dumps = in_netns(|_| {
         apply::replace(&ruleset).unwrap_or_else(|e| panic!("apply {case}: {e:?}"));
         let mut socket = Socket::open().expect("open socket");
         let mut dumps: Vec<(String, Vec<u8>)> = Vec::new();

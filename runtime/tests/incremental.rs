@@ -9,176 +9,22 @@
 //! namespace, so its sockets and the `nft` it spawns see only that namespace. Needs root; where
 //! that is impossible the kernel tests print `SKIPPED`, except under `CI=true`, where they fail.
 
-use std::process::Command;
-
+use kube_nft_compiler::compile;
 use kube_nft_compiler::ir::{self, Family};
-use kube_nft_compiler::model::{load, Source};
 use kube_nft_compiler::plan::{self, plan, ChainHeader, Object, Op, Verb};
-use kube_nft_compiler::{compile, Config};
 use kube_nft_runtime::apply;
 use kube_nft_runtime::netlink::encode::OpKind;
 use kube_nft_runtime::netlink::socket;
-use serde_json::{json, Value};
+use kube_nft_testkit::cluster::{self, Ep, Kind, Svc};
+use kube_nft_testkit::error_chain as chain;
+use kube_nft_testkit::listing::diff;
+use kube_nft_testkit::netns::{can_run, in_netns};
 
 // --- Clusters -------------------------------------------------------------------------------
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    ClusterIp,
-    NodePort,
-    LoadBalancer,
-}
-
-/// One Service with one EndpointSlice. Endpoints are `(host, node)`: pod IP `10.<node>.<i>.<host>`
-/// (or `fd00:10:<i>::<host>`) on `node-a` (this node), `node-b` or `node-c`.
-#[derive(Clone, Debug)]
-struct Svc {
-    kind: Kind,
-    ipv6: bool,
-    ports: Vec<(&'static str, u16)>,
-    endpoints: Vec<(u8, u8)>,
-    etp_local: bool,
-    itp_local: bool,
-    /// `Some(timeout)`: ClientIP affinity; `Some(None)` with the default timeout.
-    affinity: Option<Option<u32>>,
-    source_ranges: Vec<&'static str>,
-}
-
-impl Svc {
-    /// A TCP port 80 Service with three ready endpoints, one per node.
-    fn new(kind: Kind) -> Svc {
-        Svc {
-            kind,
-            ipv6: false,
-            ports: vec![("TCP", 80)],
-            endpoints: vec![(1, 0), (2, 1), (3, 2)],
-            etp_local: false,
-            itp_local: false,
-            affinity: None,
-            source_ranges: Vec::new(),
-        }
-    }
-}
-
-const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
-
-fn manifests(services: &[Svc]) -> Vec<Value> {
-    let mut docs = vec![json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": "node-a"},
-        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.2"}]}
-    })];
-    for (i, s) in services.iter().enumerate() {
-        let name = format!("svc{i}");
-        let kind = match s.kind {
-            Kind::ClusterIp => "ClusterIP",
-            Kind::NodePort => "NodePort",
-            Kind::LoadBalancer => "LoadBalancer",
-        };
-        let ports: Vec<Value> = s
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(j, (proto, port))| {
-                let mut p = json!({"name": format!("p{j}"), "protocol": proto, "port": port,
-                    "targetPort": 8000 + port});
-                if s.kind != Kind::ClusterIp {
-                    p["nodePort"] = json!(30000 + i * 10 + j);
-                }
-                p
-            })
-            .collect();
-        let (cluster_ip, family) = if s.ipv6 {
-            (format!("fd00:30::{:x}", i + 1), "IPv6")
-        } else {
-            (format!("172.30.{}.{}", i / 200, i % 200 + 1), "IPv4")
-        };
-        let mut spec = json!({
-            "type": kind,
-            "clusterIP": cluster_ip,
-            "ipFamilies": [family],
-            "ports": ports,
-            "selector": {"app": name},
-            "internalTrafficPolicy": if s.itp_local { "Local" } else { "Cluster" },
-        });
-        if s.kind != Kind::ClusterIp {
-            spec["externalTrafficPolicy"] = json!(if s.etp_local { "Local" } else { "Cluster" });
-        }
-        if let Some(timeout) = s.affinity {
-            spec["sessionAffinity"] = json!("ClientIP");
-            if let Some(timeout) = timeout {
-                spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": timeout}});
-            }
-        }
-        if !s.source_ranges.is_empty() {
-            spec["loadBalancerSourceRanges"] = json!(s.source_ranges);
-        }
-        let mut service = json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": "ns", "name": name},
-            "spec": spec,
-        });
-        if s.kind == Kind::LoadBalancer {
-            service["status"] =
-                json!({"loadBalancer": {"ingress": [{"ip": format!("198.51.100.{}", i + 1)}]}});
-        }
-        docs.push(service);
-        let endpoints: Vec<Value> = s
-            .endpoints
-            .iter()
-            .map(|&(host, node)| {
-                let address = if s.ipv6 {
-                    format!("fd00:10:{i:x}::{host:x}")
-                } else {
-                    format!("10.{node}.{}.{host}", i % 250)
-                };
-                json!({
-                    "addresses": [address],
-                    "nodeName": NODES[node as usize],
-                    "conditions": {"ready": true, "serving": true, "terminating": false},
-                })
-            })
-            .collect();
-        let slice_ports: Vec<Value> = s
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(j, (proto, port))| {
-                json!({"name": format!("p{j}"), "protocol": proto, "port": 8000 + port})
-            })
-            .collect();
-        docs.push(json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"namespace": "ns", "name": format!("{name}-abc"),
-                "labels": {"kubernetes.io/service-name": name}},
-            "addressType": family,
-            "endpoints": endpoints,
-            "ports": slice_ports,
-        }));
-    }
-    docs
-}
-
+/// The compiled ruleset of a generated cluster, which must compile without diagnostics.
 fn ruleset(services: &[Svc]) -> ir::Ruleset {
-    let text = serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List",
-        "items": manifests(services)}))
-    .expect("serialize");
-    let loaded = load(&[Source {
-        origin: "generated".into(),
-        text,
-    }])
-    .expect("generated input loads");
-    assert!(
-        loaded.diagnostics.is_empty(),
-        "generated input is valid: {:?}",
-        loaded.diagnostics
-    );
-    let config = Config {
-        hostname: Some("node-a".into()),
-        cluster_cidrs: vec!["10.0.0.0/8".parse().expect("cidr")],
-        ..Config::default()
-    };
-    let compiled = compile(&loaded.snapshot, &config);
+    let compiled = compile(&cluster::snapshot(services), &cluster::config());
     assert!(
         compiled.diagnostics.is_empty(),
         "generated cluster compiles cleanly: {:?}",
@@ -227,7 +73,9 @@ fn steps() -> Vec<(&'static str, Box<Change>)> {
         (name, Box::new(change))
     }
     vec![
-        step("add an endpoint", |c| c[CLUSTER_IP].endpoints.push((4, 0))),
+        step("add an endpoint", |c| {
+            c[CLUSTER_IP].endpoints.push(Ep::ready(4, 0))
+        }),
         step("remove an endpoint", |c| {
             c[CLUSTER_IP].endpoints.remove(0);
         }),
@@ -254,10 +102,10 @@ fn steps() -> Vec<(&'static str, Box<Change>)> {
         step("affinity on", |c| c[AFFINITY].affinity = Some(Some(600))),
         step("zero endpoints", |c| c[CLUSTER_IP].endpoints.clear()),
         step("endpoints back", |c| {
-            c[CLUSTER_IP].endpoints = vec![(7, 0), (8, 1)];
+            c[CLUSTER_IP].endpoints = vec![Ep::ready(7, 0), Ep::ready(8, 1)];
         }),
         step("endpoints arrive for the empty service", |c| {
-            c[NO_ENDPOINTS].endpoints = vec![(9, 2)];
+            c[NO_ENDPOINTS].endpoints = vec![Ep::ready(9, 2)];
         }),
         step("add a source range", |c| {
             c[LOAD_BALANCER].source_ranges.push("192.0.2.128/25");
@@ -268,12 +116,14 @@ fn steps() -> Vec<(&'static str, Box<Change>)> {
         step("source ranges back", |c| {
             c[LOAD_BALANCER].source_ranges = vec!["198.18.0.0/15", "0.0.0.0/0"];
         }),
-        step("IPv6 endpoint added", |c| c[IPV6].endpoints.push((4, 0))),
+        step("IPv6 endpoint added", |c| {
+            c[IPV6].endpoints.push(Ep::ready(4, 0))
+        }),
         step("many endpoints (numgen map)", |c| {
-            c[CLUSTER_IP].endpoints = (1..=40).map(|h| (h, h % 3)).collect();
+            c[CLUSTER_IP].endpoints = (1..=40).map(|h| Ep::ready(h, h % 3)).collect();
         }),
         step("one more endpoint (numgen map rebuilt)", |c| {
-            c[CLUSTER_IP].endpoints.push((41, 0));
+            c[CLUSTER_IP].endpoints.push(Ep::ready(41, 0));
         }),
         step("few endpoints again", |c| {
             c[CLUSTER_IP].endpoints.truncate(2)
@@ -284,163 +134,6 @@ fn steps() -> Vec<(&'static str, Box<Change>)> {
         step("no services", |c| c.clear()),
         step("everything back", |c| *c = base_cluster()),
     ]
-}
-
-// --- Environment ------------------------------------------------------------------------------
-
-/// Why kernel tests cannot run here, if they cannot.
-fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        return Some(format!("not root (effective uid {euid})"));
-    }
-    match Command::new("nft").arg("--version").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!(
-            "`nft --version` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Some(format!("cannot run nft: {e}")),
-    }
-}
-
-/// `true` when kernel tests can run; otherwise skips loudly, or fails under `CI=true`.
-fn can_run(test: &str) -> bool {
-    let Some(reason) = unavailable() else {
-        return true;
-    };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: CI=true but kernel tests cannot run here: {reason}");
-    }
-    eprintln!("\n*** SKIPPED: {test}: {reason} ***\n");
-    false
-}
-
-/// Runs `f` on a new thread inside a fresh network namespace that disappears with the thread.
-fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: unshare only changes this thread's namespace membership.
-                let res = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-                assert_eq!(
-                    res,
-                    0,
-                    "unshare(CLONE_NEWNET): {}",
-                    std::io::Error::last_os_error()
-                );
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-/// `nft list ruleset` in the calling thread's namespace, normalized for order only. `nft list`
-/// shows chains and sets in creation order, so a chain added by an incremental transaction comes
-/// after the chains that were there before, where a fresh load has it in name order; and some
-/// set backends list elements in insertion order. Neither order carries meaning, so the chain
-/// and set blocks of each table are sorted, as are the entries of every `elements = { … }`
-/// block. Rules keep their order: within a chain it is the meaning.
-fn listing() -> String {
-    let out = Command::new("nft")
-        .args(["list", "ruleset"])
-        .output()
-        .expect("run nft");
-    assert!(
-        out.status.success(),
-        "nft list ruleset: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    sort_blocks(&sort_elements(&String::from_utf8_lossy(&out.stdout)))
-}
-
-/// Sorts the blocks (`\tchain … {` to `\t}`) inside every table of a listing.
-fn sort_blocks(listing: &str) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut blocks: Vec<String> = Vec::new();
-    let mut current: Option<String> = None;
-    for line in listing.lines() {
-        if let Some(block) = current.as_mut() {
-            block.push_str(line);
-            block.push('\n');
-            if line == "\t}" {
-                blocks.extend(current.take());
-            }
-        } else if line.starts_with('\t') && line.ends_with(" {") {
-            current = Some(format!("{line}\n"));
-        } else {
-            // A table's header or closing brace (or a blank line between blocks).
-            if line == "}" {
-                blocks.sort();
-                out.append(&mut blocks);
-            }
-            if !line.is_empty() {
-                out.push(format!("{line}\n"));
-            }
-        }
-    }
-    out.concat()
-}
-
-fn sort_elements(listing: &str) -> String {
-    const OPEN: &str = "elements = { ";
-    let mut out = Vec::new();
-    let mut block: Vec<String> = Vec::new();
-    let mut prefix = String::new();
-    for line in listing.lines() {
-        let rest = if block.is_empty() && prefix.is_empty() {
-            let Some(at) = line.find(OPEN) else {
-                out.push(line.to_owned());
-                continue;
-            };
-            prefix = line[..at + OPEN.len()].to_owned();
-            &line[at + OPEN.len()..]
-        } else {
-            line
-        };
-        let entry = rest.trim();
-        let (entry, last) = match entry.strip_suffix(" }") {
-            Some(entry) => (entry, true),
-            None => (entry, false),
-        };
-        block.push(entry.trim_end_matches(',').to_owned());
-        if last {
-            block.sort();
-            out.push(format!("{prefix}{}", block.join(", ")));
-            block.clear();
-            prefix.clear();
-        }
-    }
-    out.join("\n")
-}
-
-/// Lines of `a` missing from `b` and the other way round, for failure messages.
-fn diff(a: &str, b: &str) -> String {
-    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
-    let mut out = String::new();
-    for line in a.iter().filter(|l| !b.contains(l)) {
-        out.push_str(&format!("- {line}\n"));
-    }
-    for line in b.iter().filter(|l| !a.contains(l)) {
-        out.push_str(&format!("+ {line}\n"));
-    }
-    if out.is_empty() {
-        out.push_str("(same lines, different order)\n");
-    }
-    out
-}
-
-/// The error and its sources, `: `-joined.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 // --- Tests ------------------------------------------------------------------------------------
@@ -458,9 +151,9 @@ fn every_step_of_a_cluster_history_applied_incrementally_lists_like_a_fresh_repl
         rulesets.push((name, ruleset(&cluster)));
     }
     // Side A: the first ruleset fresh, then one incremental transaction per step.
-    let incremental: Vec<String> = in_netns(|| {
+    let incremental: Vec<String> = in_netns(|ns| {
         apply::replace(&rulesets[0].1).unwrap_or_else(|e| panic!("{}", chain(&e)));
-        let mut listings = vec![listing()];
+        let mut listings = vec![ns.normalized_ruleset()];
         for pair in rulesets.windows(2) {
             let [(_, old), (name, new)] = pair else {
                 unreachable!("windows of two")
@@ -475,18 +168,18 @@ fn every_step_of_a_cluster_history_applied_incrementally_lists_like_a_fresh_repl
                 report.bytes,
                 tx.counts()
             );
-            listings.push(listing());
+            listings.push(ns.normalized_ruleset());
         }
         listings
     });
     // Side B: every ruleset from scratch.
-    let fresh: Vec<String> = in_netns(|| {
+    let fresh: Vec<String> = in_netns(|ns| {
         rulesets
             .iter()
             .map(|(name, ruleset)| {
                 apply::cleanup().expect("cleanup");
                 apply::replace(ruleset).unwrap_or_else(|e| panic!("{name}: {}", chain(&e)));
-                listing()
+                ns.normalized_ruleset()
             })
             .collect()
     });
@@ -501,22 +194,9 @@ fn every_step_of_a_cluster_history_applied_incrementally_lists_like_a_fresh_repl
     assert!(fresh[0].contains("table ip6 kube-nft"), "{}", fresh[0]);
 }
 
-/// N ClusterIP and NodePort Services, each TCP 80 with three endpoints.
-fn uniform_cluster(n: usize) -> Vec<Svc> {
-    (0..n)
-        .map(|i| {
-            Svc::new(if i % 2 == 0 {
-                Kind::ClusterIp
-            } else {
-                Kind::NodePort
-            })
-        })
-        .collect()
-}
-
 /// Messages and bytes of the transaction for `change` in a cluster of `n` Services.
 fn batch_size(n: usize, change: &Change) -> (usize, usize) {
-    let before = uniform_cluster(n);
+    let before = cluster::uniform(n);
     let mut after = before.clone();
     change(&mut after);
     let (old, new) = (ruleset(&before), ruleset(&after));
@@ -534,7 +214,7 @@ fn a_small_change_is_a_small_batch_whatever_the_cluster_size() {
     let cases: [(&str, &Change, usize, usize); 4] = [
         (
             "add an endpoint",
-            &|c| c[4].endpoints.push((4, 1)),
+            &|c| c[4].endpoints.push(Ep::ready(4, 1)),
             9,
             2_304,
         ),
@@ -584,7 +264,7 @@ fn a_plan_the_kernel_refuses_names_the_operation_and_changes_nothing() {
     }
     let old = ruleset(&base_cluster());
     let mut cluster = base_cluster();
-    cluster[CLUSTER_IP].endpoints.push((4, 0));
+    cluster[CLUSTER_IP].endpoints.push(Ep::ready(4, 0));
     let new = ruleset(&cluster);
     // A valid change, then the deletion of a chain the base chains still jump to: EBUSY.
     let mut tx = plan(&old, &new);
@@ -595,9 +275,9 @@ fn a_plan_the_kernel_refuses_names_the_operation_and_changes_nothing() {
         table: "kube-nft".into(),
         object: Object::Chain(ChainHeader::of(services)),
     });
-    in_netns(|| {
+    in_netns(|ns| {
         apply::replace(&old).unwrap_or_else(|e| panic!("{}", chain(&e)));
-        let before = listing();
+        let before = ns.normalized_ruleset();
         let err = apply::apply_plan(&old, &tx).expect_err("deleting a used chain must fail");
         let Some(socket::Error::Rejected { rejections }) = err.netlink() else {
             panic!("expected a rejection, got {err:?}");
@@ -610,11 +290,15 @@ fn a_plan_the_kernel_refuses_names_the_operation_and_changes_nothing() {
             text.starts_with("delete chain ip kube-nft services: "),
             "{text}"
         );
-        assert_eq!(listing(), before, "a refused plan changed the ruleset");
+        assert_eq!(
+            ns.normalized_ruleset(),
+            before,
+            "a refused plan changed the ruleset"
+        );
         // The same plan without the bad operation goes through.
         tx.ops.pop();
         apply::apply_plan(&old, &tx).unwrap_or_else(|e| panic!("{}", chain(&e)));
-        assert_ne!(listing(), before);
+        assert_ne!(ns.normalized_ruleset(), before);
     });
 }
 

@@ -5,233 +5,15 @@
 //! Needs root; where that is impossible the tests print `SKIPPED`, except under `CI=true`,
 //! where they fail.
 
-#[path = "readback/every_form.rs"]
-mod every_form;
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use kube_nft_compiler::config::{
-    normalize_hostname, parse_cidr, parse_kube_proxy_configuration, NodePortAddress,
-};
 use kube_nft_compiler::ir::{self, Family};
-use kube_nft_compiler::model::{self, Source};
-use kube_nft_compiler::Config;
 use kube_nft_runtime::netlink::socket::Socket;
 use kube_nft_runtime::{apply, readback};
+use kube_nft_testkit::error_chain as chain;
+use kube_nft_testkit::every_form::every_form_ruleset;
+use kube_nft_testkit::golden::{self, compile_case, shown};
+use kube_nft_testkit::netns::{can_run, in_netns};
 
 const BOTH: [Family; 2] = [Family::Ip, Family::Ip6];
-
-// ---------------------------------------------------------------------------------------------
-/// Why this environment cannot run kernel tests, if it cannot.
-fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        return Some(format!("not root (effective uid {euid})"));
-    }
-    for (program, args) in [
-        ("nft", &["--version"][..]),
-        ("unshare", &["-n", "true"][..]),
-    ] {
-        match Command::new(program).args(args).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                return Some(format!(
-                    "`{program} {}` failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-            Err(e) => return Some(format!("cannot run {program}: {e}")),
-        }
-    }
-    None
-}
-
-/// `true` when kernel tests can run; otherwise skips loudly, or fails under `CI=true`.
-fn can_run(test: &str) -> bool {
-    let Some(reason) = unavailable() else {
-        return true;
-    };
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: CI=true but kernel tests cannot run here: {reason}");
-    }
-    eprintln!("\n*** SKIPPED: {test}: {reason} ***\n");
-    false
-}
-
-/// A network namespace owned by the current thread (see [`in_netns`]).
-struct Netns;
-
-impl Netns {
-    /// Runs nft in this namespace; `Err` carries stderr.
-    fn nft(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("nft")
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run nft: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    /// Loads an nft script from text.
-    fn nft_load(&self, script: &str) -> Result<(), String> {
-        let path = temp_path("script.nft");
-        std::fs::write(&path, script).map_err(|e| e.to_string())?;
-        let result = self.nft(&["-f", path_str(&path)]).map(|_| ());
-        let _ = std::fs::remove_file(&path);
-        result
-    }
-}
-
-/// Runs `f` on a new thread inside a fresh network namespace that disappears with the thread.
-fn in_netns<T: Send>(f: impl FnOnce(&Netns) -> T + Send) -> T {
-    let host_ns = std::fs::read_link("/proc/thread-self/ns/net").expect("read own netns");
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: unshare only changes this thread's namespace membership.
-                let res = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-                assert_eq!(
-                    res,
-                    0,
-                    "unshare(CLONE_NEWNET): {}",
-                    std::io::Error::last_os_error()
-                );
-                let ns = std::fs::read_link("/proc/thread-self/ns/net").expect("read netns");
-                assert_ne!(ns, host_ns, "still in the host's network namespace");
-                // Children spawned from this thread must land in the new namespace too.
-                let child = Command::new("readlink")
-                    .arg("/proc/self/ns/net")
-                    .output()
-                    .expect("run readlink");
-                let child_ns = String::from_utf8_lossy(&child.stdout).trim().to_owned();
-                assert_eq!(Path::new(&child_ns), ns, "child process in another netns");
-                f(&Netns)
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-fn temp_path(name: &str) -> PathBuf {
-    let tid = std::thread::current().id();
-    std::env::temp_dir().join(format!(
-        "kube-nft-kernel-{}-{tid:?}-{name}",
-        std::process::id()
-    ))
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 path")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Golden cases
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("runtime/ has a parent")
-        .to_path_buf()
-}
-
-fn golden_cases() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
-                out.push(path);
-            }
-        }
-    }
-    let mut cases = Vec::new();
-    walk(&repo_root().join("testdata/compile"), &mut cases);
-    cases.sort();
-    cases
-}
-
-/// The node config from a case's leading `# args:` lines, built like the binary does: the
-/// `--config` file first, then the flags.
-fn case_config(text: &str) -> Config {
-    let args: Vec<&str> = text
-        .lines()
-        .take_while(|line| line.starts_with('#'))
-        .filter_map(|line| line.strip_prefix("# args:"))
-        .flat_map(str::split_whitespace)
-        .collect();
-    let value = |i: usize| *args.get(i + 1).expect("flag value");
-    let mut file = None;
-    let mut flags = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        match args[i] {
-            "--config" => {
-                file = Some(value(i));
-                i += 2;
-            }
-            "--masquerade-all" => {
-                flags.push(("--masquerade-all", ""));
-                i += 1;
-            }
-            flag => {
-                flags.push((flag, value(i)));
-                i += 2;
-            }
-        }
-    }
-    let mut config = Config::default();
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(repo_root().join(path)).expect("read --config file");
-        let (file, _warnings) = parse_kube_proxy_configuration(&text).expect("parse --config");
-        file.apply_to(&mut config);
-    }
-    let list = |v: &str| v.split(',').map(str::to_owned).collect::<Vec<_>>();
-    for (flag, v) in flags {
-        match flag {
-            "--hostname-override" => config.hostname = normalize_hostname(v),
-            "--node-ip" => {
-                config.node_ips = list(v).iter().map(|s| s.parse().expect("IP")).collect()
-            }
-            "--cluster-cidr" => {
-                config.cluster_cidrs = list(v)
-                    .iter()
-                    .map(|s| parse_cidr(s).expect("CIDR"))
-                    .collect()
-            }
-            "--nodeport-addresses" => {
-                config.nodeport_addresses = list(v)
-                    .iter()
-                    .map(|s| s.parse::<NodePortAddress>().expect("nodeport address"))
-                    .collect()
-            }
-            "--masquerade-all" => config.masquerade_all = true,
-            "--service-proxy-name" => config.service_proxy_name = Some(v.to_owned()),
-            other => panic!("case uses flag {other}, which this test does not parse yet"),
-        }
-    }
-    config
-}
-
-fn compile_case(case: &Path) -> ir::Ruleset {
-    let text = std::fs::read_to_string(case).expect("read case");
-    let config = case_config(&text);
-    let loaded = model::load(&[Source {
-        origin: case.display().to_string(),
-        text,
-    }])
-    .expect("load case");
-    kube_nft_compiler::compile(&loaded.snapshot, &config).ruleset
-}
 
 // ---------------------------------------------------------------------------------------------
 // Tests
@@ -304,30 +86,12 @@ fn check(expected: &ir::Ruleset, actual: &ir::Ruleset) -> Result<(), String> {
     }
 }
 
-/// The error and its sources, `: `-joined.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
-fn shown(case: &Path) -> String {
-    case.strip_prefix(repo_root())
-        .unwrap_or(case)
-        .display()
-        .to_string()
-}
-
 #[test]
 fn every_golden_case_reads_back_as_its_compiled_ir() {
     if !can_run("every_golden_case_reads_back_as_its_compiled_ir") {
         return;
     }
-    let cases = golden_cases();
+    let cases = golden::cases();
     assert!(!cases.is_empty(), "no golden cases");
     let mut failures = Vec::new();
     for case in &cases {
@@ -358,7 +122,7 @@ fn every_golden_script_loaded_by_nft_reads_back_as_its_compiled_ir() {
         return;
     }
     let mut failures = Vec::new();
-    let cases = golden_cases();
+    let cases = golden::cases();
     for case in &cases {
         let ruleset = compile_case(case);
         let script = std::fs::read_to_string(case.with_extension("nft")).expect("read script");
@@ -385,7 +149,7 @@ fn every_ir_form_reads_back_as_applied_and_as_loaded_by_nft() {
     if !can_run("every_ir_form_reads_back_as_applied_and_as_loaded_by_nft") {
         return;
     }
-    let ruleset = every_form::every_form_ruleset();
+    let ruleset = every_form_ruleset();
     let expected = ruleset.clone();
     let applied = in_netns(|_| {
         apply::replace(&ruleset).unwrap_or_else(|e| panic!("apply: {}", chain(&e)));
@@ -434,7 +198,7 @@ fn a_foreign_rule_in_our_chain_is_reported_by_chain_and_position() {
     if !can_run("a_foreign_rule_in_our_chain_is_reported_by_chain_and_position") {
         return;
     }
-    let ruleset = compile_case(&repo_root().join("testdata/compile/cluster/small-cluster.yaml"));
+    let ruleset = compile_case("testdata/compile/cluster/small-cluster.yaml");
     in_netns(|ns| {
         apply::replace(&ruleset).expect("apply");
         let mut socket = Socket::open().expect("socket");

@@ -5,13 +5,11 @@
 use std::collections::BTreeMap;
 
 use kube_nft_compiler::ir::{self, DataType, Family};
+use kube_nft_testkit::every_form;
 
 use super::super::encode::Batch;
 use super::super::sys::*;
 use super::*;
-
-#[path = "../../../tests/readback/every_form.rs"]
-mod every_form;
 
 /// The nf_tables messages of a transaction, BATCH_BEGIN and BATCH_END left out.
 fn messages(bytes: &[u8]) -> Vec<&[u8]> {
