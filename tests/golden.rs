@@ -8,6 +8,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kube_nft_testkit::golden::{self, case_args, repo_root};
+
 /// Runs every case; reports each mismatching case, then fails if there was any.
 #[test]
 fn compile_goldens() {
@@ -58,41 +60,13 @@ fn output_is_deterministic() {
 /// depend on where the repository is checked out), sorted.
 fn cases() -> Vec<PathBuf> {
     let root = repo_root();
-    let mut cases = Vec::new();
-    collect_yaml(&root.join("testdata/compile"), &mut cases);
-    let mut cases: Vec<PathBuf> = cases
+    golden::cases()
         .into_iter()
         .map(|case| {
             case.strip_prefix(&root)
                 .expect("case is below the root")
                 .to_path_buf()
         })
-        .collect();
-    cases.sort();
-    cases
-}
-
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries {
-        let path = entry.expect("read testdata directory").path();
-        if path.is_dir() {
-            collect_yaml(&path, out);
-        } else if path.extension().is_some_and(|ext| ext == "yaml") {
-            out.push(path);
-        }
-    }
-}
-
-/// The flags from a case's leading `# args:` lines.
-fn case_args(text: &str) -> Vec<String> {
-    text.lines()
-        .take_while(|line| line.starts_with('#'))
-        .filter_map(|line| line.strip_prefix("# args:"))
-        .flat_map(str::split_whitespace)
-        .map(str::to_owned)
         .collect()
 }
 
@@ -116,10 +90,6 @@ fn compile(case: &Path) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("stdout is UTF-8")
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]

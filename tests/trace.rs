@@ -9,22 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use expect_test::{expect, Expect};
+use kube_nft_testkit::golden::{case_args, repo_root};
 
 /// Node-a's address in every golden cluster.
 const NODE: &str = "192.168.0.2";
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The `# args:` flags of a golden case.
-fn case_args(case: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(repo_root().join(case)).expect("read case");
-    text.lines()
-        .take_while(|l| l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix("# args:"))
-        .flat_map(|l| l.split_whitespace().map(str::to_string))
-        .collect()
+fn args_of(case: &Path) -> Vec<String> {
+    case_args(&std::fs::read_to_string(repo_root().join(case)).expect("read case"))
 }
 
 /// Traces `packet` (sent `from` outside, pod or host) through the ruleset of `case`.
@@ -35,7 +27,7 @@ fn trace(case: &str, from: &str, packet: &str) -> String {
         .arg("trace")
         .arg("-f")
         .arg(&case)
-        .args(case_args(&case))
+        .args(args_of(&case))
         .args(["--from", from, packet])
         .output()
         .expect("run kube-nft trace");

@@ -52,15 +52,22 @@ pub fn shown(case: &Path) -> String {
         .to_string()
 }
 
-/// The node config from a case's leading `# args:` lines, built like the binary does: the
-/// `--config` file first, then the flags.
-pub fn case_config(text: &str) -> Config {
-    let args: Vec<&str> = text
-        .lines()
+/// The CLI flags of a case: its leading `# args:` comment lines, split on whitespace and
+/// concatenated (the golden and trace tests pass them to the binary as they are).
+pub fn case_args(text: &str) -> Vec<String> {
+    text.lines()
         .take_while(|line| line.starts_with('#'))
         .filter_map(|line| line.strip_prefix("# args:"))
         .flat_map(str::split_whitespace)
-        .collect();
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The node config from a case's [`case_args`], built like the binary does: the `--config`
+/// file first, then the flags.
+pub fn case_config(text: &str) -> Config {
+    let args = case_args(text);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let value = |i: usize| *args.get(i + 1).expect("flag value");
     let mut file = None;
     let mut flags = Vec::new();
