@@ -14,12 +14,16 @@
 //! snapshots and rulesets, and proptest strategies for random ones.
 //!
 //! [`every_form`]: a table with every statement, expression, set and element form the IR has.
+//!
+//! [`synthetic`]: seeded clusters of N Services × M endpoints in a realistic mix, for the
+//! benchmark (`bench/`) and scale tests.
 
 pub mod cluster;
 pub mod every_form;
 pub mod golden;
 pub mod listing;
 pub mod netns;
+pub mod synthetic;
 
 /// The error and its sources, `: `-joined.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
