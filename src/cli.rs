@@ -78,6 +78,39 @@ Examples:
     /// Absent tables are not an error, so it can run any number of times.
     #[command(after_long_help = exit_codes!())]
     Cleanup,
+    /// Build a throwaway lab of network namespaces from a cluster file, program it, send
+    /// traffic to every Service and print what each client saw. Needs root and iproute2.
+    ///
+    /// Every pod, node and client of the cluster becomes a network namespace (joined by veth
+    /// and a bridge in a namespace of its own); endpoints run small TCP/UDP servers that answer
+    /// with their name and the source address they saw. This node is programmed exactly as
+    /// `kube-nft compile -f` does it, then each ClusterIP, NodePort, externalIP and
+    /// LoadBalancer address is probed from a pod, from a client outside the cluster and from a
+    /// client outside `loadBalancerSourceRanges`. Everything is torn down afterwards; nothing
+    /// outside the lab's own namespaces is touched.
+    #[command(after_long_help = concat!("\
+Examples:
+  # The bundled example cluster (examples/cluster.yaml), as node-a:
+  sudo kube-nft demo
+
+  # Your own dump, as node worker-1:
+  sudo kube-nft demo -f cluster.yaml --hostname-override worker-1 --cluster-cidr 10.244.0.0/16
+
+", exit_codes!()))]
+    Demo(DemoArgs),
+}
+
+/// `kube-nft demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Cluster objects, as for `compile -f`. Default: the bundled `examples/cluster.yaml`.
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub(crate) path: Option<PathBuf>,
+    /// Node options as for `compile`. Without `--hostname-override` the first Node (by name)
+    /// is this node; without `--cluster-cidr` this node's `podCIDRs` are the pod range (like
+    /// kube-proxy's `--detect-local-mode=NodeCIDR`).
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
 }
 
 /// `kube-nft compile`.

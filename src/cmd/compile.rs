@@ -3,7 +3,7 @@
 //! plan the difference and apply it in one netlink transaction (nothing when equal).
 
 use anyhow::Context;
-use kube_nft_compiler::ir::Family;
+use kube_nft_compiler::ir::{Family, Ruleset};
 use kube_nft_compiler::plan::plan;
 use kube_nft_compiler::render::render;
 use kube_nft_runtime::{apply, readback};
@@ -18,7 +18,13 @@ pub(super) fn run(args: &CompileArgs) -> anyhow::Result<u8> {
         print_stdout(&render(&compiled))?;
         return Ok(0);
     }
-    let desired = &compiled.ruleset;
+    eprintln!("{}", program(&compiled.ruleset)?);
+    Ok(0)
+}
+
+/// Programs `desired` into the calling thread's network namespace: reads our tables back, plans
+/// the difference and applies it in one transaction. Returns what was done, for stderr.
+pub(super) fn program(desired: &Ruleset) -> anyhow::Result<String> {
     let current = match readback::read(&[Family::Ip, Family::Ip6]) {
         Ok(current) => current,
         // Someone edited our tables with rules we did not write: planning against them is
@@ -26,26 +32,23 @@ pub(super) fn run(args: &CompileArgs) -> anyhow::Result<u8> {
         Err(err @ readback::Error::UnrecognisedRule { .. }) => {
             eprintln!("warning: {err}; replacing the kube-nft tables");
             let report = apply::replace(desired).context("program the kernel")?;
-            eprintln!(
+            return Ok(format!(
                 "replaced ip/ip6 kube-nft in one transaction ({} messages, {} bytes)",
                 report.messages, report.bytes
-            );
-            return Ok(0);
+            ));
         }
         Err(err) => return Err(err).context("read the current kube-nft tables"),
     };
     let tx = plan(&current, desired);
     if tx.is_empty() {
-        eprintln!("no changes: the kernel already holds this ruleset");
-        return Ok(0);
+        return Ok("no changes: the kernel already holds this ruleset".into());
     }
     let report = apply::apply_plan(&current, &tx)
         .context("program the kernel (the transaction was refused; nothing was changed)")?;
-    eprintln!(
+    Ok(format!(
         "applied {} in one transaction ({} messages, {} bytes)",
         tx.counts(),
         report.messages,
         report.bytes
-    );
-    Ok(0)
+    ))
 }

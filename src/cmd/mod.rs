@@ -4,6 +4,7 @@
 
 mod cleanup;
 mod compile;
+mod demo;
 mod diff;
 mod trace;
 
@@ -26,6 +27,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Trace(args) => trace::run(&args).map(|()| 0),
         Command::Diff(args) => diff::run(&args),
         Command::Cleanup => cleanup::run(),
+        Command::Demo(args) => demo::run(&args).map(|()| 0),
     }
 }
 

@@ -11,8 +11,8 @@ use std::process::{Command, Output};
 
 use crate::listing;
 
-/// Why this environment cannot run kernel tests, if it cannot: they need root, `nft` and
-/// `unshare -n`.
+/// Why this environment cannot run kernel tests, if it cannot: they need root, `nft`,
+/// `unshare -n` and (for the lab) `ip netns`.
 pub fn unavailable() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -22,6 +22,7 @@ pub fn unavailable() -> Option<String> {
     for (program, args) in [
         ("nft", &["--version"][..]),
         ("unshare", &["-n", "true"][..]),
+        ("ip", &["netns", "list"][..]),
     ] {
         match Command::new(program).args(args).output() {
             Ok(out) if out.status.success() => {}

@@ -1,0 +1,690 @@
+//! Real traffic through real rules: every Service feature proved with packets. Each test builds
+//! a lab (`kube-nft-lab`: network namespaces for node-a, node-b, their pods and LAN clients,
+//! echo servers on every endpoint) from `testdata/lab/cluster.yaml`, programs node-a with the
+//! binary exactly as an operator would (`kube-nft compile -f` inside node-a's namespace, the
+//! netlink path), then sends TCP connections and UDP datagrams and asserts which endpoint
+//! answered and which source address it saw. Servers answer with their pod name, so a wrong
+//! endpoint is visible, and `Refused` (a reject) is told apart from `Timeout` (a drop).
+//!
+//! Clients: `pod-client` (10.0.1.250 / fd00:10:1::fa, a pod on node-a), `client`
+//! (203.0.113.10-19 / 2001:db8:1::10-1f, on the LAN, inside the LoadBalancer source range),
+//! `stranger` (192.0.2.10, outside it), node-a itself, and pods that are endpoints (hairpin).
+//! Needs root and iproute2; under `CI=true` a machine that cannot run it fails the test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kube_nft_compiler::model::{load, Source};
+use kube_nft_compiler::trace::{self, Env, Origin, Packet};
+use kube_nft_compiler::{compile, Config};
+use kube_nft_lab::probe::DROP_TIMEOUT;
+use kube_nft_lab::topology::{default_lan_clients, pod_client};
+use kube_nft_lab::{Lab, Outcome, Probe, Proto, Reply, Topology};
+use kube_nft_testkit::golden::repo_root;
+use kube_nft_testkit::netns::can_run;
+
+/// node-a's flags for the lab cluster.
+const FLAGS: [&str; 4] = [
+    "--hostname-override",
+    "node-a",
+    "--cluster-cidr",
+    "10.0.0.0/16,fd00:10::/32",
+];
+
+/// Probes per balancing check: the chance that one of three equally likely endpoints is never
+/// chosen in this many tries is 3·(2/3)^60 ≈ 10⁻¹⁰.
+const DRAWS: usize = 60;
+
+fn cluster() -> PathBuf {
+    repo_root().join("testdata/lab/cluster.yaml")
+}
+
+/// A lab built from a cluster file, node-a programmed from it.
+struct Scene {
+    lab: Lab,
+}
+
+impl Scene {
+    /// The lab for `file` with node-a programmed with `FLAGS` plus `extra`; `None` where the
+    /// lab cannot run (never under `CI=true`, where `can_run` fails the test instead).
+    fn new(test: &str, file: &Path, extra: &[&str]) -> Option<Scene> {
+        let scene = Scene::build(test, file)?;
+        scene.program(file, extra);
+        Some(scene)
+    }
+
+    /// The lab with the pods, nodes and clients of `file`, nothing programmed yet.
+    fn build(test: &str, file: &Path) -> Option<Scene> {
+        if !can_run(test) {
+            return None;
+        }
+        let text = std::fs::read_to_string(file).expect("read cluster file");
+        let snapshot = load(&[Source {
+            origin: file.display().to_string(),
+            text,
+        }])
+        .expect("cluster file loads")
+        .snapshot;
+        let mut clients = default_lan_clients();
+        clients.extend(pod_client(&snapshot, "node-a"));
+        let lab = Lab::build(Topology::from_snapshot(&snapshot, "node-a", &clients))
+            .unwrap_or_else(|e| panic!("{test}: build the lab: {e}"));
+        Some(Scene { lab })
+    }
+
+    /// `kube-nft compile -f FILE FLAGS… EXTRA…` inside node-a; panics unless it succeeds.
+    fn program(&self, file: &Path, extra: &[&str]) -> String {
+        let out = self
+            .lab
+            .command("node-a", env!("CARGO_BIN_EXE_kube-nft"))
+            .expect("node-a")
+            .arg("compile")
+            .arg("-f")
+            .arg(file)
+            .args(FLAGS)
+            .args(extra)
+            .output()
+            .expect("run kube-nft compile -f");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "kube-nft compile -f failed:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("warning"),
+            "unexpected warnings:\n{stderr}"
+        );
+        stderr
+    }
+
+    fn probe(&self, from: &str, probe: Probe) -> Outcome {
+        self.lab.probe(from, &probe)
+    }
+
+    /// `n` probes that must all be answered.
+    fn replies(&self, from: &str, probe: Probe, n: usize) -> Vec<Reply> {
+        (0..n)
+            .map(|i| match self.probe(from, probe) {
+                Outcome::Reply(r) => r,
+                other => panic!(
+                    "{from} -> {:?} {}: probe {i}: {other}",
+                    probe.proto, probe.dst
+                ),
+            })
+            .collect()
+    }
+
+    fn is_node(&self, addr: IpAddr) -> bool {
+        self.lab.topology().is_node_addr(addr)
+    }
+
+    /// The first address of `host` of the family (`v4`) given: its default source.
+    fn addr(&self, host: &str, v4: bool) -> IpAddr {
+        let h = self.lab.topology().host(host).expect("host");
+        h.addrs
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == v4)
+            .expect("an address of the family")
+    }
+}
+
+fn tcp(dst: &str) -> Probe {
+    Probe::new(Proto::Tcp, dst.parse().expect("socket address"))
+}
+
+fn udp(dst: &str) -> Probe {
+    Probe::new(Proto::Udp, dst.parse().expect("socket address"))
+}
+
+/// The set of endpoints (pod names) that answered.
+fn hosts(replies: &[Reply]) -> BTreeSet<&str> {
+    replies.iter().map(|r| r.host.as_str()).collect()
+}
+
+fn set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
+    names.iter().copied().collect()
+}
+
+/// The ports the endpoints were reached on.
+fn ports(replies: &[Reply]) -> BTreeSet<u16> {
+    replies.iter().map(|r| r.local.port()).collect()
+}
+
+/// The sources the endpoints saw.
+fn sources(replies: &[Reply]) -> BTreeSet<IpAddr> {
+    replies.iter().map(|r| r.peer.ip()).collect()
+}
+
+const WEB: [&str; 3] = ["web-a1", "web-b1", "web-b2"];
+
+// --- ClusterIP ------------------------------------------------------------------------------
+
+#[test]
+fn clusterip_balances_tcp_and_udp_over_every_endpoint() {
+    let Some(s) = Scene::new("clusterip_balances", &cluster(), &[]) else {
+        return;
+    };
+    // From a pod: every endpoint, the target port, the pod's own address (no masquerade).
+    let r = s.replies("pod-client", tcp("172.30.0.10:80"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    assert_eq!(ports(&r), BTreeSet::from([8080]));
+    assert_eq!(sources(&r), BTreeSet::from([s.addr("pod-client", true)]));
+    let r = s.replies("pod-client", udp("172.30.0.10:53"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    assert_eq!(ports(&r), BTreeSet::from([5353]));
+    assert_eq!(sources(&r), BTreeSet::from([s.addr("pod-client", true)]));
+    // From outside the cluster CIDR: masqueraded to a node address.
+    let r = s.replies("client", tcp("172.30.0.10:80"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    assert!(
+        sources(&r).iter().all(|a| s.is_node(*a)),
+        "{:?}",
+        sources(&r)
+    );
+    let r = s.replies("client", udp("172.30.0.10:53"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    assert!(
+        sources(&r).iter().all(|a| s.is_node(*a)),
+        "{:?}",
+        sources(&r)
+    );
+}
+
+#[test]
+fn clusterip_from_the_node_itself() {
+    let Some(s) = Scene::new("clusterip_from_the_node", &cluster(), &[]) else {
+        return;
+    };
+    for probe in [tcp("172.30.0.10:80"), udp("172.30.0.10:53")] {
+        let r = s.replies("node-a", probe, DRAWS);
+        assert_eq!(hosts(&r), set(&WEB), "{probe:?}");
+        // Host traffic is not from the cluster CIDR: masqueraded (to node-a's address).
+        assert!(
+            sources(&r).iter().all(|a| s.is_node(*a)),
+            "{:?}",
+            sources(&r)
+        );
+    }
+}
+
+#[test]
+fn multi_port_service_maps_each_port_to_its_target_port() {
+    let Some(s) = Scene::new("multi_port", &cluster(), &[]) else {
+        return;
+    };
+    let r = s.replies("pod-client", tcp("172.30.0.11:80"), 5);
+    assert_eq!(
+        (hosts(&r), ports(&r)),
+        (set(&["web-a1"]), BTreeSet::from([8080]))
+    );
+    let r = s.replies("pod-client", tcp("172.30.0.11:443"), 5);
+    assert_eq!(
+        (hosts(&r), ports(&r)),
+        (set(&["web-a1"]), BTreeSet::from([8443]))
+    );
+}
+
+#[test]
+fn selectorless_service_uses_legacy_endpoints() {
+    let Some(s) = Scene::new("selectorless", &cluster(), &[]) else {
+        return;
+    };
+    let r = s.replies("pod-client", tcp("172.30.0.12:80"), 40);
+    assert_eq!(hosts(&r), set(&["web-a1", "web-b1"]));
+    assert_eq!(ports(&r), BTreeSet::from([9090]));
+}
+
+#[test]
+fn no_endpoints_and_unknown_ports_are_refused_not_timed_out() {
+    let Some(s) = Scene::new("refused", &cluster(), &[]) else {
+        return;
+    };
+    // A Service without endpoints, TCP and UDP, from a pod, from outside and from the node; an
+    // unknown port on an active ClusterIP. Refused is the ICMP port-unreachable of `reject`,
+    // a drop would be a timeout.
+    let probes = [
+        tcp("172.30.0.20:80"),
+        udp("172.30.0.20:53"),
+        tcp("172.30.0.10:9999"),
+        udp("172.30.0.10:9999"),
+    ];
+    for from in ["pod-client", "client", "node-a"] {
+        for probe in probes {
+            let outcome = s.probe(from, probe);
+            if from == "node-a" && probe.proto == Proto::Udp {
+                // The node's own datagram is rejected in the output hook, before it leaves:
+                // the kernel fails the send itself with EPERM, faster still than an ICMP.
+                assert_eq!(
+                    outcome,
+                    Outcome::Failed("Operation not permitted (os error 1)".into()),
+                    "{from} -> {probe:?}"
+                );
+            } else {
+                assert_eq!(outcome, Outcome::Refused, "{from} -> {probe:?}");
+            }
+        }
+    }
+}
+
+// --- NodePort, externalIP, LoadBalancer -----------------------------------------------------
+
+#[test]
+fn nodeport_and_external_ip_reach_every_endpoint_masqueraded() {
+    let Some(s) = Scene::new("nodeport_external_ip", &cluster(), &[]) else {
+        return;
+    };
+    for dst in ["192.168.0.2:30080", "198.51.100.20:80"] {
+        let r = s.replies("client", tcp(dst), DRAWS);
+        assert_eq!(hosts(&r), set(&WEB), "{dst}");
+        assert_eq!(ports(&r), BTreeSet::from([8080]), "{dst}");
+        // externalTrafficPolicy Cluster: the source is a node's.
+        assert!(
+            sources(&r).iter().all(|a| s.is_node(*a)),
+            "{dst}: {:?}",
+            sources(&r)
+        );
+    }
+    // A port that is no NodePort is not ours: nothing listens on node-a, the kernel refuses.
+    assert_eq!(
+        s.probe("client", tcp("192.168.0.2:30999")),
+        Outcome::Refused
+    );
+}
+
+#[test]
+fn load_balancer_source_ranges_allow_and_refuse() {
+    let Some(s) = Scene::new("source_ranges", &cluster(), &[]) else {
+        return;
+    };
+    let r = s.replies("client", tcp("198.51.100.10:80"), 20);
+    assert_eq!(hosts(&r), set(&WEB));
+    // 192.0.2.10 is outside loadBalancerSourceRanges: dropped before DNAT.
+    let refused = tcp("198.51.100.10:80").timeout(DROP_TIMEOUT);
+    assert_eq!(s.probe("stranger", refused), Outcome::Timeout);
+    // The ranges guard the LoadBalancer IP only; the same Service's NodePort stays open (as
+    // kube-proxy).
+    let r = s.replies("stranger", tcp("192.168.0.2:30081"), 5);
+    assert!(hosts(&r).is_subset(&set(&WEB)));
+}
+
+#[test]
+fn external_traffic_policy_local_preserves_the_source_or_drops() {
+    let Some(s) = Scene::new("etp_local", &cluster(), &[]) else {
+        return;
+    };
+    // A local endpoint exists: only it answers, and it sees the client's own address.
+    for dst in ["198.51.100.11:80", "192.168.0.2:30082"] {
+        let r = s.replies("client", tcp(dst), 20);
+        assert_eq!(hosts(&r), set(&["web-a1"]), "{dst}");
+        assert_eq!(
+            sources(&r),
+            BTreeSet::from([s.addr("client", true)]),
+            "{dst}"
+        );
+    }
+    // Pods reaching the external address short-circuit to every endpoint (kube-proxy).
+    let r = s.replies("pod-client", tcp("198.51.100.11:80"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    // No local endpoint: external traffic is dropped…
+    let external = tcp("192.168.0.2:30083").timeout(DROP_TIMEOUT);
+    assert_eq!(s.probe("client", external), Outcome::Timeout);
+    // …while the ClusterIP (Cluster policy) still reaches the remote endpoints.
+    let r = s.replies("pod-client", tcp("172.30.0.17:80"), 40);
+    assert_eq!(hosts(&r), set(&["web-b1", "web-b2"]));
+}
+
+#[test]
+fn internal_traffic_policy_local_uses_only_local_endpoints() {
+    let Some(s) = Scene::new("itp_local", &cluster(), &[]) else {
+        return;
+    };
+    for from in ["pod-client", "node-a"] {
+        let r = s.replies(from, tcp("172.30.0.18:80"), 30);
+        assert_eq!(hosts(&r), set(&["web-a1"]), "{from}");
+    }
+}
+
+// --- Session affinity -----------------------------------------------------------------------
+
+#[test]
+fn client_ip_affinity_sticks_per_client_address() {
+    let Some(s) = Scene::new("affinity_sticks", &cluster(), &[]) else {
+        return;
+    };
+    let mut chosen = BTreeSet::new();
+    for src in &s.lab.topology().host("client").expect("client").addrs {
+        if src.is_ipv6() {
+            continue;
+        }
+        let r = s.replies("client", tcp("172.30.0.19:80").from_addr(*src), 10);
+        assert_eq!(hosts(&r).len(), 1, "{src} moved between endpoints: {r:?}");
+        chosen.insert(r[0].host.clone());
+    }
+    // Ten client addresses, three endpoints: stickiness is per client, not for the Service.
+    assert!(chosen.len() > 1, "every client address stuck to {chosen:?}");
+}
+
+#[test]
+fn client_ip_affinity_expires_after_its_timeout() {
+    let Some(s) = Scene::new("affinity_expires", &cluster(), &[]) else {
+        return;
+    };
+    // lab/sticky-short: timeoutSeconds 1, round-robin over two endpoints. Within the timeout
+    // the client keeps its endpoint (round-robin alone would alternate); after it, the next
+    // connection takes the next endpoint in the rotation.
+    let first = s.replies("client", tcp("172.30.0.27:80"), 6);
+    assert_eq!(hosts(&first).len(), 1, "{first:?}");
+    std::thread::sleep(Duration::from_millis(2200));
+    let after = s.replies("client", tcp("172.30.0.27:80"), 3);
+    assert_eq!(hosts(&after).len(), 1, "{after:?}");
+    assert_ne!(
+        after[0].host, first[0].host,
+        "the affinity entry did not expire"
+    );
+}
+
+// --- Hairpin, IPv6, dual-stack --------------------------------------------------------------
+
+#[test]
+fn hairpin_endpoint_reaches_itself_through_its_service() {
+    let Some(s) = Scene::new("hairpin", &cluster(), &[]) else {
+        return;
+    };
+    let r = s.replies("hairpin-a1", tcp("172.30.0.21:80"), 5);
+    assert_eq!(hosts(&r), set(&["hairpin-a1"]));
+    // Masqueraded: without it the pod would answer itself directly and the connection fail.
+    assert!(
+        sources(&r).iter().all(|a| s.is_node(*a)),
+        "{:?}",
+        sources(&r)
+    );
+}
+
+#[test]
+fn ipv6_and_dual_stack_services() {
+    let Some(s) = Scene::new("ipv6", &cluster(), &[]) else {
+        return;
+    };
+    let r = s.replies("pod-client", tcp("[fd00:30::10]:80"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    assert!(r.iter().all(|x| x.local.is_ipv6()));
+    assert_eq!(sources(&r), BTreeSet::from([s.addr("pod-client", false)]));
+    let r = s.replies("client", tcp("[fd00:30::10]:80"), 20);
+    assert!(
+        sources(&r).iter().all(|a| s.is_node(*a)),
+        "{:?}",
+        sources(&r)
+    );
+    // One Service, both families.
+    for dst in ["172.30.0.22:80", "[fd00:30::22]:80"] {
+        let r = s.replies("pod-client", tcp(dst), DRAWS);
+        assert_eq!(hosts(&r), set(&WEB), "{dst}");
+    }
+    assert_eq!(
+        s.probe("pod-client", tcp("[fd00:30::10]:9999")),
+        Outcome::Refused
+    );
+}
+
+// --- Endpoint conditions --------------------------------------------------------------------
+
+#[test]
+fn terminating_endpoints_only_as_fallback() {
+    let Some(s) = Scene::new("terminating", &cluster(), &[]) else {
+        return;
+    };
+    // Only serving+terminating endpoints: they are used.
+    let r = s.replies("pod-client", tcp("172.30.0.23:80"), 40);
+    assert_eq!(hosts(&r), set(&["web-a1", "web-b1"]));
+    // A ready endpoint exists: only it (never the terminating or non-serving ones).
+    let r = s.replies("pod-client", tcp("172.30.0.24:80"), 40);
+    assert_eq!(hosts(&r), set(&["web-a1"]));
+}
+
+// --- Schedulers -----------------------------------------------------------------------------
+
+#[test]
+fn random_scheduler_is_not_a_rotation() {
+    let Some(s) = Scene::new("random", &cluster(), &[]) else {
+        return;
+    };
+    let r = s.replies("client", tcp("172.30.0.25:80"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    // A fair random sequence of 60 is a perfect 3-cycle with probability 6/3⁶⁰.
+    let rotation = (0..r.len() - 3).all(|i| r[i].host == r[i + 3].host);
+    assert!(!rotation, "random looks like round robin");
+}
+
+#[test]
+fn round_robin_scheduler_rotates_strictly() {
+    let Some(s) = Scene::new("round_robin", &cluster(), &[]) else {
+        return;
+    };
+    let r = s.replies("client", tcp("172.30.0.26:80"), 30);
+    assert_eq!(hosts(&r), set(&WEB));
+    for i in 0..r.len() - 3 {
+        assert_ne!(r[i].host, r[i + 1].host, "connection {i}: {r:?}");
+        assert_eq!(r[i].host, r[i + 3].host, "connection {i}: {r:?}");
+    }
+}
+
+#[test]
+fn source_hash_scheduler_matches_the_compilers_prediction() {
+    let Some(s) = Scene::new("source_hash", &cluster(), &[]) else {
+        return;
+    };
+    // The compiler's tracer computes the kernel's jhash exactly: the endpoint it predicts for
+    // each client address must be the one the kernel picks, every time.
+    let text = std::fs::read_to_string(cluster()).expect("read");
+    let snapshot = load(&[Source {
+        origin: "lab".into(),
+        text,
+    }])
+    .expect("load")
+    .snapshot;
+    let config = Config {
+        hostname: Some("node-a".into()),
+        cluster_cidrs: vec!["10.0.0.0/16".parse().expect("cidr")],
+        ..Config::default()
+    };
+    let compiled = compile(&snapshot, &config);
+    let env = Env::from_graph(&compiled.graph);
+    let dst: SocketAddr = "172.30.0.28:80".parse().expect("addr");
+    let mut seen = BTreeMap::new();
+    for src in &s.lab.topology().host("client").expect("client").addrs {
+        if src.is_ipv6() {
+            continue;
+        }
+        let packet: Packet = format!("tcp {src}:40000 -> {dst}").parse().expect("packet");
+        let t = trace::trace(
+            &compiled.ruleset,
+            &env,
+            &packet.with_origin(Origin::Outside),
+        );
+        let targets = t.targets();
+        assert_eq!(
+            targets.len(),
+            1,
+            "{src}: source-hash must be deterministic: {targets:?}"
+        );
+        let predicted = s.lab.topology().name_of(targets[0].0);
+        let r = s.replies("client", tcp("172.30.0.28:80").from_addr(*src), 5);
+        assert_eq!(hosts(&r), set(&[predicted.as_str()]), "{src}");
+        seen.insert(*src, predicted);
+    }
+    let distinct: BTreeSet<&String> = seen.values().collect();
+    assert!(
+        distinct.len() > 1,
+        "all sources hash to one endpoint: {seen:?}"
+    );
+}
+
+// --- Masquerade -----------------------------------------------------------------------------
+
+#[test]
+fn masquerade_all_masquerades_pod_traffic_too() {
+    let Some(s) = Scene::new("masquerade_all", &cluster(), &["--masquerade-all"]) else {
+        return;
+    };
+    let r = s.replies("pod-client", tcp("172.30.0.10:80"), 20);
+    assert_eq!(hosts(&r), set(&WEB));
+    assert!(
+        sources(&r).iter().all(|a| s.is_node(*a)),
+        "{:?}",
+        sources(&r)
+    );
+    // eTP Local still preserves the client's address for external traffic.
+    let r = s.replies("client", tcp("198.51.100.11:80"), 5);
+    assert_eq!(sources(&r), BTreeSet::from([s.addr("client", true)]));
+}
+
+// --- Updates under live traffic -------------------------------------------------------------
+
+/// A cluster for the live-update test: Service `live` (172.30.1.1:80) with the endpoints
+/// `live-<i>` for `i` in `endpoints` (pods 10.0.1.<10+i> on node-a for even i, 10.0.2.<10+i>
+/// on node-b for odd i), plus `others` unrelated Services `other-<j>`, each with one endpoint.
+fn live_cluster(endpoints: &[u8], others: &[u8]) -> String {
+    let mut docs = vec![
+        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a"},"spec":{"podCIDRs":["10.0.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.2"}]}}"#.to_owned(),
+        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-b"},"spec":{"podCIDRs":["10.0.2.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.3"}]}}"#.to_owned(),
+    ];
+    let service = |name: &str, ip: &str, eps: Vec<(String, String, &str)>| {
+        let endpoints: Vec<String> = eps
+            .iter()
+            .map(|(pod, addr, node)| {
+                format!(
+                    r#"{{"addresses":["{addr}"],"nodeName":"{node}","conditions":{{"ready":true}},"targetRef":{{"kind":"Pod","name":"{pod}"}}}}"#
+                )
+            })
+            .collect();
+        vec![
+            format!(
+                r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"namespace":"lab","name":"{name}"}},"spec":{{"clusterIP":"{ip}","selector":{{"app":"{name}"}},"ports":[{{"name":"http","port":80,"targetPort":8080}}]}}}}"#
+            ),
+            format!(
+                r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"namespace":"lab","name":"{name}-x","labels":{{"kubernetes.io/service-name":"{name}"}}}},"addressType":"IPv4","endpoints":[{}],"ports":[{{"name":"http","port":8080}}]}}"#,
+                endpoints.join(",")
+            ),
+        ]
+    };
+    let live_pod = |i: u8| {
+        let (subnet, node) = if i % 2 == 0 {
+            (1, "node-a")
+        } else {
+            (2, "node-b")
+        };
+        (
+            format!("live-{i}"),
+            format!("10.0.{subnet}.{}", 10 + i),
+            node,
+        )
+    };
+    docs.extend(service(
+        "live",
+        "172.30.1.1",
+        endpoints.iter().map(|&i| live_pod(i)).collect(),
+    ));
+    for &j in others {
+        docs.extend(service(
+            &format!("other-{j}"),
+            &format!("172.30.2.{j}"),
+            vec![(
+                format!("other-{j}"),
+                format!("10.0.1.{}", 100 + j),
+                "node-a",
+            )],
+        ));
+    }
+    docs.join("\n---\n")
+}
+
+#[test]
+fn updates_under_live_traffic_never_break_a_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    // The lab holds every pod any step uses (pods start before they become endpoints and keep
+    // running after they stop being ones, as in Kubernetes); node-a starts with live-0, live-1.
+    let all = file("all.yaml", live_cluster(&[0, 1, 2, 3, 4], &[1, 2, 3]));
+    let start = file("step-0.yaml", live_cluster(&[0, 1], &[]));
+    let Some(s) = Scene::build("live_updates", &all) else {
+        return;
+    };
+    s.program(&start, &[]);
+    let steps: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (vec![0, 1, 2], vec![]),
+        (vec![0, 1, 2], vec![1]),
+        (vec![1, 2], vec![1, 2]),
+        (vec![1, 2, 3], vec![2]),
+        (vec![2, 3], vec![2, 3]),
+        (vec![2, 3, 4], vec![]),
+        (vec![3, 4], vec![3]),
+    ];
+    let stop = AtomicBool::new(false);
+    let (replies, failures) = std::thread::scope(|scope| {
+        // Two clients loop on the Service while node-a is reprogrammed under them.
+        let loops: Vec<_> = ["pod-client", "client"]
+            .into_iter()
+            .map(|from| {
+                let (s, stop) = (&s, &stop);
+                scope.spawn(move || {
+                    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        match s.probe(from, tcp("172.30.1.1:80")) {
+                            Outcome::Reply(r) => ok.push(r.host),
+                            other => bad.push(format!("{from}: {other}")),
+                        }
+                    }
+                    (ok, bad)
+                })
+            })
+            .collect();
+        for (i, (endpoints, others)) in steps.iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(300));
+            let step = file(
+                &format!("step-{}.yaml", i + 1),
+                live_cluster(endpoints, others),
+            );
+            s.program(&step, &[]);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for l in loops {
+            let (o, b) = l.join().expect("client loop");
+            ok.extend(o);
+            bad.extend(b);
+        }
+        (ok, bad)
+    });
+    assert!(
+        failures.is_empty(),
+        "connections failed during updates: {failures:?}"
+    );
+    assert!(
+        replies.len() > 50,
+        "too few connections to mean anything: {}",
+        replies.len()
+    );
+    let answered: BTreeSet<&str> = replies.iter().map(String::as_str).collect();
+    assert_eq!(
+        answered,
+        set(&["live-0", "live-1", "live-2", "live-3", "live-4"]),
+        "every endpoint of some step answered"
+    );
+    // The final state serves exactly live-3 and live-4, and other-3.
+    let r = s.replies("pod-client", tcp("172.30.1.1:80"), 40);
+    assert_eq!(hosts(&r), set(&["live-3", "live-4"]));
+    let r = s.replies("pod-client", tcp("172.30.2.3:80"), 3);
+    assert_eq!(hosts(&r), set(&["other-3"]));
+    assert_eq!(s.probe("pod-client", tcp("172.30.2.1:80")).reply(), None);
+}
