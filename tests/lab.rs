@@ -688,3 +688,78 @@ fn updates_under_live_traffic_never_break_a_connection() {
     assert_eq!(hosts(&r), set(&["other-3"]));
     assert_eq!(s.probe("pod-client", tcp("172.30.2.1:80")).reply(), None);
 }
+
+// --- kube-nft demo --------------------------------------------------------------------------
+
+/// The demo's table as rows of cells (columns are separated by two or more spaces).
+fn demo_rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn demo_runs_the_bundled_example_and_cleans_up() {
+    if !can_run("demo") {
+        return;
+    }
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kube-nft"))
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kube-nft demo");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for kube-nft demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kube-nft demo failed:\n{stderr}");
+    assert!(stderr.contains("node-a: applied"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let rows = demo_rows(&stdout);
+    let row = |service: &str, via: &str, from: &str| -> &Vec<String> {
+        rows.iter()
+            .find(|r| r[0] == service && r[1] == via && r[3] == from)
+            .unwrap_or_else(|| panic!("no row {service} {via} {from} in\n{stdout}"))
+    };
+    // ClusterIP from a pod: balanced, source kept.
+    let web = row("shop/web", "ClusterIP", "pod-client");
+    assert!(web[4].starts_with("web-"), "{web:?}");
+    assert!(web[5].contains("(client's own)"), "{web:?}");
+    // From outside: masqueraded to node-a.
+    let web = row("shop/web", "NodePort", "client");
+    assert!(web[5].contains("node-a (masqueraded)"), "{web:?}");
+    // shop/api: eTP Local LoadBalancer with source ranges: the local endpoint with the client's
+    // own address, and the stranger dropped.
+    let api = row("shop/api", "LoadBalancer", "client");
+    assert_eq!(api[4], "api-6d8f7b9c4-2hvxs", "{api:?}");
+    assert!(
+        api[5].contains("203.0.113.10 = client (client's own)"),
+        "{api:?}"
+    );
+    let api = row("shop/api", "LoadBalancer", "stranger");
+    assert_eq!(api[4..], ["-", "timed out ×1"], "{api:?}");
+    // No endpoints: refused every time.
+    let empty = row("shop/empty", "ClusterIP", "pod-client");
+    assert_eq!(empty[4..], ["-", "refused ×4"], "{empty:?}");
+    // Nothing of the lab outlives the demo.
+    let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("knl{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "namespaces left behind: {leftovers:?}"
+    );
+}
