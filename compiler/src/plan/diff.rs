@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{
     element_chain, rule_chains, rule_sets, ChainHeader, Object, Op, SetHeader, Transaction, Verb,
 };
-use crate::ir::{Element, Family, Ruleset, Table, Value};
+use crate::ir::{Element, Family, Ruleset, Set, Table, Value};
 
 /// The operations that turn `old` into `new`, in the order they must be applied within one
 /// transaction. Deterministic: the same inputs always give the same operations in the same
@@ -141,7 +141,7 @@ fn diff_table(tx: &mut Transaction, old: &Table, new: &Table) {
     for (name, o) in &old.sets {
         let change = match new.sets.get(name) {
             None => Change::Removed,
-            Some(n) if SetHeader::of(o) != SetHeader::of(n) => Change::Replaced,
+            Some(n) if !same_set_header(o, n) => Change::Replaced,
             Some(_) => Change::Kept,
         };
         sets.insert(name, change);
@@ -154,7 +154,9 @@ fn diff_table(tx: &mut Transaction, old: &Table, new: &Table) {
     for (name, o) in &old.chains {
         let change = match new.chains.get(name) {
             None => Change::Removed,
-            Some(n) if ChainHeader::of(o) != ChainHeader::of(n) => Change::Replaced,
+            Some(n) if o.name != n.name || o.base != n.base || o.comment != n.comment => {
+                Change::Replaced
+            }
             Some(n) if o.rules != n.rules => Change::Rewritten,
             Some(_) => Change::Kept,
         };
@@ -266,6 +268,25 @@ fn diff_table(tx: &mut Transaction, old: &Table, new: &Table) {
     }
 }
 
+/// `SetHeader::of(a) == SetHeader::of(b)` without cloning two headers per set on every plan.
+fn same_set_header(a: &Set, b: &Set) -> bool {
+    let Set {
+        name,
+        key,
+        data,
+        flags,
+        timeout,
+        comment,
+        elements: _,
+    } = a;
+    *name == b.name
+        && *key == b.key
+        && *data == b.data
+        && *flags == b.flags
+        && *timeout == b.timeout
+        && *comment == b.comment
+}
+
 fn names<'m, 'n>(
     changes: &'m BTreeMap<&'n str, Change>,
     which: Change,
@@ -278,7 +299,47 @@ fn names<'m, 'n>(
 
 /// Elements to delete and to add, each in key order. `refresh` marks an element that must be
 /// deleted and re-added even when unchanged (its verdict enters a replaced chain).
-fn diff_elements(
+///
+/// Both lists are normally sorted by key already (`lower` sorts, and so does the read-back),
+/// and a sync usually changes a handful of elements of a set with up to a few hundred thousand
+/// (`hairpin` has one per endpoint): then one merge pass finds the difference, about ten times
+/// faster than building two key maps, which dominated a one-endpoint plan at 10k Services.
+/// Lists that are not strictly sorted (hand-built rulesets) take the map path.
+pub(super) fn diff_elements(
+    old: &[Element],
+    new: &[Element],
+    refresh: impl Fn(&Element) -> bool,
+) -> (Vec<Element>, Vec<Element>) {
+    let sorted = |elements: &[Element]| elements.windows(2).all(|w| w[0].key < w[1].key);
+    if !(sorted(old) && sorted(new)) {
+        return diff_unsorted_elements(old, new, refresh);
+    }
+    let mut deletes = Vec::new();
+    let mut adds = Vec::new();
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(_), None) => deletes.extend(o.by_ref().cloned()),
+            (None, Some(_)) => adds.extend(n.by_ref().cloned()),
+            (Some(oe), Some(ne)) => match oe.key.cmp(&ne.key) {
+                std::cmp::Ordering::Less => deletes.push(o.next().cloned().expect("peeked")),
+                std::cmp::Ordering::Greater => adds.push(n.next().cloned().expect("peeked")),
+                std::cmp::Ordering::Equal => {
+                    let (oe, ne) = (o.next().expect("peeked"), n.next().expect("peeked"));
+                    if oe != ne || refresh(oe) {
+                        deletes.push(oe.clone());
+                        adds.push(ne.clone());
+                    }
+                }
+            },
+        }
+    }
+    (deletes, adds)
+}
+
+/// [`diff_elements`] for lists in any order (the last element of a duplicated key wins).
+pub(super) fn diff_unsorted_elements(
     old: &[Element],
     new: &[Element],
     refresh: impl Fn(&Element) -> bool,

@@ -379,3 +379,25 @@ fn element_comment_or_data_change_is_delete_then_add() {
     "#]]
     .assert_eq(&tx.to_string());
 }
+
+#[test]
+fn sorted_element_diff_matches_the_map_diff() {
+    let list = |keys: &[u8], chain: &str| keys.iter().map(|&k| goto(k, chain)).collect::<Vec<_>>();
+    let cases = [
+        (list(&[1, 2, 3], "a"), list(&[1, 2, 3], "a")),
+        (list(&[1, 3, 5], "a"), list(&[2, 3, 4, 6], "a")),
+        (list(&[], "a"), list(&[1, 2], "a")),
+        (list(&[1, 2], "a"), list(&[], "a")),
+        (list(&[1, 2, 3], "a"), list(&[1, 2, 3], "b")),
+    ];
+    for (old, new) in &cases {
+        for refresh_key in [0u8, 2] {
+            let refresh = |e: &Element| e.key == dispatch_key(refresh_key);
+            assert_eq!(
+                diff::diff_elements(old, new, refresh),
+                diff::diff_unsorted_elements(old, new, refresh),
+                "{old:?} -> {new:?}"
+            );
+        }
+    }
+}
