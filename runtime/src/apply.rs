@@ -1,34 +1,61 @@
 //! Programming the kernel: [`replace`] swaps each of our tables for its new content in one
 //! nf_tables transaction, [`apply_plan`] sends an incremental change (a `plan::Transaction`,
 //! computed by the compiler from the last committed ruleset and the new one), and [`cleanup`]
-//! removes our tables. All are single batches, so the kernel either applies everything or
-//! nothing, and packets never see a half-built table. None touches any table other than
+//! removes our tables. Each is a single batch, so the kernel either applies everything or
+//! nothing, and packets never see a half-built table, with one exception: a cold start (the
+//! kernel holds none of our tables) larger than [`COLD_START_COST`] operations is split into
+//! bounded transactions by [`plan_transactions`], because the kernel holds the namespace's
+//! nf_tables commit mutex for the whole of a transaction (seconds at 10k Services). The hooks go
+//! last: the base chains and their rules are the final transaction, so until everything they
+//! lead to is committed no packet enters our chains, and a failure midway leaves an inert,
+//! unhooked table that the next sync completes. None of this touches any table other than
 //! kube-nft's own (`ip kube-nft`, `ip6 kube-nft`). Deciding *what* changes is `plan`'s job;
 //! this module only encodes and sends it.
 
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
 use kube_nft_compiler::ir::{self, names, Family};
-use kube_nft_compiler::plan;
+use kube_nft_compiler::plan::{self, Object, Verb};
 
 use crate::netlink::encode::{self, Batch, Transaction};
 use crate::netlink::socket::{self, Socket};
 
-/// What an applied transaction consisted of.
+/// The estimated kernel cost one transaction of a cold start may have, in units of one rule
+/// (see [`cost`]). The kernel parses and commits a batch with the namespace's nf_tables commit
+/// mutex held, at roughly 10–17 µs per rule or chain on a 2-vCPU VM (`performance-anchors.md`
+/// §2.3 and `BENCHMARKS.md`); 15,000 units keep a transaction near 0.25 s, half the 0.5 s goal
+/// (§3, C6), while a 10k-Service cold start is about 300,000 units.
+pub const COLD_START_COST: usize = 15_000;
+
+/// Elements per unit of cost: an element costs the kernel well under a microsecond.
+const ELEMENTS_PER_UNIT: usize = 8;
+
+/// What an applied change consisted of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ApplyReport {
-    /// Netlink messages in the batch, BATCH_BEGIN and BATCH_END included.
+    /// Transactions sent: 1, or more for a cold start split by [`plan_transactions`], or 0
+    /// when there was nothing to do.
+    pub transactions: usize,
+    /// Netlink messages in the batches, BATCH_BEGIN and BATCH_END included.
     pub messages: usize,
-    /// Size of the batch in bytes (sent with one `sendmsg`).
+    /// Size of the batches in bytes (each sent with one `sendmsg`).
     pub bytes: usize,
-    /// The kernel acknowledged the commit explicitly (kernels ≥ 6.10); otherwise success was
-    /// inferred from the absence of errors.
+    /// The longest time one transaction took, from `sendmsg` until its replies were drained:
+    /// how long the kernel held the nf_tables commit mutex, plus the reply round trip.
+    pub longest_commit: Duration,
+    /// The kernel acknowledged every commit explicitly (kernels ≥ 6.10); otherwise success
+    /// was inferred from the absence of errors.
     pub end_acked: bool,
 }
 
 impl ApplyReport {
     /// The report of a transaction that was not sent because it had nothing to do.
     const NOTHING_SENT: ApplyReport = ApplyReport {
+        transactions: 0,
         messages: 0,
         bytes: 0,
+        longest_commit: Duration::ZERO,
         end_acked: false,
     };
 
@@ -47,13 +74,26 @@ pub enum Error {
     /// The kernel (or the socket) refused the transaction; nothing of it was applied.
     #[error("apply nf_tables transaction")]
     Netlink(#[from] socket::Error),
+    /// A cold start split into several transactions failed after the first: the earlier ones
+    /// stay committed, as an inert table whose base chains (the hooks) do not exist yet, so
+    /// no packet is affected. Read the kernel back and plan again to complete it.
+    #[error("apply cold-start transaction {} of {total} (the {committed} before it are committed, not yet hooked)", .committed + 1)]
+    Incomplete {
+        /// Transactions committed before the failing one.
+        committed: usize,
+        /// Transactions in the cold start.
+        total: usize,
+        /// Why the failing one was refused.
+        #[source]
+        source: socket::Error,
+    },
 }
 
 impl Error {
     /// The netlink error, if the failure came from the kernel or the socket.
     pub fn netlink(&self) -> Option<&socket::Error> {
         match self {
-            Error::Netlink(err) => Some(err),
+            Error::Netlink(err) | Error::Incomplete { source: err, .. } => Some(err),
             Error::Encode(_) => None,
         }
     }
@@ -81,7 +121,7 @@ pub fn replace_transaction(ruleset: &ir::Ruleset) -> Result<Transaction, encode:
 /// Atomically replaces our tables with the ruleset's, in one transaction.
 pub fn replace(ruleset: &ir::Ruleset) -> Result<ApplyReport, Error> {
     let tx = replace_transaction(ruleset)?;
-    Ok(send(&tx)?)
+    send(&[tx])
 }
 
 /// Builds the transaction [`apply_plan`] sends: the plan's operations in order, one or more
@@ -104,17 +144,152 @@ pub fn plan_transaction(
     Ok(batch.finish())
 }
 
-/// Applies an incremental change in one transaction: `tx` is `plan::plan(old, new)` and the
-/// kernel must hold exactly `old` (see [`plan_transaction`]). An empty plan sends nothing and
-/// returns a report whose [`nothing_sent`](ApplyReport::nothing_sent) is true. If the kernel
-/// refuses any operation, nothing of the plan is applied and the error names the operation and
-/// its object; the caller should then fall back to [`replace`], as after any failed apply.
+/// The transactions [`apply_plan`] sends: [`plan_transaction`]'s one, except for a cold start
+/// (`old` has no tables: the kernel holds none of ours) whose estimated cost exceeds
+/// `max_cost`, which is split into transactions of at most `max_cost` each (see [`cost`]; a
+/// set's elements are split between transactions too, an operation costlier than `max_cost`
+/// goes alone). The plan's order already declares every object before anything refers to it,
+/// so each transaction only refers to objects committed before it or created in it; the base
+/// chains and the rules in them are moved to the end, so the hooks are attached by the final
+/// transaction, when everything they lead to exists.
+pub fn plan_transactions(
+    old: &ir::Ruleset,
+    tx: &plan::Transaction,
+    max_cost: usize,
+) -> Result<Vec<Transaction>, encode::Error> {
+    let all_sets = tx
+        .ops
+        .iter()
+        .filter(|op| matches!(op.object, Object::Set(_)))
+        .count();
+    let total: usize = tx.ops.iter().map(|op| cost(op, all_sets)).sum();
+    if !old.tables.is_empty() || total <= max_cost {
+        return Ok(vec![plan_transaction(old, tx)?]);
+    }
+    let base_chains: BTreeSet<(Family, &str, &str)> = tx
+        .ops
+        .iter()
+        .filter_map(|op| match &op.object {
+            Object::Chain(header) if op.verb == Verb::Add && header.base.is_some() => {
+                Some((op.family, op.table.as_str(), header.name.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    let is_hook = |op: &&plan::Op| match &op.object {
+        Object::Chain(header) => header.base.is_some(),
+        Object::Rule { chain, .. } => {
+            base_chains.contains(&(op.family, op.table.as_str(), chain.as_str()))
+        }
+        _ => false,
+    };
+    let (hooks, body): (Vec<&plan::Op>, Vec<&plan::Op>) =
+        tx.ops.iter().filter(|op| !op.is_empty()).partition(is_hook);
+
+    let mut transactions = Vec::new();
+    let mut batch = Batch::new(first_seq());
+    let mut spent = 0;
+    let mut sets = 0;
+    let mut hooked = false;
+    for op in body.into_iter().chain(hooks) {
+        if !hooked && is_hook(&op) {
+            // The hooks (a few base chains and their rules) get one transaction of their own,
+            // whatever the budget: attaching them makes the kernel validate the whole jump
+            // graph from every base chain, the one commit whose cost grows with the table.
+            if spent > 0 {
+                let (done, next) = batch.finish_and_continue();
+                transactions.push(done);
+                (batch, spent) = (next, 0);
+            }
+            hooked = true;
+        }
+        if let Object::Elements { set, elements } = &op.object {
+            // Elements are cheap and can go to different transactions.
+            let mut rest = elements.as_slice();
+            while !rest.is_empty() {
+                if spent >= max_cost {
+                    let (done, next) = batch.finish_and_continue();
+                    transactions.push(done);
+                    (batch, spent) = (next, 0);
+                }
+                let take = ((max_cost - spent) * ELEMENTS_PER_UNIT)
+                    .min(rest.len())
+                    .max(1);
+                batch.add_plan_op(&plan::Op {
+                    verb: op.verb,
+                    family: op.family,
+                    table: op.table.clone(),
+                    object: Object::Elements {
+                        set: set.clone(),
+                        elements: rest[..take].to_vec(),
+                    },
+                })?;
+                spent += take.div_ceil(ELEMENTS_PER_UNIT);
+                rest = &rest[take..];
+            }
+            continue;
+        }
+        let op_cost = cost(op, sets);
+        if !hooked && spent > 0 && spent + op_cost > max_cost {
+            let (done, next) = batch.finish_and_continue();
+            transactions.push(done);
+            (batch, spent) = (next, 0);
+        }
+        batch.add_plan_op(op)?;
+        spent += op_cost;
+        sets += usize::from(matches!(op.object, Object::Set(_)));
+    }
+    transactions.push(batch.finish());
+    Ok(transactions)
+}
+
+/// The estimated kernel cost of one operation of a cold start when the table holds `sets`
+/// named sets, in units of one plain rule (about 10–17 µs here). The kernel finds a named set
+/// by walking the table's list of sets and comparing names (`nft_set_lookup_global`, and
+/// `nf_tables_newset` for the duplicate check), so creating a set, and less so adding a rule
+/// that looks one up, costs in proportion to the sets that exist: with the 5,000 affinity sets
+/// of a 10k-Service cluster, creating them was a third of the cold start's kernel time (perf,
+/// kernel 6.18; about 80 ns per existing set). A chain counts one, elements one per
+/// [`ELEMENTS_PER_UNIT`]. Calibrated on `kube-nft-bench` at 10k Services.
+fn cost(op: &plan::Op, sets: usize) -> usize {
+    match &op.object {
+        Object::Set(_) => 1 + sets / 128,
+        Object::Rule { rule, .. } => {
+            let lookups = rule
+                .stmts
+                .iter()
+                .filter(|stmt| {
+                    matches!(
+                        stmt,
+                        ir::Stmt::Lookup { .. } | ir::Stmt::Update { .. } | ir::Stmt::Vmap { .. }
+                    )
+                })
+                .count();
+            1 + lookups * sets / 4096
+        }
+        Object::Elements { elements, .. } => elements.len().div_ceil(ELEMENTS_PER_UNIT),
+        _ => 1,
+    }
+}
+
+/// Applies an incremental change: `tx` is `plan::plan(old, new)` and the kernel must hold
+/// exactly `old` (see [`plan_transaction`]). It is one transaction, except for a large cold
+/// start, which [`plan_transactions`] splits at [`COLD_START_COST`] operations. An empty plan
+/// sends nothing and returns a report whose [`nothing_sent`](ApplyReport::nothing_sent) is
+/// true. If the kernel refuses any operation of a transaction, nothing of that transaction is
+/// applied and the error names the operation and its object; the caller should then fall back
+/// to [`replace`], as after any failed apply.
 pub fn apply_plan(old: &ir::Ruleset, tx: &plan::Transaction) -> Result<ApplyReport, Error> {
     if tx.is_empty() {
         return Ok(ApplyReport::NOTHING_SENT);
     }
-    let tx = plan_transaction(old, tx)?;
-    Ok(send(&tx)?)
+    apply_transactions(&plan_transactions(old, tx, COLD_START_COST)?)
+}
+
+/// Sends transactions in order over one socket, stopping at the first the kernel refuses
+/// ([`Error::Incomplete`] when earlier ones were committed).
+pub fn apply_transactions(transactions: &[Transaction]) -> Result<ApplyReport, Error> {
+    send(transactions)
 }
 
 /// Builds the transaction [`cleanup`] sends.
@@ -128,7 +303,7 @@ pub fn cleanup_transaction() -> Transaction {
 
 /// Deletes `ip kube-nft` and `ip6 kube-nft`, in one transaction. Absent tables are fine.
 pub fn cleanup() -> Result<ApplyReport, Error> {
-    Ok(send(&cleanup_transaction())?)
+    send(&[cleanup_transaction()])
 }
 
 /// `add table` + `delete table`: deletes the table whether or not it exists (`delete` alone
@@ -138,14 +313,29 @@ fn remove_table(batch: &mut Batch, family: Family, name: &str) {
     batch.delete_table(family, name);
 }
 
-fn send(tx: &Transaction) -> Result<ApplyReport, socket::Error> {
+fn send(transactions: &[Transaction]) -> Result<ApplyReport, Error> {
     let socket = Socket::open()?;
-    let committed = socket.transact(tx)?;
-    Ok(ApplyReport {
-        messages: tx.ops().len(),
-        bytes: tx.bytes().len(),
-        end_acked: committed.end_acked,
-    })
+    let mut report = ApplyReport {
+        end_acked: true,
+        ..ApplyReport::NOTHING_SENT
+    };
+    for (index, tx) in transactions.iter().enumerate() {
+        let started = Instant::now();
+        let committed = socket.transact(tx).map_err(|source| match index {
+            0 => Error::Netlink(source),
+            committed => Error::Incomplete {
+                committed,
+                total: transactions.len(),
+                source,
+            },
+        })?;
+        report.longest_commit = report.longest_commit.max(started.elapsed());
+        report.transactions += 1;
+        report.messages += tx.ops().len();
+        report.bytes += tx.bytes().len();
+        report.end_acked &= committed.end_acked;
+    }
+    Ok(report)
 }
 
 /// A starting sequence number that differs between transactions, so replies to an earlier

@@ -264,6 +264,21 @@ impl Batch {
         }
     }
 
+    /// Closes this batch like [`finish`](Batch::finish) and starts the next one, for a change
+    /// sent as several transactions in order. The next batch knows every set this one knew, but
+    /// refers to them by name only: by the time it is sent this batch has committed, and an
+    /// `NFTA_SET_ID` only resolves within the batch that created the set.
+    pub fn finish_and_continue(self) -> (Transaction, Batch) {
+        let mut next = Batch::new(self.next_seq.wrapping_add(1));
+        next.sets = self
+            .sets
+            .iter()
+            .map(|(key, info)| (key.clone(), SetInfo { id: None, ..*info }))
+            .collect();
+        next.schemas = self.schemas.clone();
+        (self.finish(), next)
+    }
+
     /// Number of messages so far, BATCH_BEGIN included.
     pub fn message_count(&self) -> usize {
         self.ops.len()
