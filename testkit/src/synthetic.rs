@@ -4,7 +4,7 @@
 //!
 //! The mix, per Service: 70 % ClusterIP, 20 % NodePort, 10 % LoadBalancer (with an ingress IP;
 //! a third of them with `loadBalancerSourceRanges`); a third of the NodePort and LoadBalancer
-//! Services have `externalTrafficPolicy: Local`; 5 % have ClientIP session affinity. Ports: 80 %
+//! Services have `externalTrafficPolicy: Local`; 1 % have ClientIP session affinity. Ports: 80 %
 //! one TCP port, 10 % one UDP port, 10 % DNS-like (53/UDP and 53/TCP). Endpoints are spread
 //! uniformly over [`NODES`] nodes, of which this node (`node-0`) is one, so about one endpoint
 //! in a hundred is local and most eTP=Local Services have no local endpoint at all, as on a
@@ -163,7 +163,10 @@ impl Cluster {
             })
             .collect();
         let etp_local = external && self.rng.below(3) == 0;
-        let affinity = self.rng.below(20) == 0;
+        // Rare in practice, and costly: one named set per endpoint (kube-proxy's layout), and
+        // the kernel finds named sets by walking a list, so the share drives a quadratic term
+        // of the cold start (see BENCHMARKS.md).
+        let affinity = self.rng.below(100) == 0;
         let lb_ip = (kind == Kind::LoadBalancer).then(|| {
             self.next_lb_ip += 1;
             Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + self.next_lb_ip)
@@ -392,7 +395,7 @@ mod tests {
         assert!((60..80).contains(&share(mix.cluster_ip)), "{mix:?}");
         assert!((12..28).contains(&share(mix.node_port)), "{mix:?}");
         assert!((5..15).contains(&share(mix.load_balancer)), "{mix:?}");
-        assert!((2..9).contains(&share(mix.affinity)), "{mix:?}");
+        assert!(mix.affinity > 0 && share(mix.affinity) < 3, "{mix:?}");
         assert!((12..28).contains(&share(mix.udp)), "{mix:?}");
         assert!(mix.etp_local > 0 && mix.source_ranges > 0, "{mix:?}");
         assert!(mix.local_endpoints > 0, "{mix:?}");

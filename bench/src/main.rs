@@ -1,0 +1,235 @@
+//! `kube-nft-bench`: what it costs kube-nft to program a cluster of N Services × M endpoints,
+//! side by side with `nft -f` of the same ruleset and with `nft -f` of a kube-proxy-shaped
+//! ruleset for the same cluster. Every measurement runs in a throwaway network namespace (never
+//! the host's ruleset) and needs root. It prints a markdown report; `--write BENCHMARKS.md`
+//! also replaces the generated part of that file (between its markers), keeping the
+//! hand-written analysis around it.
+//!
+//! Run it with `cargo run --release -p kube-nft-bench -- --write BENCHMARKS.md`; under
+//! `cargo run` it builds the `kube-nft` binary it measures first.
+
+mod child;
+mod kube_proxy;
+mod report;
+mod sync;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use kube_nft_testkit::netns::{in_netns, unavailable};
+use kube_nft_testkit::synthetic;
+
+use crate::child::Outcome;
+
+/// Benchmark kube-nft's sync cost (needs root; uses throwaway network namespaces).
+#[derive(Debug, Parser)]
+#[command(name = "kube-nft-bench")]
+struct Args {
+    /// Cluster sizes (number of Services), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000, 30000, 50000])]
+    sizes: Vec<usize>,
+    /// Endpoints per Service.
+    #[arg(long, default_value_t = 10)]
+    endpoints: usize,
+    /// Sizes for the kube-proxy-shaped ruleset (`0`: none).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 3000, 10000])]
+    kube_proxy_sizes: Vec<usize>,
+    /// Skip a kube-proxy-shaped size whose run is projected (quadratically from the previous
+    /// size) to take longer than this many seconds, and kill a run at 1.5 times this.
+    #[arg(long, default_value_t = 180)]
+    kube_proxy_budget: u64,
+    /// Repetitions of each incremental change (each way).
+    #[arg(long, default_value_t = 30)]
+    reps: usize,
+    /// Also measure each cold start as one single transaction, for comparison.
+    #[arg(long)]
+    single_transaction: bool,
+    /// Run only one part for the first size, for profiling (`perf record -g -- kube-nft-bench
+    /// --sizes 10000 --only cold`); prints progress only.
+    #[arg(long, value_enum)]
+    only: Option<sync::Part>,
+    /// Write the report into this file (replacing the part between its markers).
+    #[arg(long, value_name = "FILE")]
+    write: Option<PathBuf>,
+    /// The kube-nft binary (default: next to this one, built first under `cargo run`).
+    #[arg(long, value_name = "PATH")]
+    kube_nft: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    if argv.nth(1).is_some_and(|first| first == child::HELPER) {
+        return child::helper(argv);
+    }
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(reason) = unavailable() {
+        bail!("kube-nft-bench needs root, nft and unshare: {reason}");
+    }
+    let kube_nft = match &args.kube_nft {
+        Some(path) => path.clone(),
+        None => sibling_kube_nft()?,
+    };
+    let work = std::env::temp_dir().join(format!("kube-nft-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = run(&args, &kube_nft, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    let text = result?;
+    print!("{text}");
+    if let Some(path) = &args.write {
+        report::write_into(path, &text)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
+    let opts = sync::Options {
+        endpoints: args.endpoints,
+        reps: args.reps,
+        kube_nft,
+        work,
+        single_transaction: args.single_transaction,
+    };
+    if let Some(part) = args.only {
+        let n = *args.sizes.first().context("no size")?;
+        sync::profile(n, part, &opts)?;
+        return Ok(String::new());
+    }
+    let mut sizes = args.sizes.clone();
+    sizes.sort_unstable();
+    let mut results = Vec::new();
+    for &n in &sizes {
+        results.push(sync::measure(n, &opts).with_context(|| format!("size {n}"))?);
+    }
+    let mut kube_proxy = Vec::new();
+    let mut kp_sizes = args.kube_proxy_sizes.clone();
+    kp_sizes.retain(|&n| n > 0);
+    kp_sizes.sort_unstable();
+    let budget = Duration::from_secs(args.kube_proxy_budget);
+    let mut last: Option<(usize, Duration)> = None;
+    for &n in &kp_sizes {
+        let ours = match results.iter().find(|r| r.n == n) {
+            Some(r) => (r.nft_ours, r.cold),
+            None => sync::ours_light(n, &opts)?,
+        };
+        let outcome = match last {
+            Some((n0, t0)) if t0.mul_f64((n as f64 / n0 as f64).powi(2)) > budget => {
+                let projected = t0.mul_f64((n as f64 / n0 as f64).powi(2));
+                report::KubeProxy::Skipped { projected }
+            }
+            _ => kube_proxy_run(n, args.endpoints, budget.mul_f64(1.5), work)?,
+        };
+        if let report::KubeProxy::Ran(usage) = &outcome {
+            last = Some((n, usage.wall));
+        }
+        kube_proxy.push(report::KubeProxyRow {
+            n,
+            outcome,
+            ours_nft: ours.0,
+            ours_cold: ours.1,
+        });
+    }
+    let machine = report::Machine::probe(&command_line());
+    Ok(report::render(
+        &machine,
+        args.endpoints,
+        args.reps,
+        &results,
+        &kube_proxy,
+        budget,
+    ))
+}
+
+/// `nft -f` of the kube-proxy-shaped script in a fresh namespace, killed after `deadline`.
+fn kube_proxy_run(
+    n: usize,
+    m: usize,
+    deadline: Duration,
+    work: &Path,
+) -> anyhow::Result<report::KubeProxy> {
+    let cluster = synthetic::generate(n, m, synthetic::SEED);
+    let path = work.join(format!("kube-proxy-{n}.nft"));
+    std::fs::write(&path, kube_proxy::script(&cluster))?;
+    drop(cluster);
+    let outcome = in_netns(|ns| {
+        let outcome = child::run(
+            "nft",
+            &["-f".into(), path.clone().into()],
+            None,
+            Some(deadline),
+        );
+        let _ = ns.nft(&["delete", "table", "ip", "kube-proxy"]);
+        outcome
+    })?;
+    let _ = std::fs::remove_file(&path);
+    Ok(match outcome {
+        Outcome::Finished(usage) => {
+            sync::progress(
+                n,
+                format_args!("kube-proxy-shaped nft -f {:.2?}", usage.wall),
+            );
+            report::KubeProxy::Ran(usage)
+        }
+        Outcome::TimedOut(after) => report::KubeProxy::TimedOut { after },
+    })
+}
+
+/// The `kube-nft` binary beside this one. Under `cargo run` (which sets `CARGO`), it is built
+/// first with the same profile, so one command builds and runs everything.
+fn sibling_kube_nft() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate kube-nft-bench")?;
+    let dir = exe.parent().context("kube-nft-bench has no directory")?;
+    if let Ok(cargo) = std::env::var("CARGO") {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("workspace root")?;
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(workspace)
+            .args(["build", "--quiet", "-p", "kube-nft", "--bin", "kube-nft"]);
+        if dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().context("run cargo build")?;
+        if !status.success() {
+            bail!("cargo build -p kube-nft failed");
+        }
+    }
+    let path = dir.join("kube-nft");
+    if !path.exists() {
+        bail!(
+            "{} does not exist: build it (cargo build --release) or pass --kube-nft",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// How this run was started, for the report.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if std::env::var_os("CARGO").is_some() {
+        format!(
+            "cargo run --release -p kube-nft-bench -- {}",
+            args.join(" ")
+        )
+    } else {
+        let exe = std::env::args().next().unwrap_or_default();
+        format!("{exe} {}", args.join(" "))
+    }
+    .trim_end()
+    .to_owned()
+}
