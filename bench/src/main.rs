@@ -41,6 +41,9 @@ struct Args {
     /// size) to take longer than this many seconds, and kill a run at 1.5 times this.
     #[arg(long, default_value_t = 180)]
     kube_proxy_budget: u64,
+    /// Kill `nft -f` of kube-nft's own script after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    nft_deadline: u64,
     /// Repetitions of each incremental change (each way).
     #[arg(long, default_value_t = 30)]
     reps: usize,
@@ -102,6 +105,7 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
         kube_nft,
         work,
         single_transaction: args.single_transaction,
+        nft_deadline: Duration::from_secs(args.nft_deadline),
     };
     if let Some(part) = args.only {
         let n = *args.sizes.first().context("no size")?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::child::Usage;
+use crate::child::{Outcome, Usage};
 use crate::sync::{Cold, SizeResult};
 
 pub(crate) const BEGIN: &str =
@@ -92,7 +92,7 @@ pub(crate) enum KubeProxy {
 pub(crate) struct KubeProxyRow {
     pub(crate) n: usize,
     pub(crate) outcome: KubeProxy,
-    pub(crate) ours_nft: Usage,
+    pub(crate) ours_nft: Outcome,
     pub(crate) ours_cold: Cold,
 }
 
@@ -203,18 +203,23 @@ pub(crate) fn render(
     }
     row(
         "**`nft -f` of our `--dry-run` script**: wall / peak RSS",
-        &|r| {
-            format!(
-                "**{}** / {} ({})",
-                dur(r.nft_ours.wall),
-                bytes(r.nft_ours.max_rss as usize),
+        &|r| match r.nft_ours {
+            Outcome::Finished(u) => format!(
+                "**{}** / {} ({} script)",
+                dur(u.wall),
+                bytes(u.max_rss as usize),
                 bytes(r.script_bytes)
-            )
+            ),
+            Outcome::TimedOut(after) => format!("killed after {}", dur(after)),
         },
     );
-    row("**ratio `nft -f` / netlink cold apply**", &|r| {
-        format!("**{}**", ratio(r.nft_ours.wall, r.cold.total))
-    });
+    row(
+        "**ratio `nft -f` / netlink cold apply**",
+        &|r| match r.nft_ours {
+            Outcome::Finished(u) => format!("**{}**", ratio(u.wall, r.cold.total)),
+            Outcome::TimedOut(after) => format!("> {}", ratio(after, r.cold.total)),
+        },
+    );
     row(
         "**`kube-nft compile -f`** (cold, end to end): wall / peak RSS",
         &|r| {
@@ -292,7 +297,10 @@ pub(crate) fn render(
                 w,
                 "| {} | {kp} | {} | {} | {ratio_cell} |",
                 thousands(k.n),
-                dur(k.ours_nft.wall),
+                match k.ours_nft {
+                    Outcome::Finished(u) => dur(u.wall),
+                    Outcome::TimedOut(after) => format!("> {}", dur(after)),
+                },
                 dur(k.ours_cold.total)
             );
         }

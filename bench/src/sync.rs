@@ -16,7 +16,7 @@ use kube_nft_runtime::{apply, readback};
 use kube_nft_testkit::netns::in_netns;
 use kube_nft_testkit::synthetic::{self, Cluster, Kind, Mix};
 
-use crate::child::{self, Usage};
+use crate::child::{self, Outcome, Usage};
 
 /// Counts of the compiled ruleset, over both tables.
 #[derive(Clone, Copy, Debug, Default)]
@@ -87,7 +87,7 @@ pub(crate) struct SizeResult {
     /// The same cold start as one single transaction (for comparison), if measured.
     pub(crate) cold_single: Option<Cold>,
     /// `nft -f` of our `--dry-run` script into an empty namespace.
-    pub(crate) nft_ours: Usage,
+    pub(crate) nft_ours: Outcome,
     /// `kube-nft compile -f` into an empty namespace: load, compile, read-back, plan, apply.
     pub(crate) compile_f: Usage,
     /// Read-back of both tables, and read-back plus plan against the compiled IR.
@@ -103,6 +103,8 @@ pub(crate) struct Options<'a> {
     pub(crate) kube_nft: &'a Path,
     pub(crate) work: &'a Path,
     pub(crate) single_transaction: bool,
+    /// When to give up on `nft -f` of our own script.
+    pub(crate) nft_deadline: Duration,
 }
 
 /// A part of [`measure`], for profiling one thing at a time.
@@ -216,14 +218,12 @@ pub(crate) fn measure(n: usize, opts: &Options<'_>) -> anyhow::Result<SizeResult
     })?;
 
     let nft_ours = in_netns(|_| {
-        let usage = child::run_to_end("nft", &["-f".into(), script_path.clone().into()], None);
+        let args = ["-f".into(), script_path.clone().into()];
+        let outcome = child::run("nft", &args, None, Some(opts.nft_deadline));
         apply::cleanup().context("clean up")?;
-        usage
+        outcome
     })?;
-    progress(
-        n,
-        format_args!("nft -f of our script {:.2?}", nft_ours.wall),
-    );
+    progress(n, format_args!("nft -f of our script {nft_ours:?}"));
 
     let compile_f = in_netns(|_| {
         let usage = child::run_to_end(
@@ -262,15 +262,16 @@ pub(crate) fn measure(n: usize, opts: &Options<'_>) -> anyhow::Result<SizeResult
 
 /// Our `nft -f` script and our netlink cold start at size `n`, for the kube-proxy comparison
 /// at sizes the main table does not have.
-pub(crate) fn ours_light(n: usize, opts: &Options<'_>) -> anyhow::Result<(Usage, Cold)> {
+pub(crate) fn ours_light(n: usize, opts: &Options<'_>) -> anyhow::Result<(Outcome, Cold)> {
     let cluster = synthetic::generate(n, opts.endpoints, synthetic::SEED);
     let compiled = compile(&cluster.snapshot(), &synthetic::config());
     let script_path = opts.work.join(format!("kube-nft-{n}.nft"));
     std::fs::write(&script_path, render::render(&compiled))?;
     let nft = in_netns(|_| {
-        let usage = child::run_to_end("nft", &["-f".into(), script_path.clone().into()], None);
+        let args = ["-f".into(), script_path.clone().into()];
+        let outcome = child::run("nft", &args, None, Some(opts.nft_deadline));
         apply::cleanup().context("clean up")?;
-        usage
+        outcome
     })?;
     let _ = std::fs::remove_file(&script_path);
     let cold = in_netns(|_| {
