@@ -48,6 +48,9 @@ pub enum Error {
     /// An echo server could not bind.
     #[error("lab echo server: {0}")]
     Server(String),
+    /// A client's connection failed where it had to succeed.
+    #[error("lab probe: {0}")]
+    Probe(String),
     /// No such host in the lab.
     #[error("no host {0:?} in the lab")]
     NoHost(String),
@@ -277,6 +280,18 @@ impl Lab {
             .args(["netns", "exec", self.netns(host)?])
             .arg(program);
         Ok(command)
+    }
+
+    /// Times `n` new TCP connections from host `from` to `dst` (see the data-plane benchmark):
+    /// each duration is one connection setup, SYN to SYN-ACK.
+    pub fn connect_times(
+        &self,
+        from: &str,
+        dst: std::net::SocketAddr,
+        n: usize,
+    ) -> Result<Vec<std::time::Duration>, Error> {
+        self.run_in(from, || probe::connect_times(dst, n))?
+            .map_err(|e| Error::Probe(format!("connect to {dst} from {from}: {e}")))
     }
 
     /// Sends one probe from host `from`.

@@ -154,6 +154,23 @@ fn attempt(probe: &Probe) -> std::io::Result<String> {
     Ok(text)
 }
 
+/// Times `n` TCP connection setups to `dst` from the calling thread's namespace, one after the
+/// other: each a new connection (so its first packet crosses the NAT chains), timed from
+/// `connect` to its return (SYN to SYN-ACK), then closed with a reset so neither conntrack nor
+/// TIME_WAIT sockets pile up. The first failure ends the run.
+pub(crate) fn connect_times(dst: SocketAddr, n: usize) -> std::io::Result<Vec<Duration>> {
+    let mut times = Vec::with_capacity(n);
+    let target = SockAddr::from(dst);
+    for _ in 0..n {
+        let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_linger(Some(Duration::ZERO))?;
+        let start = Instant::now();
+        socket.connect_timeout(&target, DEFAULT_TIMEOUT)?;
+        times.push(start.elapsed());
+    }
+    Ok(times)
+}
+
 fn parse(text: &str) -> Outcome {
     let mut words = text.split_whitespace();
     let (Some(host), Some(local), Some(peer)) = (words.next(), words.next(), words.next()) else {
