@@ -525,6 +525,68 @@ fn source_hash_scheduler_matches_the_compilers_prediction() {
 
 // --- Masquerade -----------------------------------------------------------------------------
 
+/// Item 9 of the compiler's semantics, row by row: who is masqueraded (the endpoint sees a node
+/// address) and who keeps its own source.
+#[test]
+fn masquerade_exactly_where_kube_proxy_does() {
+    let Some(s) = Scene::new("masquerade_matrix", &cluster(), &[]) else {
+        return;
+    };
+    // (The node's own connections carry a node address with or without masquerade, so they
+    // prove nothing here.)
+    let cases: [(&str, &str, bool, &str); 9] = [
+        (
+            "client",
+            "172.30.0.10:80",
+            true,
+            "off-cluster source to a ClusterIP",
+        ),
+        ("pod-client", "172.30.0.10:80", false, "pod to a ClusterIP"),
+        ("client", "192.168.0.2:30080", true, "NodePort, eTP Cluster"),
+        (
+            "client",
+            "198.51.100.20:80",
+            true,
+            "externalIP, eTP Cluster",
+        ),
+        (
+            "client",
+            "198.51.100.10:80",
+            true,
+            "LoadBalancer, eTP Cluster",
+        ),
+        (
+            "client",
+            "198.51.100.11:80",
+            false,
+            "LoadBalancer, eTP Local",
+        ),
+        ("client", "192.168.0.2:30082", false, "NodePort, eTP Local"),
+        (
+            "pod-client",
+            "198.51.100.11:80",
+            false,
+            "pod to an eTP Local LoadBalancer",
+        ),
+        (
+            "hairpin-a1",
+            "172.30.0.21:80",
+            true,
+            "hairpin: an endpoint to itself",
+        ),
+    ];
+    for (from, dst, masqueraded, what) in cases {
+        let r = s.replies(from, tcp(dst), 6);
+        let seen = sources(&r);
+        if masqueraded {
+            assert!(seen.iter().all(|a| s.is_node(*a)), "{what}: saw {seen:?}");
+        } else {
+            let own = s.addr(from, true);
+            assert_eq!(seen, BTreeSet::from([own]), "{what}");
+        }
+    }
+}
+
 #[test]
 fn masquerade_all_masquerades_pod_traffic_too() {
     let Some(s) = Scene::new("masquerade_all", &cluster(), &["--masquerade-all"]) else {
