@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use kube_nft_compiler::graph::Graph;
 use kube_nft_compiler::ir::L4Proto;
@@ -16,6 +17,9 @@ use crate::Lab;
 
 /// Connections per row.
 pub const ATTEMPTS: usize = 4;
+
+/// How long a demo probe waits: a drop costs this once per row.
+const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One line of the demo's table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,10 +103,7 @@ fn row(
     let mut failures: Vec<(String, usize)> = Vec::new();
     let mut sources = BTreeSet::new();
     for _ in 0..ATTEMPTS {
-        let outcome = lab.probe(
-            from,
-            &Probe::new(proto, dst).timeout(std::time::Duration::from_secs(1)),
-        );
+        let outcome = lab.probe(from, &Probe::new(proto, dst).timeout(TIMEOUT));
         match &outcome {
             Outcome::Reply(r) => {
                 if !row.endpoints.contains(&r.host) {

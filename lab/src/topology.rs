@@ -131,24 +131,34 @@ pub fn default_lan_clients() -> Vec<ClientSpec> {
     ]
 }
 
-/// A client pod named `pod-client` on `node`, at host 250 of each of the node's `podCIDRs`
-/// (none when the Node object has no pod CIDR).
+/// A client pod named `pod-client` on `node`, at host 250 of each of the node's pod CIDRs
+/// (none when the Node object has none).
 pub fn pod_client(snapshot: &Snapshot, node: &str) -> Option<ClientSpec> {
-    let node_object = snapshot
-        .nodes
+    let addrs: Vec<IpAddr> = pod_cidrs(snapshot, node)
         .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(node))?;
-    let spec = node_object.spec.as_ref()?;
-    let mut cidrs = spec.pod_cidrs.clone().unwrap_or_default();
-    if cidrs.is_empty() {
-        cidrs.extend(spec.pod_cidr.clone());
-    }
-    let addrs: Vec<IpAddr> = cidrs.iter().filter_map(|c| host_250(c)).collect();
+        .filter_map(|c| host_250(c))
+        .collect();
     (!addrs.is_empty()).then(|| ClientSpec {
         name: "pod-client".into(),
         addrs,
         pod_on: Some(node.to_owned()),
     })
+}
+
+/// Node `node`'s `spec.podCIDRs` (or the older single `spec.podCIDR`), as written.
+pub fn pod_cidrs(snapshot: &Snapshot, node: &str) -> Vec<String> {
+    let Some(spec) = snapshot
+        .nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(node))
+        .and_then(|n| n.spec.as_ref())
+    else {
+        return Vec::new();
+    };
+    match &spec.pod_cidrs {
+        Some(cidrs) if !cidrs.is_empty() => cidrs.clone(),
+        _ => spec.pod_cidr.iter().cloned().collect(),
+    }
 }
 
 /// Host number 250 (0xfa) of a CIDR written `addr/len`.
@@ -330,10 +340,7 @@ fn endpoints(snapshot: &Snapshot) -> Vec<Endpoint> {
             .ports
             .iter()
             .flatten()
-            .filter_map(|p| {
-                let port = u16::try_from(p.port?).ok()?;
-                Some((Proto::from_kubernetes(p.protocol.as_deref())?, port))
-            })
+            .filter_map(|p| served(p.protocol.as_deref(), p.port))
             .collect();
         for ep in slice.endpoints.iter().flatten() {
             for addr in &ep.addresses {
@@ -353,10 +360,7 @@ fn endpoints(snapshot: &Snapshot) -> Vec<Endpoint> {
                 .ports
                 .iter()
                 .flatten()
-                .filter_map(|p| {
-                    let port = u16::try_from(p.port).ok()?;
-                    Some((Proto::from_kubernetes(p.protocol.as_deref())?, port))
-                })
+                .filter_map(|p| served(p.protocol.as_deref(), Some(p.port)))
                 .collect();
             let addresses = subset.addresses.iter().flatten();
             for a in addresses.chain(subset.not_ready_addresses.iter().flatten()) {
@@ -371,6 +375,14 @@ fn endpoints(snapshot: &Snapshot) -> Vec<Endpoint> {
         }
     }
     out
+}
+
+/// A port the lab serves: its protocol (TCP when absent) and number, if the lab can serve it.
+fn served(protocol: Option<&str>, port: Option<i32>) -> Option<(Proto, u16)> {
+    Some((
+        Proto::from_kubernetes(protocol)?,
+        u16::try_from(port?).ok()?,
+    ))
 }
 
 fn pod_name(target: Option<&str>, addr: IpAddr) -> String {

@@ -5,8 +5,8 @@
 use anyhow::Context;
 use kube_nft_compiler::model::{self, Snapshot, Source};
 use kube_nft_lab::demo::{tour, Row};
-use kube_nft_lab::topology::{default_lan_clients, pod_client};
-use kube_nft_lab::{Lab, Topology};
+use kube_nft_lab::topology::{default_lan_clients, pod_cidrs, pod_client};
+use kube_nft_lab::{Lab, Role, Topology};
 
 use super::{compile::program, node_config, print_stdout, read_sources};
 use crate::cli::DemoArgs;
@@ -34,7 +34,10 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .clone()
         .context("no --hostname-override and no Node object to choose this node from")?;
     if config.cluster_cidrs.is_empty() {
-        config.cluster_cidrs = pod_cidrs(&snapshot, &node);
+        config.cluster_cidrs = pod_cidrs(&snapshot, &node)
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
     }
     let compiled = kube_nft_compiler::compile(&snapshot, &config);
     for diagnostic in loaded.diagnostics.iter().chain(&compiled.diagnostics) {
@@ -46,22 +49,19 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let topology = Topology::from_snapshot(&snapshot, &node, &clients);
     let started = std::time::Instant::now();
     let lab = Lab::build(topology).context("build the lab")?;
+    let hosts = &lab.topology().hosts;
+    let pods = hosts
+        .iter()
+        .filter(|h| matches!(h.role, Role::Pod { .. }))
+        .count();
+    let nodes = hosts
+        .iter()
+        .filter(|h| matches!(h.role, Role::ThisNode | Role::OtherNode))
+        .count();
     eprintln!(
-        "lab: {} network namespaces ({} pods, {} nodes, clients) built in {:.2?}",
-        lab.topology().hosts.len() + 1,
-        lab.topology()
-            .hosts
-            .iter()
-            .filter(|h| matches!(h.role, kube_nft_lab::Role::Pod { .. }))
-            .count(),
-        lab.topology()
-            .hosts
-            .iter()
-            .filter(|h| matches!(
-                h.role,
-                kube_nft_lab::Role::ThisNode | kube_nft_lab::Role::OtherNode
-            ))
-            .count(),
+        "lab: {} network namespaces ({nodes} nodes, {pods} pods, {} clients, the LAN) built in {:.2?}",
+        hosts.len() + 1,
+        hosts.len() - nodes - pods,
         started.elapsed()
     );
     let summary = lab
@@ -80,25 +80,6 @@ fn first_node(snapshot: &Snapshot) -> Option<String> {
         .iter()
         .filter_map(|n| n.metadata.name.clone())
         .min()
-}
-
-/// `spec.podCIDRs` (or `podCIDR`) of Node `name`, as parsed CIDRs.
-fn pod_cidrs(snapshot: &Snapshot, name: &str) -> Vec<ipnet::IpNet> {
-    let spec = snapshot
-        .nodes
-        .iter()
-        .find(|n| n.metadata.name.as_deref() == Some(name))
-        .and_then(|n| n.spec.as_ref());
-    let Some(spec) = spec else {
-        return Vec::new();
-    };
-    let cidrs = spec.pod_cidrs.clone().unwrap_or_default();
-    let cidrs = if cidrs.is_empty() {
-        spec.pod_cidr.iter().cloned().collect()
-    } else {
-        cidrs
-    };
-    cidrs.iter().filter_map(|c| c.parse().ok()).collect()
 }
 
 /// The rows as an aligned text table.
