@@ -114,6 +114,8 @@ pub(crate) enum Part {
     Cold,
     /// Compile, a cold start (not profiled away), then the incremental changes.
     Incremental,
+    /// Compile, a cold start, then the read-back and diff of the whole table.
+    Readback,
 }
 
 /// Runs one part of [`measure`] alone.
@@ -130,6 +132,13 @@ pub(crate) fn profile(n: usize, part: Part, opts: &Options<'_>) -> anyhow::Resul
                 cold.total, cold.report.longest_commit
             ),
         );
+        if part == Part::Readback {
+            let (read, diff) = read_back(&desired)?;
+            progress(
+                n,
+                format_args!("read-back {read:.2?}, read-back + diff {diff:.2?}"),
+            );
+        }
         if part == Part::Incremental {
             for i in incremental(&cluster, &snapshot, &desired, opts, reps_at(n, opts))? {
                 progress(

@@ -722,14 +722,16 @@ pub fn generation(msg: &Message<'_>) -> Result<u32, Error> {
     required(msg.attrs()?.be32(NFTA_GEN_ID)?, "generation", "NFTA_GEN_ID")
 }
 
-/// Request attributes: `NFTA_*_TABLE` (and `NFTA_SET_ELEM_LIST_SET`) filters for dumps.
-pub(crate) fn filter_attrs(table: &str, set: Option<&str>) -> Vec<u8> {
+/// Request attributes: `NFTA_*_TABLE` filters for dumps, and with `object` the set whose
+/// elements (`NFTA_SET_ELEM_LIST_SET`) or the chain whose rules (`NFTA_RULE_CHAIN`) to dump.
+pub(crate) fn filter_attrs(table: &str, object: Option<&str>) -> Vec<u8> {
     let mut buf = Vec::new();
     // NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_SET_TABLE, NFTA_RULE_TABLE and
-    // NFTA_SET_ELEM_LIST_TABLE are all attribute 1.
+    // NFTA_SET_ELEM_LIST_TABLE are all attribute 1; NFTA_SET_ELEM_LIST_SET and NFTA_RULE_CHAIN
+    // are both attribute 2.
     super::attr::put_strz(&mut buf, 1, table);
-    if let Some(set) = set {
-        super::attr::put_strz(&mut buf, NFTA_SET_ELEM_LIST_SET, set);
+    if let Some(object) = object {
+        super::attr::put_strz(&mut buf, NFTA_SET_ELEM_LIST_SET, object);
     }
     buf
 }
