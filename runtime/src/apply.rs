@@ -23,10 +23,13 @@ use crate::netlink::socket::{self, Socket};
 
 /// The estimated kernel cost one transaction of a cold start may have, in units of one rule
 /// (see [`cost`]). The kernel parses and commits a batch with the namespace's nf_tables commit
-/// mutex held, at roughly 10–17 µs per rule or chain on a 2-vCPU VM (`performance-anchors.md`
-/// §2.3 and `BENCHMARKS.md`); 15,000 units keep a transaction near 0.25 s, half the 0.5 s goal
-/// (§3, C6), while a 10k-Service cold start is about 300,000 units.
-pub const COLD_START_COST: usize = 15_000;
+/// mutex held, at roughly 10–20 µs per rule or chain on a 2-vCPU VM (`performance-anchors.md`
+/// §2.3 and `BENCHMARKS.md`); 10,000 units kept every transaction but the last under 0.16 s at
+/// 50k Services, well under the 0.5 s goal (§3, C6), while a 10k-Service cold start is about
+/// 200,000 units. The last transaction, which attaches the hooks, costs what the kernel's
+/// validation of the whole jump graph costs (≈0.5 s at 50k Services), like any commit that
+/// adds a verdict to a table that size.
+pub const COLD_START_COST: usize = 10_000;
 
 /// Elements per unit of cost: an element costs the kernel well under a microsecond.
 const ELEMENTS_PER_UNIT: usize = 8;
