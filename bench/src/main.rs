@@ -9,6 +9,7 @@
 //! `cargo run` it builds the `kube-nft` binary it measures first.
 
 mod child;
+mod dataplane;
 mod kube_proxy;
 mod report;
 mod sync;
@@ -54,6 +55,20 @@ struct Args {
     /// --sizes 10000 --only cold`); prints progress only.
     #[arg(long, value_enum)]
     only: Option<sync::Part>,
+    /// Data plane: sizes at which new-connection latency through the lab is measured with
+    /// kube-nft's ruleset loaded (`0`: none).
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1000, 10000, 30000, 50000])]
+    dataplane_sizes: Vec<usize>,
+    /// Data plane: sizes (among `--dataplane-sizes`) also measured with the kube-proxy-shaped
+    /// ruleset loaded instead.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 1000, 3000])]
+    dataplane_kube_proxy_sizes: Vec<usize>,
+    /// Measure only the data plane and print its table (does not write the report).
+    #[arg(long)]
+    dataplane_only: bool,
+    /// Data plane: connections measured per row.
+    #[arg(long, default_value_t = 2000)]
+    connections: usize,
     /// Write the report into this file (replacing the part between its markers).
     #[arg(long, value_name = "FILE")]
     write: Option<PathBuf>,
@@ -107,6 +122,18 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
         single_transaction: args.single_transaction,
         nft_deadline: Duration::from_secs(args.nft_deadline),
     };
+    if args.dataplane_only {
+        let rows = dataplane::measure(
+            &args.dataplane_sizes,
+            &args.dataplane_kube_proxy_sizes,
+            args.endpoints,
+            args.connections,
+            kube_nft,
+            work,
+        )?;
+        print!("{}", dataplane::table(&rows));
+        return Ok(String::new());
+    }
     if let Some(part) = args.only {
         let n = *args.sizes.first().context("no size")?;
         sync::profile(n, part, &opts)?;
@@ -146,6 +173,18 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
             ours_cold: ours.1,
         });
     }
+    let mut dp_sizes = args.dataplane_sizes.clone();
+    dp_sizes.retain(|&n| n > 0);
+    dp_sizes.sort_unstable();
+    let latency = dataplane::measure(
+        &dp_sizes,
+        &args.dataplane_kube_proxy_sizes,
+        args.endpoints,
+        args.connections,
+        kube_nft,
+        work,
+    )
+    .context("data plane")?;
     let machine = report::Machine::probe(&command_line());
     Ok(report::render(
         &machine,
@@ -154,6 +193,7 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
         &results,
         &kube_proxy,
         budget,
+        &dataplane::table(&latency),
     ))
 }
 

@@ -104,6 +104,7 @@ pub(crate) fn render(
     results: &[SizeResult],
     kube_proxy: &[KubeProxyRow],
     budget: Duration,
+    dataplane: &str,
 ) -> String {
     let mut out = String::new();
     let w = &mut out;
@@ -328,6 +329,7 @@ pub(crate) fn render(
             thousands(mix.endpoints)
         );
     }
+    w.push_str(dataplane);
     let _ = writeln!(w, "{END}");
     out
 }
