@@ -154,7 +154,12 @@ impl Lab {
         let mut switch = String::new();
         let mut pods_of: Vec<usize> = vec![0; hosts.len()];
         for (i, host) in hosts.iter().enumerate() {
+            // Its own end of its link is `eth0`, whatever it is; the routes depend on the role.
             let mut b = String::new();
+            for a in &host.addrs {
+                let _ = writeln!(b, "addr add {a}/{} dev eth0{}", full(*a), nodad(*a));
+            }
+            let _ = writeln!(b, "link set eth0 up");
             match host.role {
                 Role::Pod { node: Some(node) } => {
                     // A veth to its node: `eth0` here, `v<n>` on the node.
@@ -168,23 +173,17 @@ impl Lab {
                         ),
                     )?;
                     let nb = &mut batches[node];
-                    let b = &mut b;
                     let _ = writeln!(nb, "addr add 169.254.1.1/32 dev {port} scope link");
                     let _ = writeln!(nb, "addr add fe80::1/64 dev {port} nodad");
                     let _ = writeln!(nb, "link set {port} up");
                     for a in &host.addrs {
                         let _ = writeln!(nb, "route add {a} dev {port}");
                     }
-                    for a in &host.addrs {
-                        let _ = writeln!(b, "addr add {a}/{} dev eth0{}", full(*a), nodad(*a));
-                    }
-                    let _ = writeln!(b, "link set eth0 up");
                     let _ = writeln!(b, "route add 169.254.1.1 dev eth0 scope link");
                     let _ = writeln!(b, "route add 0.0.0.0/0 via 169.254.1.1 dev eth0");
                     let _ = writeln!(b, "route add ::/0 via fe80::1 dev eth0");
                 }
                 _ => {
-                    let b = &mut b;
                     // On the LAN: `eth0` here, `p<i>` on the bridge.
                     ns::ip_batch(
                         &self.netns[i],
@@ -194,10 +193,6 @@ impl Lab {
                         ),
                     )?;
                     let _ = writeln!(switch, "link set p{i} master br0 up");
-                    for a in &host.addrs {
-                        let _ = writeln!(b, "addr add {a}/{} dev eth0{}", full(*a), nodad(*a));
-                    }
-                    let _ = writeln!(b, "link set eth0 up");
                     // Direct host routes to every other LAN host.
                     for other in hosts.iter().filter(|o| o.on_lan() && o.name != host.name) {
                         for a in other.addrs.iter().filter(|a| host.addr_like(**a).is_some()) {
