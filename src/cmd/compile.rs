@@ -45,8 +45,14 @@ pub(super) fn program(desired: &Ruleset) -> anyhow::Result<String> {
     }
     let report = apply::apply_plan(&current, &tx)
         .context("program the kernel (the transaction was refused; nothing was changed)")?;
+    // A cold start of a large cluster is split into bounded transactions (hooks last);
+    // every other change is one.
+    let transactions = match report.transactions {
+        1 => "one transaction".to_owned(),
+        n => format!("{n} transactions, the hooks in the last"),
+    };
     Ok(format!(
-        "applied {} in one transaction ({} messages, {} bytes)",
+        "applied {} in {transactions} ({} messages, {} bytes)",
         tx.counts(),
         report.messages,
         report.bytes
