@@ -117,8 +117,14 @@ impl Scene {
             .collect()
     }
 
-    fn is_node(&self, addr: IpAddr) -> bool {
-        self.lab.topology().is_node_addr(addr)
+    /// Every reply saw a node's address as its source: the connection was masqueraded.
+    fn assert_masqueraded(&self, replies: &[Reply], what: &str) {
+        let seen = sources(replies);
+        let topo = self.lab.topology();
+        assert!(
+            seen.iter().all(|a| topo.is_node_addr(*a)),
+            "{what}: not masqueraded, the endpoint saw {seen:?}"
+        );
     }
 
     /// The first address of `host` of the family (`v4`) given: its default source.
@@ -180,18 +186,10 @@ fn clusterip_balances_tcp_and_udp_over_every_endpoint() {
     // From outside the cluster CIDR: masqueraded to a node address.
     let r = s.replies("client", tcp("172.30.0.10:80"), DRAWS);
     assert_eq!(hosts(&r), set(&WEB));
-    assert!(
-        sources(&r).iter().all(|a| s.is_node(*a)),
-        "{:?}",
-        sources(&r)
-    );
+    s.assert_masqueraded(&r, "client to a ClusterIP over TCP");
     let r = s.replies("client", udp("172.30.0.10:53"), DRAWS);
     assert_eq!(hosts(&r), set(&WEB));
-    assert!(
-        sources(&r).iter().all(|a| s.is_node(*a)),
-        "{:?}",
-        sources(&r)
-    );
+    s.assert_masqueraded(&r, "client to a ClusterIP over UDP");
 }
 
 #[test]
@@ -202,11 +200,11 @@ fn clusterip_from_the_node_itself() {
     for probe in [tcp("172.30.0.10:80"), udp("172.30.0.10:53")] {
         let r = s.replies("node-a", probe, DRAWS);
         assert_eq!(hosts(&r), set(&WEB), "{probe:?}");
-        // Host traffic is not from the cluster CIDR: masqueraded (to node-a's address).
-        assert!(
-            sources(&r).iter().all(|a| s.is_node(*a)),
-            "{:?}",
-            sources(&r)
+        // A host connection carries node-a's own address, masqueraded or not.
+        assert_eq!(
+            sources(&r),
+            BTreeSet::from([s.addr("node-a", true)]),
+            "{probe:?}"
         );
     }
 }
@@ -282,11 +280,7 @@ fn nodeport_and_external_ip_reach_every_endpoint_masqueraded() {
         assert_eq!(hosts(&r), set(&WEB), "{dst}");
         assert_eq!(ports(&r), BTreeSet::from([8080]), "{dst}");
         // externalTrafficPolicy Cluster: the source is a node's.
-        assert!(
-            sources(&r).iter().all(|a| s.is_node(*a)),
-            "{dst}: {:?}",
-            sources(&r)
-        );
+        s.assert_masqueraded(&r, dst);
     }
     // A port that is no NodePort is not ours: nothing listens on node-a, the kernel refuses.
     assert_eq!(
@@ -397,11 +391,7 @@ fn hairpin_endpoint_reaches_itself_through_its_service() {
     let r = s.replies("hairpin-a1", tcp("172.30.0.21:80"), 5);
     assert_eq!(hosts(&r), set(&["hairpin-a1"]));
     // Masqueraded: without it the pod would answer itself directly and the connection fail.
-    assert!(
-        sources(&r).iter().all(|a| s.is_node(*a)),
-        "{:?}",
-        sources(&r)
-    );
+    s.assert_masqueraded(&r, "hairpin");
 }
 
 #[test]
@@ -414,11 +404,7 @@ fn ipv6_and_dual_stack_services() {
     assert!(r.iter().all(|x| x.local.is_ipv6()));
     assert_eq!(sources(&r), BTreeSet::from([s.addr("pod-client", false)]));
     let r = s.replies("client", tcp("[fd00:30::10]:80"), 20);
-    assert!(
-        sources(&r).iter().all(|a| s.is_node(*a)),
-        "{:?}",
-        sources(&r)
-    );
+    s.assert_masqueraded(&r, "client to an IPv6 ClusterIP");
     // One Service, both families.
     for dst in ["172.30.0.22:80", "[fd00:30::22]:80"] {
         let r = s.replies("pod-client", tcp(dst), DRAWS);
@@ -577,12 +563,11 @@ fn masquerade_exactly_where_kube_proxy_does() {
     ];
     for (from, dst, masqueraded, what) in cases {
         let r = s.replies(from, tcp(dst), 6);
-        let seen = sources(&r);
         if masqueraded {
-            assert!(seen.iter().all(|a| s.is_node(*a)), "{what}: saw {seen:?}");
+            s.assert_masqueraded(&r, what);
         } else {
             let own = s.addr(from, true);
-            assert_eq!(seen, BTreeSet::from([own]), "{what}");
+            assert_eq!(sources(&r), BTreeSet::from([own]), "{what}");
         }
     }
 }
@@ -594,11 +579,7 @@ fn masquerade_all_masquerades_pod_traffic_too() {
     };
     let r = s.replies("pod-client", tcp("172.30.0.10:80"), 20);
     assert_eq!(hosts(&r), set(&WEB));
-    assert!(
-        sources(&r).iter().all(|a| s.is_node(*a)),
-        "{:?}",
-        sources(&r)
-    );
+    s.assert_masqueraded(&r, "pod to a ClusterIP with --masquerade-all");
     // eTP Local still preserves the client's address for external traffic.
     let r = s.replies("client", tcp("198.51.100.11:80"), 5);
     assert_eq!(sources(&r), BTreeSet::from([s.addr("client", true)]));

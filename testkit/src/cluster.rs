@@ -8,7 +8,7 @@
 //! IP is `10.<node>.<i % 250>.<host>` (`fd00:10:<i>::<host>` for IPv6).
 
 use kube_nft_compiler::ir::Ruleset;
-use kube_nft_compiler::model::{load, Snapshot, Source};
+use kube_nft_compiler::model::Snapshot;
 use kube_nft_compiler::{compile, Config};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -264,20 +264,7 @@ pub fn manifests(services: &[Svc]) -> Vec<Value> {
 
 /// The snapshot of a cluster, which must load without diagnostics.
 pub fn snapshot(services: &[Svc]) -> Snapshot {
-    let text = serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List",
-        "items": manifests(services)}))
-    .expect("serialize");
-    let loaded = load(&[Source {
-        origin: "generated".into(),
-        text,
-    }])
-    .expect("generated input loads");
-    assert!(
-        loaded.diagnostics.is_empty(),
-        "generated input is valid: {:?}",
-        loaded.diagnostics
-    );
-    loaded.snapshot
+    crate::synthetic::snapshot_of(manifests(services))
 }
 
 /// The node config generated clusters are compiled with: `node-a`, cluster CIDR 10.0.0.0/8.

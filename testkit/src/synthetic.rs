@@ -331,8 +331,8 @@ impl Cluster {
 }
 
 /// A snapshot of just these manifests (for instance one Service from
-/// [`Cluster::manifests_of`], to splice into a bigger snapshot); panics if they do not load
-/// without diagnostics.
+/// [`Cluster::manifests_of`], to splice into a bigger snapshot; `cluster::snapshot` uses it
+/// too); panics if they do not load without diagnostics.
 pub fn snapshot_of(docs: Vec<Value>) -> Snapshot {
     let loaded = load(&[Source {
         origin: "synthetic".into(),
