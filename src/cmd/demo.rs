@@ -50,9 +50,10 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let lab = Lab::build(topology).context("build the lab")?;
     let hosts = &lab.topology().hosts;
+    // Endpoint pods serve; the pod client does not.
     let pods = hosts
         .iter()
-        .filter(|h| matches!(h.role, Role::Pod { .. }))
+        .filter(|h| matches!(h.role, Role::Pod { .. }) && !h.listen.is_empty())
         .count();
     let nodes = hosts
         .iter()
