@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kube_nft_compiler::model::{load, Source};
+use kube_nft_compiler::model::{load, Snapshot, Source};
 use kube_nft_compiler::trace::{self, Env, Origin, Packet};
 use kube_nft_compiler::{compile, Config};
 use kube_nft_lab::probe::DROP_TIMEOUT;
@@ -45,6 +45,8 @@ fn cluster() -> PathBuf {
 /// A lab built from a cluster file, node-a programmed from it.
 struct Scene {
     lab: Lab,
+    /// The cluster file the lab was built from, loaded.
+    snapshot: Snapshot,
 }
 
 impl Scene {
@@ -72,7 +74,7 @@ impl Scene {
         clients.extend(pod_client(&snapshot, "node-a"));
         let lab = Lab::build(Topology::from_snapshot(&snapshot, "node-a", &clients))
             .unwrap_or_else(|e| panic!("{test}: build the lab: {e}"));
-        Some(Scene { lab })
+        Some(Scene { lab, snapshot })
     }
 
     /// `kube-nft compile -f FILE FLAGS… EXTRA…` inside node-a; panics unless it succeeds.
@@ -465,19 +467,16 @@ fn source_hash_scheduler_matches_the_compilers_prediction() {
     };
     // The compiler's tracer computes the kernel's jhash exactly: the endpoint it predicts for
     // each client address must be the one the kernel picks, every time.
-    let text = std::fs::read_to_string(cluster()).expect("read");
-    let snapshot = load(&[Source {
-        origin: "lab".into(),
-        text,
-    }])
-    .expect("load")
-    .snapshot;
+    // The same node as `FLAGS`.
     let config = Config {
         hostname: Some("node-a".into()),
-        cluster_cidrs: vec!["10.0.0.0/16".parse().expect("cidr")],
+        cluster_cidrs: vec![
+            "10.0.0.0/16".parse().expect("cidr"),
+            "fd00:10::/32".parse().expect("cidr"),
+        ],
         ..Config::default()
     };
-    let compiled = compile(&snapshot, &config);
+    let compiled = compile(&s.snapshot, &config);
     let env = Env::from_graph(&compiled.graph);
     let dst: SocketAddr = "172.30.0.28:80".parse().expect("addr");
     let mut seen = BTreeMap::new();

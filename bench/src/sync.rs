@@ -226,12 +226,7 @@ pub(crate) fn measure(n: usize, opts: &Options<'_>) -> anyhow::Result<SizeResult
         anyhow::Ok((cold, readback, readback_diff, incremental))
     })?;
 
-    let nft_ours = in_netns(|_| {
-        let args = ["-f".into(), script_path.clone().into()];
-        let outcome = child::run("nft", &args, None, Some(opts.nft_deadline));
-        apply::cleanup().context("clean up")?;
-        outcome
-    })?;
+    let nft_ours = nft_load(&script_path, opts.nft_deadline)?;
     progress(n, format_args!("nft -f of our script {nft_ours:?}"));
 
     let compile_f = in_netns(|_| {
@@ -276,12 +271,7 @@ pub(crate) fn ours_light(n: usize, opts: &Options<'_>) -> anyhow::Result<(Outcom
     let compiled = compile(&cluster.snapshot(), &synthetic::config());
     let script_path = opts.work.join(format!("kube-nft-{n}.nft"));
     std::fs::write(&script_path, render::render(&compiled))?;
-    let nft = in_netns(|_| {
-        let args = ["-f".into(), script_path.clone().into()];
-        let outcome = child::run("nft", &args, None, Some(opts.nft_deadline));
-        apply::cleanup().context("clean up")?;
-        outcome
-    })?;
+    let nft = nft_load(&script_path, opts.nft_deadline)?;
     let _ = std::fs::remove_file(&script_path);
     let cold = in_netns(|_| {
         let cold = cold_start(&compiled.ruleset, apply::COLD_START_COST);
@@ -292,6 +282,16 @@ pub(crate) fn ours_light(n: usize, opts: &Options<'_>) -> anyhow::Result<(Outcom
 }
 
 /// `kube-nft SUBCOMMAND… PATH` with the node flags of the synthetic clusters.
+/// `nft -f SCRIPT` as a child process in a fresh network namespace, killed after `deadline`.
+fn nft_load(script: &Path, deadline: Duration) -> anyhow::Result<Outcome> {
+    in_netns(|_| {
+        let args = ["-f".into(), script.to_path_buf().into()];
+        let outcome = child::run("nft", &args, None, Some(deadline));
+        apply::cleanup().context("clean up")?;
+        outcome
+    })
+}
+
 fn kube_nft_args(subcommand: &[&str], path: &Path) -> Vec<OsString> {
     let mut args: Vec<OsString> = subcommand.iter().map(OsString::from).collect();
     args.push(path.into());

@@ -60,18 +60,18 @@ fn run(command: &mut Command, stdin: Option<&str>) -> Result<(), Error> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::Command(
-            format!(
-                "{what}: {}{}",
-                out.status,
-                stdin.map(|s| format!("\ninput:\n{s}")).unwrap_or_default()
-            ) + &format!("\n{}", String::from_utf8_lossy(&out.stderr).trim()),
-        ))
+        let input = stdin.map(|s| format!("\ninput:\n{s}")).unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(Error::Command(format!(
+            "{what}: {}{input}\n{}",
+            out.status,
+            stderr.trim()
+        )))
     }
 }
 
 /// Moves the calling thread into the namespace `name`. Only ever call this on a thread of
-/// the lab's own (see [`spawn_in`]): the thread never returns to the host's namespace.
+/// the lab's own (see [`run_in`]): the thread never returns to the host's namespace.
 pub(crate) fn enter(name: &str) -> Result<(), Error> {
     let path = Path::new("/run/netns").join(name);
     let file = File::open(&path).map_err(|e| Error::Netns(format!("{}: {e}", path.display())))?;
