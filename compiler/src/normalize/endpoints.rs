@@ -7,54 +7,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints, Service as K8sService};
+use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::address::{parse_ip, unusable_endpoint};
 use super::service::{port_number, protocol};
-use super::{namespace_of, Obj};
+use super::Obj;
 use crate::graph::{Backend, NodeInfo};
 use crate::ir::{Family, L4Proto};
-use crate::model::Snapshot;
 use crate::Diagnostic;
 
 /// Label linking an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label (also accepted as an annotation) that opts legacy Endpoints out of mirroring.
 const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
-
-/// Slices and legacy Endpoints looked up by the Service they belong to.
-pub(super) struct Index<'a> {
-    /// `(namespace, service name)` → slices labelled for it, in input order.
-    slices: BTreeMap<(String, String), Vec<&'a EndpointSlice>>,
-    /// `(namespace, name)` → the Endpoints object of that name (the first one).
-    endpoints: BTreeMap<(String, String), &'a Endpoints>,
-}
-
-impl<'a> Index<'a> {
-    /// Indexes the snapshot. Slices without the service-name label belong to no Service and
-    /// are ignored, as kube-proxy ignores them.
-    pub(super) fn new(snapshot: &'a Snapshot, diags: &mut Vec<Diagnostic>) -> Index<'a> {
-        let mut slices: BTreeMap<_, Vec<_>> = BTreeMap::new();
-        for slice in &snapshot.endpoint_slices {
-            let labels = slice.metadata.labels.as_ref();
-            if let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-                let key = (namespace_of(&slice.metadata), service.clone());
-                slices.entry(key).or_default().push(slice);
-            }
-        }
-        let mut endpoints = BTreeMap::new();
-        for eps in &snapshot.endpoints {
-            let obj = Obj::of("Endpoints", &eps.metadata);
-            if endpoints.contains_key(&(obj.namespace.clone(), obj.name.clone())) {
-                diags.push(obj.diag("metadata.name", "duplicate Endpoints; later copy skipped"));
-                continue;
-            }
-            endpoints.insert((obj.namespace, obj.name), eps);
-        }
-        Index { slices, endpoints }
-    }
-}
 
 /// One endpoint of a slice with its conditions resolved (API defaults applied).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,45 +44,16 @@ struct SlicePort {
     port: u16,
 }
 
-/// One validated slice (or one mirrored Endpoints subset).
+/// One validated slice (or one mirrored Endpoints subset): the compact form the daemon keeps
+/// instead of the Kubernetes object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct Slice {
+pub(crate) struct Slice {
     ports: Vec<SlicePort>,
     endpoints: Vec<Endpoint>,
 }
 
-/// Every validated slice of a Service: its EndpointSlices, plus its mirrored Endpoints when the
-/// Service has no selector and the Endpoints does not opt out. Mirroring and real slices may
-/// describe the same endpoints; [`categorize`] merges duplicates.
-pub(super) fn collect(
-    index: &Index<'_>,
-    svc: &K8sService,
-    obj: &Obj,
-    diags: &mut Vec<Diagnostic>,
-) -> Vec<Slice> {
-    let key = (obj.namespace.clone(), obj.name.clone());
-    let mut out: Vec<Slice> = index
-        .slices
-        .get(&key)
-        .into_iter()
-        .flatten()
-        .filter_map(|slice| read_slice(slice, diags))
-        .collect();
-    let selectorless = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .is_none_or(|s| s.is_empty());
-    if selectorless {
-        if let Some(eps) = index.endpoints.get(&key).filter(|e| mirrored(e)) {
-            out.extend(mirror(eps, diags));
-        }
-    }
-    out
-}
-
 /// Whether the mirroring controller would copy these Endpoints into slices.
-fn mirrored(eps: &Endpoints) -> bool {
+pub(super) fn mirrored(eps: &Endpoints) -> bool {
     let skip = |map: Option<&BTreeMap<String, String>>| {
         map.and_then(|m| m.get(SKIP_MIRROR))
             .is_some_and(|v| v == "true")
@@ -124,7 +61,7 @@ fn mirrored(eps: &Endpoints) -> bool {
     !skip(eps.metadata.labels.as_ref()) && !skip(eps.metadata.annotations.as_ref())
 }
 
-fn read_slice(slice: &EndpointSlice, diags: &mut Vec<Diagnostic>) -> Option<Slice> {
+pub(super) fn read_slice(slice: &EndpointSlice, diags: &mut Vec<Diagnostic>) -> Option<Slice> {
     let obj = Obj::of("EndpointSlice", &slice.metadata);
     let family = match slice.address_type.as_str() {
         "IPv4" => Family::Ip,
@@ -245,7 +182,7 @@ fn endpoint_addr(
 
 /// Legacy Endpoints as slices, one per subset: `addresses` are ready, `notReadyAddresses` are
 /// neither ready nor serving (the mirroring controller's mapping); there are no hints.
-fn mirror(eps: &Endpoints, diags: &mut Vec<Diagnostic>) -> Vec<Slice> {
+pub(super) fn mirror(eps: &Endpoints, diags: &mut Vec<Diagnostic>) -> Vec<Slice> {
     let obj = Obj::of("Endpoints", &eps.metadata);
     let mut out = Vec::new();
     for (s, subset) in eps.subsets.iter().flatten().enumerate() {
@@ -303,7 +240,7 @@ fn mirror(eps: &Endpoints, diags: &mut Vec<Diagnostic>) -> Vec<Slice> {
 
 /// `(cluster, local)` endpoints of the service port `(name, proto)` for this node.
 pub(super) fn categorize(
-    slices: &[Slice],
+    slices: &[&Slice],
     name: &str,
     proto: L4Proto,
     node: &NodeInfo,

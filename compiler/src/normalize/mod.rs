@@ -6,12 +6,13 @@
 
 mod address;
 mod endpoints;
+mod inputs;
 mod node;
 mod service;
 
-use std::collections::BTreeSet;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+pub use inputs::{Changes, Inputs, Key, Kind};
 
 use crate::graph::Graph;
 use crate::model::Snapshot;
@@ -21,37 +22,11 @@ use crate::{Config, Diagnostic};
 ///
 /// Returns the graph and the diagnostics (sorted, deduplicated) for everything that was skipped
 /// or read in a degraded way. Services that are not ours (headless, ExternalName, another
-/// proxy's) are left out silently, as kube-proxy does.
+/// proxy's) are left out silently, as kube-proxy does. This is [`Inputs::graph`] over a store
+/// filled from the snapshot: the daemon, which fills its store object by object, assembles
+/// exactly what this returns.
 pub fn normalize(snapshot: &Snapshot, config: &Config) -> (Graph, Vec<Diagnostic>) {
-    let mut diags = Vec::new();
-    let node = node::node_info(snapshot, config, &mut diags);
-    let nodeport_addresses = node::nodeport_addresses(&node, config, &mut diags);
-    let service_cidrs = node::service_cidrs(snapshot, &mut diags);
-    let index = endpoints::Index::new(snapshot, &mut diags);
-
-    let mut seen = BTreeSet::new();
-    let mut services = Vec::new();
-    for svc in &snapshot.services {
-        let obj = Obj::of("Service", &svc.metadata);
-        if !seen.insert((obj.namespace.clone(), obj.name.clone())) {
-            diags.push(obj.diag("metadata.name", "duplicate Service; later copy skipped"));
-            continue;
-        }
-        if let Some(service) = service::service(svc, &obj, config, &node, &index, &mut diags) {
-            services.push(service);
-        }
-    }
-    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-
-    diags.sort();
-    diags.dedup();
-    let graph = Graph {
-        node,
-        nodeport_addresses,
-        service_cidrs,
-        services,
-    };
-    (graph, diags)
+    Inputs::from_snapshot(snapshot, config).graph()
 }
 
 /// The identity of one input object, for naming it in diagnostics.

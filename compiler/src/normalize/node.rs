@@ -6,24 +6,21 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 use super::address::{parse_cidr, parse_ip};
 use super::Obj;
 use crate::config::NodePortAddress;
 use crate::graph::NodeInfo;
 use crate::ir::Family;
-use crate::model::Snapshot;
 use crate::{Config, Diagnostic};
 
 /// The label the node's zone is read from (and that `forZones` hints refer to).
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// This node's name, zone and primary IPs.
-pub(super) fn node_info(
-    snapshot: &Snapshot,
-    config: &Config,
-    diags: &mut Vec<Diagnostic>,
-) -> NodeInfo {
+pub(super) fn node_info(nodes: &[Node], config: &Config, diags: &mut Vec<Diagnostic>) -> NodeInfo {
     // kube-proxy's node-name rule: trimmed, lower-cased, empty means unset.
     let name = config
         .hostname
@@ -31,8 +28,7 @@ pub(super) fn node_info(
         .map(|h| h.trim().to_lowercase())
         .filter(|h| !h.is_empty());
     let node = name.as_deref().and_then(|name| {
-        snapshot
-            .nodes
+        nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(name))
     });
@@ -119,9 +115,12 @@ pub(super) fn nodeport_addresses(
 }
 
 /// The prefixes of every ServiceCIDR object.
-pub(super) fn service_cidrs(snapshot: &Snapshot, diags: &mut Vec<Diagnostic>) -> Vec<IpNet> {
+pub(super) fn service_cidrs<'a>(
+    objects: impl IntoIterator<Item = &'a ServiceCIDR>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<IpNet> {
     let mut out = BTreeSet::new();
-    for cidr in &snapshot.service_cidrs {
+    for cidr in objects {
         let obj = Obj::cluster("ServiceCIDR", &cidr.metadata);
         let cidrs = cidr.spec.as_ref().and_then(|s| s.cidrs.as_ref());
         for (i, text) in cidrs.into_iter().flatten().enumerate() {

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service as K8sService, ServiceSpec};
 
 use super::address::{parse_cidr, parse_ip};
-use super::endpoints::{self, Index};
+use super::endpoints::{self, Slice};
 use super::Obj;
 use crate::graph::{NodeInfo, Scheduler, Service, ServicePort};
 use crate::ir::{Family, L4Proto};
@@ -41,15 +41,37 @@ impl Type {
     }
 }
 
-/// Normalizes one Service, or returns `None` when there is nothing of it to program.
-pub(super) fn service(
+/// One Service as read from its object alone, before its endpoints are known: everything that
+/// does not depend on the node or on other objects. The daemon keeps this compact form instead of
+/// the Kubernetes object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ServiceIn {
+    namespace: String,
+    name: String,
+    /// No `spec.selector`: its legacy Endpoints are mirrored into slices.
+    pub(super) selectorless: bool,
+    scheduler: Scheduler,
+    affinity_timeout: Option<u32>,
+    external_local: bool,
+    internal_local: bool,
+    cluster_ips: Vec<IpAddr>,
+    external_ips: Vec<IpAddr>,
+    lb_ips: Vec<IpAddr>,
+    source_ranges: Vec<IpNet>,
+    /// `(name, proto, port, node_port)`, sorted by (proto, port); empty when no port is valid.
+    ports: Vec<(String, L4Proto, u16, Option<u16>)>,
+}
+
+/// Reads one Service, or returns `None` when it is not ours or has nothing to program whatever
+/// its endpoints (ExternalName, headless, no valid ClusterIP). A Service that returns `Some`
+/// consumes its slices (and reports their problems) even when none of its ports is valid,
+/// exactly as the whole-snapshot pipeline always did.
+pub(super) fn read(
     svc: &K8sService,
     obj: &Obj,
     config: &Config,
-    node: &NodeInfo,
-    index: &Index<'_>,
     diags: &mut Vec<Diagnostic>,
-) -> Option<Service> {
+) -> Option<ServiceIn> {
     if !is_ours(svc, config) {
         return None;
     }
@@ -95,40 +117,70 @@ pub(super) fn service(
     let external_local =
         spec.external_traffic_policy.as_deref() == Some("Local") && externally_reachable;
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let selectorless = spec.selector.as_ref().is_none_or(|s| s.is_empty());
 
-    let slices = endpoints::collect(index, svc, obj, diags);
-    let ports = ports(spec, ty, obj, diags)
-        .into_iter()
-        .map(|(name, proto, port, node_port)| {
-            let (cluster, local) = endpoints::categorize(&slices, &name, proto, node);
-            ServicePort {
-                name,
-                proto,
-                port,
-                node_port,
-                cluster,
-                local,
-            }
-        })
-        .collect::<Vec<_>>();
-    if ports.is_empty() {
+    let ports = ports(spec, ty, obj, diags);
+    // The per-service knobs are only read (and reported) for a Service that is programmed.
+    let (scheduler, affinity_timeout) = if ports.is_empty() {
         if spec.ports.as_ref().is_none_or(Vec::is_empty) {
             diags.push(obj.diag("spec.ports", "Service has no ports; skipped"));
         }
-        return None;
-    }
+        (Scheduler::Random, None)
+    } else {
+        (
+            scheduler(svc, obj, diags),
+            affinity_timeout(spec, obj, diags),
+        )
+    };
 
-    Some(Service {
+    Some(ServiceIn {
         namespace: obj.namespace.clone(),
         name: obj.name.clone(),
-        scheduler: scheduler(svc, obj, diags),
-        affinity_timeout: affinity_timeout(spec, obj, diags),
+        selectorless,
+        scheduler,
+        affinity_timeout,
         external_local,
         internal_local,
         cluster_ips,
         external_ips,
         lb_ips,
         source_ranges,
+        ports,
+    })
+}
+
+/// The Service for this node: each port's endpoints categorized from the Service's slices.
+/// `None` when no port is valid.
+pub(super) fn assemble(svc: &ServiceIn, slices: &[&Slice], node: &NodeInfo) -> Option<Service> {
+    if svc.ports.is_empty() {
+        return None;
+    }
+    let ports = svc
+        .ports
+        .iter()
+        .map(|(name, proto, port, node_port)| {
+            let (cluster, local) = endpoints::categorize(slices, name, *proto, node);
+            ServicePort {
+                name: name.clone(),
+                proto: *proto,
+                port: *port,
+                node_port: *node_port,
+                cluster,
+                local,
+            }
+        })
+        .collect();
+    Some(Service {
+        namespace: svc.namespace.clone(),
+        name: svc.name.clone(),
+        scheduler: svc.scheduler,
+        affinity_timeout: svc.affinity_timeout,
+        external_local: svc.external_local,
+        internal_local: svc.internal_local,
+        cluster_ips: svc.cluster_ips.clone(),
+        external_ips: svc.external_ips.clone(),
+        lb_ips: svc.lb_ips.clone(),
+        source_ranges: svc.source_ranges.clone(),
         ports,
     })
 }
