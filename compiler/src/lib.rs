@@ -11,6 +11,7 @@
 pub mod config;
 pub mod diag;
 pub mod graph;
+pub mod incremental;
 pub mod ir;
 pub mod lower;
 pub mod model;

@@ -14,8 +14,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::graph::Graph;
-use crate::ir::{names, Family, Ruleset, Table};
+use crate::graph::{Graph, Service};
+use crate::ir::{names, Chain, Element, Family, Ruleset, Set, Table};
 use crate::Config;
 
 /// Lowers the graph into one table per family. Both tables are always present, so a script
@@ -41,8 +41,9 @@ pub(crate) struct FamilyCtx<'a> {
     pub(crate) graph: &'a Graph,
 }
 
-fn lower_family(graph: &Graph, config: &Config, family: Family) -> Table {
-    let ctx = FamilyCtx {
+/// The per-family facts of a graph's node-wide part (its Services are not read).
+pub(crate) fn family_ctx<'a>(graph: &'a Graph, config: &Config, family: Family) -> FamilyCtx<'a> {
+    FamilyCtx {
         family,
         mark: config.masquerade_mark(),
         masquerade_all: config.masquerade_all,
@@ -53,15 +54,88 @@ fn lower_family(graph: &Graph, config: &Config, family: Family) -> Table {
             .find(|net| Family::of_net(net) == family),
         node_ip: graph.node.ip(family),
         graph,
-    };
-    let mut table = Table::new(family, names::TABLE);
-    table.comment = Some("rules for kube-nft".to_string());
-    skeleton::add(&mut table, &ctx);
+    }
+}
+
+fn lower_family(graph: &Graph, config: &Config, family: Family) -> Table {
+    let ctx = family_ctx(graph, config, family);
+    let mut table = skeleton_table(&ctx);
     for svc in &graph.services {
         service::add(&mut table, &ctx, svc);
     }
     skeleton::finish(&mut table);
     table
+}
+
+/// The table with only the skeleton: base and fixed chains, the global sets and maps, and the
+/// skeleton's own elements (not yet sorted).
+pub(crate) fn skeleton_table(ctx: &FamilyCtx<'_>) -> Table {
+    let mut table = Table::new(ctx.family, names::TABLE);
+    table.comment = Some("rules for kube-nft".to_string());
+    skeleton::add(&mut table, ctx);
+    table
+}
+
+/// What one Service adds to one family's table: its own chains and sets, and its elements in
+/// the skeleton's global sets and maps (in the order `lower` pushes them, the first of each
+/// (set, key) only, since a later one with the same key could never win).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fragment {
+    pub(crate) chains: Vec<Chain>,
+    pub(crate) sets: Vec<Set>,
+    pub(crate) elements: Vec<(String, Element)>,
+}
+
+/// An empty table holding only the global sets and maps of `skeleton` (no chains, no
+/// elements): what [`lower_service`] lowers into.
+pub(crate) fn scratch_table(skeleton: &Table) -> Table {
+    let mut table = Table::new(skeleton.family, skeleton.name.clone());
+    for (name, set) in &skeleton.sets {
+        let mut set = set.clone();
+        set.elements.clear();
+        table.sets.insert(name.clone(), set);
+    }
+    table
+}
+
+/// Lowers one Service on its own into `scratch` (from [`scratch_table`] of `skeleton`), which
+/// is left as it was, so one scratch table serves every Service of a sync.
+pub(crate) fn lower_service(
+    skeleton: &Table,
+    scratch: &mut Table,
+    ctx: &FamilyCtx<'_>,
+    svc: &Service,
+) -> Fragment {
+    let global = scratch.sets.len();
+    service::add(scratch, ctx, svc);
+    let mut fragment = Fragment {
+        chains: std::mem::take(&mut scratch.chains).into_values().collect(),
+        ..Fragment::default()
+    };
+    if scratch.sets.len() > global {
+        // Sets of the Service's own (ClientIP affinity): not in the scratch table before.
+        let own: Vec<String> = scratch
+            .sets
+            .keys()
+            .filter(|name| !skeleton.sets.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in own {
+            fragment.sets.extend(scratch.sets.remove(&name));
+        }
+    }
+    for (name, set) in &mut scratch.sets {
+        for element in set.elements.drain(..) {
+            let duplicate = fragment
+                .elements
+                .iter()
+                .any(|(s, e)| s == name && e.key == element.key);
+            if !duplicate {
+                fragment.elements.push((name.clone(), element));
+            }
+        }
+    }
+    fragment
 }
 
 #[cfg(test)]

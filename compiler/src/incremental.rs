@@ -1,0 +1,419 @@
+//! The compiler kept warm between syncs, for the daemon: objects go into a compact
+//! [`Inputs`] store as they arrive, and [`Incremental::sync`] re-assembles and re-lowers only
+//! the Services an update touched, then plans only their objects. Each Service's contribution
+//! to a family's table is kept as a fragment (its chains, its own sets, its elements in the
+//! global sets and maps); a global element whose key several Services (or the skeleton) claim
+//! belongs to the first claimant in `lower`'s order, so the materialized [`Incremental::ruleset`]
+//! is exactly what [`crate::compile`] makes of the same objects. The plan of a sync is computed
+//! between two small *partial* rulesets (the touched fragments before and after, plus the
+//! before/after winners of every touched element key), so its cost is proportional to the
+//! change, not to the cluster. A change of the node-wide part (the Node's addresses, NodePort
+//! addresses, ServiceCIDRs) rebuilds everything and asks the caller for a full sync.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::graph::Graph;
+use crate::ir::{Element, Family, Ruleset, Table};
+use crate::lower::{self, Fragment};
+use crate::normalize::{Inputs, Key};
+use crate::plan::{self, Transaction};
+use crate::{Config, Diagnostic};
+
+/// The families, in table order; index `f` of the per-family arrays below.
+const FAMILIES: [Family; 2] = [Family::Ip, Family::Ip6];
+
+/// Who put an element into a global set. The skeleton sorts before every Service, and Services
+/// in (namespace, name) order, which is the order in which `lower` pushes elements and hence
+/// the order in which its duplicate removal keeps the first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Owner {
+    Skeleton,
+    Service(Arc<Key>),
+}
+
+/// A global element's identity: family index, global set index, key.
+type ElemId = (u8, u8, Vec<crate::ir::Value>);
+
+/// One Service as lowered, per family.
+#[derive(Debug)]
+struct Lowered {
+    key: Arc<Key>,
+    fragments: [Stored; 2],
+    diags: Vec<Diagnostic>,
+}
+
+/// A [`Fragment`] with its global elements keyed by set index.
+#[derive(Debug, Default)]
+struct Stored {
+    chains: Vec<crate::ir::Chain>,
+    sets: Vec<crate::ir::Set>,
+    elements: Vec<(u8, Element)>,
+}
+
+/// The outcome of [`Incremental::sync`].
+#[derive(Debug)]
+pub enum Sync {
+    /// Nothing to do.
+    Unchanged,
+    /// The operations that take a kernel holding the previous desired state to the new one.
+    /// `base` holds the (partial) tables the operations refer to, with every set they touch
+    /// declared: what an encoder needs to know about existing sets.
+    Delta {
+        /// The partial ruleset the transaction was planned from.
+        base: Ruleset,
+        /// The operations, to be sent as one transaction.
+        transaction: Transaction,
+        /// Services whose desired state was recomputed.
+        services: usize,
+    },
+    /// The node-wide part changed (or this is the first sync): the whole ruleset must be
+    /// planned against what the kernel holds.
+    Full,
+}
+
+/// The warm compiler: inputs, the node-wide context, and every Service's lowered fragments.
+#[derive(Debug)]
+pub struct Incremental {
+    config: Config,
+    inputs: Inputs,
+    context: Graph,
+    context_diags: Vec<Diagnostic>,
+    /// Per family: the skeleton with its own elements (sorted), and an empty copy of its global
+    /// sets to lower Services into.
+    skeletons: [Table; 2],
+    scratch: [Table; 2],
+    /// Global set names per family, indexed by the `u8` of an [`ElemId`].
+    set_names: [Vec<String>; 2],
+    services: BTreeMap<Key, Lowered>,
+    owners: HashMap<ElemId, Vec<Owner>>,
+    /// The next sync must be [`Sync::Full`].
+    full: bool,
+    /// ... after re-lowering every Service (first sync, or the node-wide part changed).
+    rebuild: bool,
+}
+
+impl Incremental {
+    /// An empty compiler for the node described by `config`; the first [`Incremental::sync`]
+    /// is a full one.
+    pub fn new(config: &Config) -> Incremental {
+        let inputs = Inputs::new(config);
+        let (context, context_diags) = inputs.context();
+        let mut this = Incremental {
+            config: config.clone(),
+            inputs,
+            context,
+            context_diags,
+            skeletons: [Table::new(Family::Ip, ""), Table::new(Family::Ip6, "")],
+            scratch: [Table::new(Family::Ip, ""), Table::new(Family::Ip6, "")],
+            set_names: [Vec::new(), Vec::new()],
+            services: BTreeMap::new(),
+            owners: HashMap::new(),
+            full: true,
+            rebuild: true,
+        };
+        this.rebuild_skeletons();
+        this
+    }
+
+    /// The object store, to apply updates to.
+    pub fn inputs_mut(&mut self) -> &mut Inputs {
+        &mut self.inputs
+    }
+
+    /// The object store.
+    pub fn inputs(&self) -> &Inputs {
+        &self.inputs
+    }
+
+    /// The node-wide part of the graph the current state was lowered for.
+    pub fn context(&self) -> &Graph {
+        &self.context
+    }
+
+    /// Makes the next [`Incremental::sync`] a full one (after a refused transaction, or to
+    /// verify the kernel).
+    pub fn force_full(&mut self) {
+        self.full = true;
+    }
+
+    /// Brings the desired state up to date with the inputs and says what the kernel needs.
+    pub fn sync(&mut self) -> Sync {
+        let changes = self.inputs.take_changes();
+        if changes.context {
+            let (context, diags) = self.inputs.context();
+            self.context_diags = diags;
+            if context != self.context {
+                self.context = context;
+                self.rebuild_skeletons();
+                self.rebuild = true;
+            }
+        }
+        if self.rebuild {
+            self.rebuild = false;
+            self.full = false;
+            self.rebuild_services();
+            return Sync::Full;
+        }
+        if self.full {
+            // The kernel may be anywhere (a refused transaction, drift): bring every changed
+            // Service up to date, then let the caller plan the whole ruleset.
+            self.full = false;
+            self.update(&changes.services);
+            return Sync::Full;
+        }
+        if changes.services.is_empty() {
+            return Sync::Unchanged;
+        }
+        let (base, next) = self.update(&changes.services);
+        let transaction = plan::plan(&base, &next);
+        if transaction.is_empty() {
+            return Sync::Unchanged;
+        }
+        Sync::Delta {
+            base,
+            transaction,
+            services: changes.services.len(),
+        }
+    }
+
+    fn rebuild_skeletons(&mut self) {
+        for (f, family) in FAMILIES.into_iter().enumerate() {
+            let ctx = lower::family_ctx(&self.context, &self.config, family);
+            let mut skeleton = lower::skeleton_table(&ctx);
+            for set in skeleton.sets.values_mut() {
+                set.elements.sort_by(|a, b| a.key.cmp(&b.key));
+                set.elements.dedup_by(|a, b| a.key == b.key);
+            }
+            self.scratch[f] = lower::scratch_table(&skeleton);
+            self.set_names[f] = skeleton.sets.keys().cloned().collect();
+            self.skeletons[f] = skeleton;
+        }
+    }
+
+    /// Re-lowers every Service for the current context and rebuilds the ownership index.
+    fn rebuild_services(&mut self) {
+        self.services.clear();
+        self.owners.clear();
+        for (f, skeleton) in self.skeletons.iter().enumerate() {
+            for (s, set) in skeleton.sets.values().enumerate() {
+                for element in &set.elements {
+                    let id = (f as u8, s as u8, element.key.clone());
+                    self.owners.entry(id).or_default().push(Owner::Skeleton);
+                }
+            }
+        }
+        let keys: Vec<Key> = self.inputs.service_keys().cloned().collect();
+        for key in keys {
+            if let Some(lowered) = self.lower(&key) {
+                self.install(lowered);
+            }
+        }
+    }
+
+    /// Assembles and lowers one Service; `None` when it has nothing to program and no
+    /// diagnostics to keep.
+    fn lower(&mut self, key: &Key) -> Option<Lowered> {
+        let (service, diags) = self.inputs.service(key, &self.context);
+        if service.is_none() && diags.is_empty() {
+            return None;
+        }
+        let mut fragments: [Stored; 2] = Default::default();
+        if let Some(service) = &service {
+            for (f, family) in FAMILIES.into_iter().enumerate() {
+                let ctx = lower::family_ctx(&self.context, &self.config, family);
+                let fragment =
+                    lower::lower_service(&self.skeletons[f], &mut self.scratch[f], &ctx, service);
+                fragments[f] = self.store(f, fragment);
+            }
+        }
+        Some(Lowered {
+            key: Arc::new(key.clone()),
+            fragments,
+            diags,
+        })
+    }
+
+    fn store(&self, f: usize, fragment: Fragment) -> Stored {
+        let names = &self.set_names[f];
+        let elements = fragment
+            .elements
+            .into_iter()
+            .map(|(set, element)| {
+                let index = names
+                    .iter()
+                    .position(|n| *n == set)
+                    .expect("service elements go into global sets");
+                (index as u8, element)
+            })
+            .collect();
+        Stored {
+            chains: fragment.chains,
+            sets: fragment.sets,
+            elements,
+        }
+    }
+
+    fn install(&mut self, lowered: Lowered) {
+        for (f, stored) in lowered.fragments.iter().enumerate() {
+            for (s, element) in &stored.elements {
+                let id = (f as u8, *s, element.key.clone());
+                let owners = self.owners.entry(id).or_default();
+                let owner = Owner::Service(lowered.key.clone());
+                let at = owners.binary_search(&owner).unwrap_or_else(|at| at);
+                owners.insert(at, owner);
+            }
+        }
+        self.services.insert((*lowered.key).clone(), lowered);
+    }
+
+    fn uninstall(&mut self, key: &Key) -> Option<Lowered> {
+        let lowered = self.services.remove(key)?;
+        for (f, stored) in lowered.fragments.iter().enumerate() {
+            for (s, element) in &stored.elements {
+                let id = (f as u8, *s, element.key.clone());
+                if let Some(owners) = self.owners.get_mut(&id) {
+                    owners.retain(|o| !matches!(o, Owner::Service(k) if **k == *key));
+                    if owners.is_empty() {
+                        self.owners.remove(&id);
+                    }
+                }
+            }
+        }
+        Some(lowered)
+    }
+
+    /// The element that wins `id` now, if any.
+    fn winner(&self, id: &ElemId) -> Option<Element> {
+        let owner = self.owners.get(id)?.first()?;
+        let (f, s, key) = id;
+        let elements = match owner {
+            Owner::Skeleton => {
+                let set = self.skeletons[*f as usize]
+                    .sets
+                    .get(&self.set_names[*f as usize][*s as usize])?;
+                return set.elements.iter().find(|e| e.key == *key).cloned();
+            }
+            Owner::Service(service) => &self.services.get(service)?.fragments[*f as usize].elements,
+        };
+        elements
+            .iter()
+            .find(|(set, e)| set == s && e.key == *key)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Re-lowers the given Services and returns the partial rulesets before and after.
+    fn update(&mut self, keys: &BTreeSet<Key>) -> (Ruleset, Ruleset) {
+        let mut before = self.partial();
+        let mut after = self.partial();
+        let mut touched: BTreeSet<ElemId> = BTreeSet::new();
+        let mut fresh = Vec::new();
+        for key in keys {
+            let new = self.lower(key);
+            for (lowered, side) in [
+                (self.services.get(key), &mut before),
+                (new.as_ref(), &mut after),
+            ] {
+                let Some(lowered) = lowered else { continue };
+                for (f, stored) in lowered.fragments.iter().enumerate() {
+                    let table = &mut side.tables[f];
+                    for chain in &stored.chains {
+                        table.chains.insert(chain.name.clone(), chain.clone());
+                    }
+                    for set in &stored.sets {
+                        table.sets.insert(set.name.clone(), set.clone());
+                    }
+                    for (s, element) in &stored.elements {
+                        touched.insert((f as u8, *s, element.key.clone()));
+                    }
+                }
+            }
+            fresh.push((key.clone(), new));
+        }
+        self.fill(&mut before, &touched);
+        for (key, new) in fresh {
+            self.uninstall(&key);
+            if let Some(new) = new {
+                self.install(new);
+            }
+        }
+        self.fill(&mut after, &touched);
+        (before, after)
+    }
+
+    /// Tables with the skeleton's identity and no contents.
+    fn partial(&self) -> Ruleset {
+        let tables = self
+            .skeletons
+            .iter()
+            .map(|skeleton| {
+                let mut table = Table::new(skeleton.family, skeleton.name.clone());
+                table.comment = skeleton.comment.clone();
+                table
+            })
+            .collect();
+        Ruleset { tables }
+    }
+
+    /// Adds the current winner of every touched element (and the header of its set, also when
+    /// there is none, so both sides of a plan declare the same sets).
+    fn fill(&self, partial: &mut Ruleset, touched: &BTreeSet<ElemId>) {
+        for id in touched {
+            let (f, s, _) = id;
+            let name = &self.set_names[*f as usize][*s as usize];
+            let table = &mut partial.tables[*f as usize];
+            let set = table.sets.entry(name.clone()).or_insert_with(|| {
+                let mut set = self.skeletons[*f as usize].sets[name].clone();
+                set.elements.clear();
+                set
+            });
+            // `touched` is ordered by key within a set, so elements stay sorted.
+            set.elements.extend(self.winner(id));
+        }
+    }
+
+    /// The whole desired ruleset, exactly as [`crate::compile`] would lower the same inputs.
+    pub fn ruleset(&self) -> Ruleset {
+        let mut tables: Vec<Table> = self.skeletons.to_vec();
+        for (f, table) in tables.iter_mut().enumerate() {
+            for lowered in self.services.values() {
+                let stored = &lowered.fragments[f];
+                for chain in &stored.chains {
+                    table.chains.insert(chain.name.clone(), chain.clone());
+                }
+                for set in &stored.sets {
+                    table.sets.insert(set.name.clone(), set.clone());
+                }
+                for (s, element) in &stored.elements {
+                    let name = &self.set_names[f][*s as usize];
+                    let set = table.sets.get_mut(name).expect("global set");
+                    set.elements.push(element.clone());
+                }
+            }
+            for set in table.sets.values_mut() {
+                set.elements.sort_by(|a, b| a.key.cmp(&b.key));
+                set.elements.dedup_by(|a, b| a.key == b.key);
+            }
+        }
+        Ruleset { tables }
+    }
+
+    /// Every current diagnostic, sorted and deduplicated.
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        let mut diags = self.context_diags.clone();
+        for lowered in self.services.values() {
+            diags.extend(lowered.diags.iter().cloned());
+        }
+        diags.sort();
+        diags.dedup();
+        diags
+    }
+
+    /// The diagnostics of one Service (its object and the slices it consumed).
+    pub fn service_diagnostics(&self, key: &Key) -> &[Diagnostic] {
+        self.services
+            .get(key)
+            .map(|l| l.diags.as_slice())
+            .unwrap_or_default()
+    }
+}

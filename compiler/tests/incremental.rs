@@ -1,0 +1,229 @@
+//! The warm compiler against the whole-snapshot one: after any sequence of cluster states fed
+//! object by object (applies and deletes, as watch events arrive), the incremental ruleset is
+//! exactly what `compile` makes of the same objects, and the deltas it plans, applied in order
+//! to the kernel model (`plan::apply`, which refuses dangling references as the kernel does),
+//! end in that same ruleset. Each sync re-lowers only the Services whose objects changed.
+
+use std::collections::BTreeSet;
+
+use kube_nft_compiler::compile;
+use kube_nft_compiler::incremental::{Incremental, Sync};
+use kube_nft_compiler::ir::Ruleset;
+use kube_nft_compiler::model::Snapshot;
+use kube_nft_compiler::normalize::{Key, Kind};
+use kube_nft_compiler::plan;
+use kube_nft_compiler::Config;
+use kube_nft_testkit::cluster::{config, snapshot, svc, Svc};
+use kube_nft_testkit::synthetic::snapshot_of;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, ns: bool) -> Key {
+    let namespace = match (ns, meta.namespace.as_deref()) {
+        (false, _) => String::new(),
+        (true, None | Some("")) => "default".to_owned(),
+        (true, Some(ns)) => ns.to_owned(),
+    };
+    Key::new(namespace, meta.name.clone().unwrap_or_default())
+}
+
+/// Every object of a snapshot with its kind and key.
+fn keys(s: &Snapshot) -> BTreeSet<(Kind, Key)> {
+    let mut out = BTreeSet::new();
+    out.extend(
+        s.services
+            .iter()
+            .map(|o| (Kind::Service, key(&o.metadata, true))),
+    );
+    out.extend(
+        s.endpoint_slices
+            .iter()
+            .map(|o| (Kind::EndpointSlice, key(&o.metadata, true))),
+    );
+    out.extend(
+        s.endpoints
+            .iter()
+            .map(|o| (Kind::Endpoints, key(&o.metadata, true))),
+    );
+    out.extend(
+        s.nodes
+            .iter()
+            .map(|o| (Kind::Node, key(&o.metadata, false))),
+    );
+    out.extend(
+        s.service_cidrs
+            .iter()
+            .map(|o| (Kind::ServiceCidr, key(&o.metadata, false))),
+    );
+    out
+}
+
+/// Feeds the difference between two snapshots as watch events would: deletions of what is
+/// gone, then every object of the new one (unchanged objects must change nothing).
+fn feed(inc: &mut Incremental, old: &Snapshot, new: &Snapshot) {
+    let inputs = inc.inputs_mut();
+    for (kind, key) in keys(old).difference(&keys(new)) {
+        inputs.delete(*kind, key);
+    }
+    new.services.iter().for_each(|o| inputs.apply_service(o));
+    new.endpoint_slices
+        .iter()
+        .for_each(|o| inputs.apply_slice(o));
+    new.endpoints.iter().for_each(|o| inputs.apply_endpoints(o));
+    new.nodes.iter().for_each(|o| inputs.apply_node(o));
+    new.service_cidrs
+        .iter()
+        .for_each(|o| inputs.apply_service_cidr(o));
+}
+
+/// Syncs and applies the result to the kernel model; returns how many Services a delta
+/// re-lowered (`None` for a full sync).
+fn sync(inc: &mut Incremental, kernel: &mut Ruleset) -> Option<usize> {
+    match inc.sync() {
+        Sync::Unchanged => Some(0),
+        Sync::Delta {
+            transaction,
+            services,
+            ..
+        } => {
+            plan::apply(kernel, &transaction)
+                .unwrap_or_else(|err| panic!("delta refused: {err}\n{transaction}"));
+            Some(services)
+        }
+        Sync::Full => {
+            let desired = inc.ruleset();
+            let tx = plan::plan(kernel, &desired);
+            plan::apply(kernel, &tx).expect("full plan applies");
+            None
+        }
+    }
+}
+
+fn run(states: &[Snapshot], config: &Config) {
+    let mut inc = Incremental::new(config);
+    let mut kernel = Ruleset::default();
+    let mut previous = Snapshot::default();
+    for (i, state) in states.iter().enumerate() {
+        feed(&mut inc, &previous, state);
+        sync(&mut inc, &mut kernel);
+        let expected = compile(state, config);
+        assert_eq!(inc.ruleset(), expected.ruleset, "state {i}: materialized");
+        assert_eq!(
+            kernel, expected.ruleset,
+            "state {i}: kernel after the deltas"
+        );
+        assert_eq!(
+            inc.diagnostics(),
+            expected.diagnostics,
+            "state {i}: diagnostics"
+        );
+        // Nothing changed: nothing to do.
+        feed(&mut inc, state, state);
+        assert!(matches!(inc.sync(), Sync::Unchanged), "state {i}: resync");
+        previous = state.clone();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn deltas_end_where_compile_does(
+        states in prop::collection::vec(prop::collection::vec(svc(), 0..6), 1..5)
+    ) {
+        let snapshots: Vec<Snapshot> = states.iter().map(|s| snapshot(s)).collect();
+        run(&snapshots, &config());
+    }
+}
+
+#[test]
+fn one_endpoint_change_relowers_one_service() {
+    let mut services: Vec<Svc> = kube_nft_testkit::cluster::uniform(50);
+    let config = config();
+    let mut inc = Incremental::new(&config);
+    let mut kernel = Ruleset::default();
+    let first = snapshot(&services);
+    feed(&mut inc, &Snapshot::default(), &first);
+    assert_eq!(sync(&mut inc, &mut kernel), None, "the first sync is full");
+
+    services[7].endpoints.pop();
+    let second = snapshot(&services);
+    feed(&mut inc, &first, &second);
+    match inc.sync() {
+        Sync::Delta {
+            transaction,
+            services,
+            base,
+        } => {
+            assert_eq!(services, 1);
+            // Only svc7's objects are in the partial rulesets.
+            let chains: usize = base.tables.iter().map(|t| t.chains.len()).sum();
+            assert!(chains <= 3, "{chains} chains in the partial ruleset");
+            plan::apply(&mut kernel, &transaction).expect("applies");
+        }
+        other => panic!("expected a delta, got {other:?}"),
+    }
+    assert_eq!(kernel, compile(&second, &config).ruleset);
+}
+
+/// A Node change that moves the node-wide part (its InternalIP, hence NodePort addresses)
+/// makes the next sync a full one; a Node update that changes nothing we read does not.
+#[test]
+fn node_changes_are_full_only_when_they_matter() {
+    let node = |ip: &str, heartbeat: &str| {
+        json!({"apiVersion": "v1", "kind": "Node",
+               "metadata": {"name": "node-a", "annotations": {"beat": heartbeat}},
+               "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
+    };
+    let services = kube_nft_testkit::cluster::uniform(4);
+    let with_node = |n| {
+        let mut docs = kube_nft_testkit::cluster::manifests(&services);
+        docs.retain(|d| d["kind"] != "Node");
+        docs.push(n);
+        snapshot_of(docs)
+    };
+    let config = config();
+    let mut inc = Incremental::new(&config);
+    let mut kernel = Ruleset::default();
+    let a = with_node(node("192.168.0.10", "1"));
+    feed(&mut inc, &Snapshot::default(), &a);
+    assert_eq!(sync(&mut inc, &mut kernel), None);
+    let b = with_node(node("192.168.0.10", "2"));
+    feed(&mut inc, &a, &b);
+    assert!(matches!(inc.sync(), Sync::Unchanged));
+    let c = with_node(node("192.168.0.11", "3"));
+    feed(&mut inc, &b, &c);
+    assert_eq!(
+        sync(&mut inc, &mut kernel),
+        None,
+        "a new node IP is a full sync"
+    );
+    assert_eq!(kernel, compile(&c, &config).ruleset);
+}
+
+/// After a relist, objects the new list does not contain are deleted (missed deletions).
+#[test]
+fn relist_sweeps_missed_deletions() {
+    let services = kube_nft_testkit::cluster::uniform(3);
+    let config = config();
+    let mut inc = Incremental::new(&config);
+    let mut kernel = Ruleset::default();
+    let all = snapshot(&services);
+    feed(&mut inc, &Snapshot::default(), &all);
+    sync(&mut inc, &mut kernel);
+
+    let fewer = snapshot(&services[..2]);
+    let inputs = inc.inputs_mut();
+    for kind in [Kind::Service, Kind::EndpointSlice] {
+        inputs.begin_relist(kind);
+    }
+    fewer.services.iter().for_each(|o| inputs.apply_service(o));
+    fewer
+        .endpoint_slices
+        .iter()
+        .for_each(|o| inputs.apply_slice(o));
+    assert_eq!(inputs.end_relist(Kind::Service), 1);
+    assert_eq!(inputs.end_relist(Kind::EndpointSlice), 1);
+    sync(&mut inc, &mut kernel);
+    assert_eq!(kernel, compile(&fewer, &config).ruleset);
+}
