@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
@@ -98,6 +99,95 @@ Examples:
 
 ", exit_codes!()))]
     Demo(DemoArgs),
+    /// Run on a node in place of kube-proxy: watch the API server (or a folder of manifests)
+    /// and keep the kernel's kube-nft tables in sync, one transaction per change.
+    ///
+    /// Nothing is programmed before Services, EndpointSlices and this Node have each been
+    /// listed once. Bursts of changes are coalesced (at most one sync per --min-sync-period);
+    /// every --sync-period the kernel is read back and any difference repaired, and a change to
+    /// our tables by someone else (`nft flush ruleset`, a firewall reload) is repaired at once.
+    /// On SIGTERM or SIGINT the daemon exits and the rules stay, so traffic keeps flowing; a
+    /// restarted daemon adopts them and sends only the difference. `kube-nft cleanup` removes
+    /// them. Only one daemon may run per network namespace.
+    #[command(after_long_help = concat!("\
+Examples:
+  # On a node, with kube-proxy's kubeconfig and config file:
+  kube-nft run --kubeconfig /var/lib/kube-proxy/kubeconfig.conf \\
+      --config /var/lib/kube-proxy/config.conf --hostname-override \"$NODE_NAME\"
+
+  # Without a cluster, from a folder of manifests (re-read when a file changes):
+  kube-nft run --manifests ./cluster/ --hostname-override node-a --cluster-cidr 10.0.0.0/8
+
+Endpoints: /healthz and /livez on --healthz-bind-address (kube-proxy's JSON bodies: 503 until \
+the first sync, and when a change has waited longer than 2 x --sync-period; /healthz also \
+while the Node is being deleted or drained by the cluster autoscaler); /metrics, /proxyMode \
+and /configz on --metrics-bind-address, with kube-proxy's metric names.
+
+", exit_codes!()))]
+    Run(RunArgs),
+}
+
+/// `kube-nft run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Path to a kubeconfig file for the API server (kube-proxy `--kubeconfig` /
+    /// `clientConnection.kubeconfig`). Plain `http://` servers work too.
+    ///
+    /// Without --kubeconfig, --master and --manifests: the in-cluster service account. In a
+    /// DaemonSet prefer a kubeconfig that names the API server's real address: the
+    /// `kubernetes` Service ClusterIP only works once kube-nft has programmed it.
+    #[arg(long, value_name = "FILE", conflicts_with = "manifests")]
+    pub(crate) kubeconfig: Option<PathBuf>,
+    /// The API server's address; overrides the kubeconfig's server (kube-proxy `--master`).
+    #[arg(long, value_name = "URL", conflicts_with = "manifests")]
+    pub(crate) master: Option<String>,
+    /// Read objects from a folder instead of the API server: every *.yaml, *.yml and *.json
+    /// file below it (as `compile -f DIR`), re-read when one changes (inotify, plus a full
+    /// rescan every 30 s). A file that fails to parse keeps its previous objects.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) manifests: Option<PathBuf>,
+    /// The minimum interval between syncs: a burst of changes is applied together, an
+    /// isolated change at once (kube-proxy `--min-sync-period` / `minSyncPeriod`). Go
+    /// duration syntax. [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) min_sync_period: Option<Duration>,
+    /// How often the kernel is read back and repaired if anything differs; health fails when
+    /// a change waits longer than twice this (kube-proxy `--sync-period` / `syncPeriod`).
+    /// [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) sync_period: Option<Duration>,
+    /// Where /healthz and /livez listen, `IP:port` or an IP for port 10256; empty disables
+    /// (kube-proxy `--healthz-bind-address` / `healthzBindAddress`). [default: 0.0.0.0:10256]
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) healthz_bind_address: Option<String>,
+    /// Where /metrics, /proxyMode and /configz listen, `IP:port` or an IP for port 10249;
+    /// empty disables (kube-proxy `--metrics-bind-address` / `metricsBindAddress`).
+    /// [default: 127.0.0.1:10249]
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) metrics_bind_address: Option<String>,
+    /// Log format on stderr: `text` (one line per event) or `json` (one object per line, for
+    /// log pipelines). kube-proxy `--logging-format`.
+    #[arg(long, alias = "logging-format", value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormat,
+    /// Log verbosity as kube-proxy's `-v`: 0-1 info, 2-3 debug, 4+ trace. `RUST_LOG`, when
+    /// set, wins.
+    #[arg(short = 'v', long = "v", value_name = "LEVEL", default_value_t = 0)]
+    pub(crate) verbosity: u8,
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    config::parse_go_duration(text)
 }
 
 /// `kube-nft demo`.

@@ -614,7 +614,7 @@ fn live_cluster(endpoints: &[u8], others: &[u8]) -> String {
         ]
     };
     let live_pod = |i: u8| {
-        let (subnet, node) = if i % 2 == 0 {
+        let (subnet, node) = if i.is_multiple_of(2) {
             (1, "node-a")
         } else {
             (2, "node-b")

@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -111,6 +112,23 @@ pub struct KubeProxyConfiguration {
     pub masquerade_all: Option<bool>,
     /// `nftables.masqueradeBit`.
     pub masquerade_bit: Option<u8>,
+    /// The daemon's settings (`kube-nft run`); they do not shape the ruleset.
+    pub daemon: DaemonSettings,
+}
+
+/// The fields of a `KubeProxyConfiguration` that only the daemon reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DaemonSettings {
+    /// `syncPeriod` (or the older `nftables.syncPeriod`).
+    pub sync_period: Option<Duration>,
+    /// `minSyncPeriod` (or the older `nftables.minSyncPeriod`).
+    pub min_sync_period: Option<Duration>,
+    /// `healthzBindAddress`, as written (the daemon parses it).
+    pub healthz_bind_address: Option<String>,
+    /// `metricsBindAddress`, as written.
+    pub metrics_bind_address: Option<String>,
+    /// `clientConnection.kubeconfig`.
+    pub kubeconfig: Option<String>,
 }
 
 impl KubeProxyConfiguration {
@@ -201,6 +219,8 @@ const KNOWN_TOP_LEVEL_FIELDS: &[&str] = &[
     "portRange",
     "windowsRunAsService",
     "masqueradeAll",
+    "syncPeriod",
+    "minSyncPeriod",
 ];
 
 /// Every field of v1alpha1's `KubeProxyNFTablesConfiguration`.
@@ -225,6 +245,11 @@ struct RawKubeProxyConfiguration {
     node_port_addresses: Option<Vec<String>>,
     masquerade_all: Option<bool>,
     nftables: RawNftablesConfiguration,
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+    healthz_bind_address: Option<String>,
+    metrics_bind_address: Option<String>,
+    client_connection: RawClientConnection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -232,6 +257,14 @@ struct RawKubeProxyConfiguration {
 struct RawNftablesConfiguration {
     masquerade_bit: Option<i64>,
     masquerade_all: Option<bool>,
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct RawClientConnection {
+    kubeconfig: Option<String>,
 }
 
 /// Parses a `KubeProxyConfiguration` file.
@@ -315,6 +348,30 @@ pub fn parse_kube_proxy_configuration(
         (top, nft) => Some(top.unwrap_or(false) || nft.unwrap_or(false)),
     };
 
+    // kube-proxy 1.31 moved the periods to the top level; the per-mode fields still work.
+    let period = |top: &Option<String>, nft: &Option<String>, field: &str| {
+        let (text, field) = match (top, nft) {
+            (Some(text), _) => (text, field.to_owned()),
+            (None, Some(text)) => (text, format!("nftables.{field}")),
+            (None, None) => return Ok(None),
+        };
+        parse_go_duration(text)
+            .map(Some)
+            .map_err(|message| invalid(field, message))
+    };
+    let non_empty = |text: &Option<String>| text.clone().filter(|t| !t.trim().is_empty());
+    let daemon = DaemonSettings {
+        sync_period: period(&raw.sync_period, &raw.nftables.sync_period, "syncPeriod")?,
+        min_sync_period: period(
+            &raw.min_sync_period,
+            &raw.nftables.min_sync_period,
+            "minSyncPeriod",
+        )?,
+        healthz_bind_address: non_empty(&raw.healthz_bind_address),
+        metrics_bind_address: non_empty(&raw.metrics_bind_address),
+        kubeconfig: non_empty(&raw.client_connection.kubeconfig),
+    };
+
     let config = KubeProxyConfiguration {
         hostname_override: normalize_hostname(&raw.hostname_override),
         bind_address,
@@ -322,8 +379,48 @@ pub fn parse_kube_proxy_configuration(
         node_port_addresses,
         masquerade_all,
         masquerade_bit,
+        daemon,
     };
     Ok((config, warnings))
+}
+
+/// Parses a Go `time.Duration` string as Kubernetes config files write them (`30s`, `1m0s`,
+/// `1h30m`, `250ms`, `1.5s`; units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`). Negative durations
+/// are refused.
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let bad = || format!("invalid duration {text:?} (expected e.g. 30s, 1m0s, 500ms)");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(number_len);
+        let value: f64 = number.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 fn syntax_error(err: serde_saphyr::Error) -> ConfigError {
@@ -387,8 +484,59 @@ mod tests {
                 ],
                 masquerade_all: Some(true),
                 masquerade_bit: Some(13),
+                daemon: DaemonSettings {
+                    sync_period: Some(Duration::from_secs(30)),
+                    ..DaemonSettings::default()
+                },
             }
         );
+    }
+
+    #[test]
+    fn reads_the_daemon_settings() {
+        let text = format!(
+            "{HEADER}syncPeriod: 1m0s\nminSyncPeriod: 250ms\nhealthzBindAddress: 0.0.0.0:10256\n\
+             metricsBindAddress: ''\nclientConnection:\n  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf\n\
+             nftables:\n  syncPeriod: 5s\n"
+        );
+        let (file, warnings) = parse(&text).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            file.daemon,
+            DaemonSettings {
+                sync_period: Some(Duration::from_secs(60)),
+                min_sync_period: Some(Duration::from_millis(250)),
+                healthz_bind_address: Some("0.0.0.0:10256".into()),
+                metrics_bind_address: None,
+                kubeconfig: Some("/var/lib/kube-proxy/kubeconfig.conf".into()),
+            }
+        );
+        let err = parse(&format!("{HEADER}nftables:\n  minSyncPeriod: soon\n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "nftables.minSyncPeriod: invalid duration \"soon\" (expected e.g. 30s, 1m0s, 500ms)"
+        );
+    }
+
+    #[test]
+    fn go_durations() {
+        for (text, ms) in [
+            ("30s", 30_000),
+            ("1m0s", 60_000),
+            ("1h30m", 5_400_000),
+            ("1.5s", 1500),
+            ("250ms", 250),
+            ("0", 0),
+        ] {
+            assert_eq!(
+                parse_go_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        for text in ["", "10", "5x", "-1s", "s"] {
+            assert!(parse_go_duration(text).is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ struct Lowered {
     key: Arc<Key>,
     fragments: [Stored; 2],
     diags: Vec<Diagnostic>,
+    /// Service ports with a Local policy and no local endpoint: (external, internal).
+    no_local: (u32, u32),
 }
 
 /// A [`Fragment`] with its global elements keyed by set index.
@@ -219,7 +221,14 @@ impl Incremental {
             return None;
         }
         let mut fragments: [Stored; 2] = Default::default();
+        let mut no_local = (0, 0);
         if let Some(service) = &service {
+            let reachable = !service.external_ips.is_empty() || !service.lb_ips.is_empty();
+            for port in service.ports.iter().filter(|p| p.local.is_empty()) {
+                let external = reachable || port.node_port.is_some();
+                no_local.0 += u32::from(service.external_local && external);
+                no_local.1 += u32::from(service.internal_local);
+            }
             for (f, family) in FAMILIES.into_iter().enumerate() {
                 let ctx = lower::family_ctx(&self.context, &self.config, family);
                 let fragment =
@@ -231,6 +240,7 @@ impl Incremental {
             key: Arc::new(key.clone()),
             fragments,
             diags,
+            no_local,
         })
     }
 
@@ -396,6 +406,14 @@ impl Incremental {
             }
         }
         Ruleset { tables }
+    }
+
+    /// Service ports with a Local traffic policy and no local endpoint, `(external, internal)`
+    /// (kube-proxy's `sync_proxy_rules_no_local_endpoints_total` gauges).
+    pub fn no_local_endpoints(&self) -> (usize, usize) {
+        self.services.values().fold((0, 0), |(e, i), l| {
+            (e + l.no_local.0 as usize, i + l.no_local.1 as usize)
+        })
     }
 
     /// Every current diagnostic, sorted and deduplicated.

@@ -4,5 +4,10 @@
 //! stays pure; this crate is where IO happens.
 
 pub mod apply;
+pub mod daemon;
+pub mod lock;
 pub mod netlink;
 pub mod readback;
+pub mod serve;
+pub mod sources;
+pub mod sync;

@@ -6,6 +6,7 @@ mod cleanup;
 mod compile;
 mod demo;
 mod diff;
+mod run;
 mod trace;
 
 use std::fmt;
@@ -14,7 +15,9 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use kube_nft_compiler::config::{normalize_hostname, parse_kube_proxy_configuration};
+use kube_nft_compiler::config::{
+    normalize_hostname, parse_kube_proxy_configuration, KubeProxyConfiguration,
+};
 use kube_nft_compiler::model::{self, Source};
 use kube_nft_compiler::{Compiled, Config};
 
@@ -28,6 +31,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Diff(args) => diff::run(&args),
         Command::Cleanup => cleanup::run(),
         Command::Demo(args) => demo::run(&args).map(|()| 0),
+        Command::Run(args) => run::run(&args),
     }
 }
 
@@ -55,7 +59,15 @@ impl std::error::Error for UsageError {}
 
 /// Builds the node config: defaults, then the `--config` file, then explicit flags (flags win).
 fn node_config(node: &NodeArgs) -> anyhow::Result<Config> {
+    node_config_and_file(node).map(|(config, _)| config)
+}
+
+/// [`node_config`], and the `--config` file as read (for the daemon's own settings).
+fn node_config_and_file(
+    node: &NodeArgs,
+) -> anyhow::Result<(Config, Option<KubeProxyConfiguration>)> {
     let mut config = Config::default();
+    let mut read = None;
     if let Some(path) = &node.config {
         let text = fs::read_to_string(path)
             .with_context(|| format!("read config file {}", path.display()))?;
@@ -65,6 +77,7 @@ fn node_config(node: &NodeArgs) -> anyhow::Result<Config> {
             eprintln!("warning: {}: {warning}", path.display());
         }
         file.apply_to(&mut config);
+        read = Some(file);
     }
     if let Some(name) = &node.hostname_override {
         match normalize_hostname(name) {
@@ -89,7 +102,7 @@ fn node_config(node: &NodeArgs) -> anyhow::Result<Config> {
     if let Some(name) = &node.service_proxy_name {
         config.service_proxy_name = Some(name.clone());
     }
-    Ok(config)
+    Ok((config, read))
 }
 
 /// Reads, loads and compiles the input for the node, printing every diagnostic and skipped

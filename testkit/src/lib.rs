@@ -17,7 +17,11 @@
 //!
 //! [`synthetic`]: seeded clusters of N Services × M endpoints in a realistic mix, for the
 //! benchmark (`bench/`) and scale tests.
+//!
+//! [`apiserver`]: a fake Kubernetes API server speaking the real HTTP list/watch protocol (for
+//! kube-rs and kubectl), with fault injection.
 
+pub mod apiserver;
 pub mod cluster;
 pub mod every_form;
 pub mod golden;

@@ -15,7 +15,7 @@ pub(crate) struct TooLong;
 
 /// Pads `buf` with zeros to the next multiple of 4 (`NLA_ALIGN` / `NLMSG_ALIGN`).
 pub(crate) fn pad(buf: &mut Vec<u8>) {
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }

@@ -1392,7 +1392,7 @@ mod tests {
             let word = |i: usize| u32::from_ne_bytes(bytes[at + i..at + i + 4].try_into().unwrap());
             let half = |i: usize| u16::from_ne_bytes(bytes[at + i..at + i + 2].try_into().unwrap());
             let len = word(0) as usize;
-            assert!(len >= 20 && len % 4 == 0, "bad message length {len}");
+            assert!(len >= 20 && len.is_multiple_of(4), "bad message length {len}");
             out.push(Msg {
                 ty: half(4),
                 flags: half(6),

@@ -6,6 +6,7 @@
 mod attr;
 pub mod decode;
 pub mod encode;
+pub mod monitor;
 mod rule;
 pub mod socket;
 mod sys;

@@ -43,7 +43,7 @@ const BASE: u32 = NFT_REG32_00;
 /// (`NFT_REG_1` for `NFT_REG32_00`, `NFT_REG_2` for `NFT_REG32_04`, …); nft does the same.
 fn reg(slot: u32) -> u32 {
     let index = slot - NFT_REG32_00;
-    if index % 4 == 0 {
+    if index.is_multiple_of(4) {
         NFT_REG_1 + index / 4
     } else {
         slot

@@ -7,11 +7,19 @@
 //! through the transaction's seq table, with the extended ACK's message and attribute offset
 //! when the kernel provides them. No error and no ACK means committed on older kernels. The
 //! socket also reads state back: [`Socket::dump`] sends one `NLM_F_DUMP` request and blocks
-//! until the kernel's `NLMSG_DONE`, and [`Socket::get_gen`] asks for the generation id.
+//! until the kernel's `NLMSG_DONE`, and [`Socket::get_gen`] asks for the generation id. For the
+//! change monitor it opens a [`Subscription`] to the `NFNLGRP_NFTABLES` multicast group, and
+//! every transaction it sends is remembered by port id and network namespace until the monitor
+//! has seen its NEWGEN ([`take_own_commit`]): the kernel names a committer by its socket's port
+//! id, which, unlike its pid, reads the same inside and outside a container.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, SocketAddr};
 
@@ -222,6 +230,9 @@ impl Socket {
     /// After [`Error::OutcomeUnknown`] the socket must not be reused: stale replies may still
     /// be queued.
     pub fn transact(&self, tx: &Transaction) -> Result<Committed, Error> {
+        // Before the send: the kernel announces the commit inside `sendmsg`, so a monitor
+        // thread may read the NEWGEN before this call returns.
+        let ticket = self.announce_commit();
         let bytes = tx.bytes();
         if bytes.len() > DEFAULT_BUFFER {
             // SO_SNDBUFFORCE ignores net.core.wmem_max but needs CAP_NET_ADMIN. Without it
@@ -286,7 +297,11 @@ impl Socket {
                 }
             }
         }
-        classify(rejections).map(|()| Committed { end_acked })
+        let outcome = classify(rejections).map(|()| Committed { end_acked });
+        if outcome.is_ok() {
+            ticket.keep();
+        }
+        outcome
     }
 
     /// Sends one `NLM_F_DUMP` request of nf_tables message type `msg_type` (an `NFT_MSG_GET*`
@@ -410,6 +425,290 @@ impl Socket {
         }
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commits this process sent, for the change monitor
+
+/// How long a commit this process sent stays remembered while no monitor has matched its
+/// NEWGEN. A monitor matches it within milliseconds; entries only linger where no monitor runs
+/// (the CLI) or where the NEWGEN was lost to a receive queue overflow, which the monitor
+/// reports anyway.
+const OWN_COMMIT_MEMORY: Duration = Duration::from_secs(60);
+
+/// At most this many unmatched commits are remembered.
+const OWN_COMMIT_ENTRIES: usize = 1024;
+
+/// A transaction this process sent: from which netlink port, in which network namespace.
+#[derive(Debug)]
+struct SentCommit {
+    id: u64,
+    netns: Option<u64>,
+    port: u32,
+    at: Instant,
+}
+
+static SENT_COMMITS: Mutex<VecDeque<SentCommit>> = Mutex::new(VecDeque::new());
+static NEXT_COMMIT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn sent_commits() -> MutexGuard<'static, VecDeque<SentCommit>> {
+    // Nothing panics while holding the lock, and the queue is valid whatever happened.
+    SENT_COMMITS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One transaction being sent. Unless [`CommitTicket::keep`] is called (the kernel accepted it),
+/// dropping the ticket forgets it again: a rejected batch commits nothing and announces nothing.
+#[derive(Debug)]
+struct CommitTicket {
+    id: Option<u64>,
+}
+
+impl CommitTicket {
+    fn keep(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for CommitTicket {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            sent_commits().retain(|c| c.id != id);
+        }
+    }
+}
+
+/// Whether the commit that the kernel announced with a NEWGEN from netlink port `port` in the
+/// network namespace `netns` (see [`Subscription::netns`]) was sent by this process through a
+/// [`Socket`]; a match is consumed, so each commit is matched once, oldest first.
+///
+/// The port id is the committer's identity because the NEWGEN's pid is not usable for this:
+/// the kernel writes `task_pid_nr(current)`, the id of the committing *thread* in the initial
+/// pid namespace, which a containerised daemon cannot compare with anything it knows. A port id
+/// is unique among the open netlink sockets of a network namespace and is read back with
+/// `getsockname`. A port can be reused once its socket is closed (the first socket of a
+/// process gets its pid as seen in its own pid namespace), which is why a match is consumed:
+/// a later commit from a reused port finds nothing left to match. An unknown namespace (`None`,
+/// kernels before 5.14) matches any.
+pub fn take_own_commit(netns: Option<u64>, port: u32) -> bool {
+    let mut sent = sent_commits();
+    let found = sent
+        .iter()
+        .position(|c| c.port == port && (c.netns.is_none() || netns.is_none() || c.netns == netns));
+    found.and_then(|at| sent.remove(at)).is_some()
+}
+
+impl Socket {
+    /// Remembers that this socket is about to send a transaction (see [`take_own_commit`]).
+    fn announce_commit(&self) -> CommitTicket {
+        let mut addr = SocketAddr::new(0, 0);
+        if self.socket.get_address(&mut addr).is_err() {
+            // Without a port id the commit cannot be recognised; the monitor will report it as
+            // foreign, which costs a read-back and nothing else.
+            return CommitTicket { id: None };
+        }
+        let id = NEXT_COMMIT_ID.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut sent = sent_commits();
+        while sent.len() >= OWN_COMMIT_ENTRIES
+            || sent
+                .front()
+                .is_some_and(|c| now.duration_since(c.at) > OWN_COMMIT_MEMORY)
+        {
+            sent.pop_front();
+        }
+        sent.push_back(SentCommit {
+            id,
+            netns: netns_cookie(self.socket.as_raw_fd()),
+            port: addr.port_number(),
+            at: now,
+        });
+        CommitTicket { id: Some(id) }
+    }
+}
+
+/// The network namespace cookie of a socket (`SO_NETNS_COOKIE`, kernel ≥ 5.14): a number that
+/// names the namespace for as long as the system runs, the same for every socket in it.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64"
+))]
+fn netns_cookie(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are live locals of the sizes passed; the kernel writes at most
+    // `len` bytes.
+    let res = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            super::sys::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (res == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
+}
+
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64"
+)))]
+fn netns_cookie(_fd: std::os::fd::RawFd) -> Option<u64> {
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// The change monitor's socket
+
+/// The largest notification datagram: the kernel packs notifications into skbs of at most
+/// `NLMSG_GOODSIZE` (a page, at most 8 KiB); anything longer is reported as truncated.
+const EVENT_BUFFER: usize = 64 * 1024;
+
+/// What [`Subscription::receive`] got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// One datagram of notifications, now in the caller's buffer.
+    Datagram,
+    /// Nothing arrived within the timeout: the receive queue is empty.
+    Idle,
+    /// The receive queue overflowed (ENOBUFS) and the kernel dropped notifications, or a
+    /// datagram did not fit the buffer. Everything still queued is intact and will be read
+    /// next, but the kernel keeps dropping until the queue has been read empty.
+    Overrun,
+}
+
+/// A `NETLINK_NETFILTER` socket subscribed to `NFNLGRP_NFTABLES`: it receives the notifications
+/// of every nf_tables commit in its network namespace, by anyone. It never sends.
+pub struct Subscription {
+    socket: netlink_sys::Socket,
+    port: u32,
+    netns: Option<u64>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("fd", &self.socket.as_raw_fd())
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Opens the socket in the calling thread's network namespace, joins the group, and asks
+    /// for a receive buffer of `receive_buffer` bytes with `SO_RCVBUFFORCE` (CAP_NET_ADMIN; it
+    /// ignores `net.core.rmem_max`), falling back to `SO_RCVBUF` (capped by `rmem_max`). The
+    /// kernel charges the buffer only for what is queued, so a large one costs nothing while
+    /// the reader keeps up.
+    pub fn open(receive_buffer: usize) -> Result<Subscription, Error> {
+        let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER).map_err(|err| {
+            match err.raw_os_error() {
+                Some(errno @ (libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)) => Error::NotAvailable {
+                    errno: Errno(errno),
+                },
+                _ => Error::Open(err),
+            }
+        })?;
+        let addr = socket.bind_auto().map_err(Error::Open)?;
+        socket
+            .add_membership(super::sys::NFNLGRP_NFTABLES)
+            .map_err(|err| match err.raw_os_error() {
+                Some(libc::EPERM) => Error::PermissionDenied,
+                _ => Error::Open(err),
+            })?;
+        let fd = socket.as_raw_fd();
+        if set_int_option(fd, libc::SO_RCVBUFFORCE, receive_buffer).is_err() {
+            set_int_option(fd, libc::SO_RCVBUF, receive_buffer).map_err(Error::Open)?;
+        }
+        Ok(Subscription {
+            netns: netns_cookie(fd),
+            port: addr.port_number(),
+            socket,
+        })
+    }
+
+    /// This socket's port id.
+    pub fn port_id(&self) -> u32 {
+        self.port
+    }
+
+    /// The network namespace cookie of this socket, if the kernel tells (≥ 5.14).
+    pub fn netns(&self) -> Option<u64> {
+        self.netns
+    }
+
+    /// The receive buffer the kernel granted, in bytes (`SO_RCVBUF` reads back twice what was
+    /// asked: the kernel doubles it for its bookkeeping).
+    pub fn receive_buffer(&self) -> Result<usize, Error> {
+        self.socket.get_rx_buf_sz().map_err(Error::Receive)
+    }
+
+    /// Waits up to `timeout` for one datagram and reads it into `buf` (cleared first).
+    pub fn receive(&self, buf: &mut Vec<u8>, timeout: Duration) -> Result<Received, Error> {
+        buf.clear();
+        buf.reserve(EVENT_BUFFER);
+        let mut pollfd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // A sub-millisecond remainder must not turn into a busy loop of zero-timeout polls.
+        let millis = if millis == 0 && !timeout.is_zero() {
+            1
+        } else {
+            millis
+        };
+        // SAFETY: one live, initialised pollfd, and the count passed is 1.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EINTR) => Ok(Received::Idle),
+                _ => Err(Error::Receive(err)),
+            };
+        }
+        if ready == 0 {
+            return Ok(Received::Idle);
+        }
+        // MSG_TRUNC: the length returned is the datagram's, even when it did not fit.
+        match self.socket.recv(buf, libc::MSG_DONTWAIT | libc::MSG_TRUNC) {
+            Ok(len) if len > buf.len() => Ok(Received::Overrun),
+            Ok(_) => Ok(Received::Datagram),
+            Err(err) => match err.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR) => Ok(Received::Idle),
+                Some(libc::ENOBUFS) => Ok(Received::Overrun),
+                _ => Err(Error::Receive(err)),
+            },
+        }
+    }
+}
+
+/// `setsockopt(SOL_SOCKET, option, size)` for an int-valued option.
+fn set_int_option(fd: std::os::fd::RawFd, option: libc::c_int, size: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX / 2);
+    // SAFETY: `value` is a live c_int and the length passed is its size; the caller owns `fd`.
+    let res = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if res < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The replies of a finished dump, unless the kernel flagged it as interrupted.
@@ -598,6 +897,37 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn own_commits_are_matched_once_and_forgotten_when_rejected() {
+        // Opening and binding a netfilter socket needs no privilege; nothing is sent.
+        let socket = Socket::open().expect("open netlink socket");
+        let mut addr = SocketAddr::new(0, 0);
+        socket.socket.get_address(&mut addr).expect("getsockname");
+        let port = addr.port_number();
+        let netns = netns_cookie(socket.socket.as_raw_fd());
+
+        // Accepted: matched once, from any thread, then gone.
+        socket.announce_commit().keep();
+        socket.announce_commit().keep();
+        assert!(std::thread::scope(|s| s
+            .spawn(|| take_own_commit(netns, port))
+            .join()
+            .unwrap()));
+        assert!(take_own_commit(netns, port));
+        assert!(!take_own_commit(netns, port));
+
+        // Rejected (the ticket dropped without `keep`): never matched.
+        drop(socket.announce_commit());
+        assert!(!take_own_commit(netns, port));
+
+        // Another namespace's socket with the same port is not ours.
+        socket.announce_commit().keep();
+        if let Some(cookie) = netns {
+            assert!(!take_own_commit(Some(cookie ^ 1), port));
+        }
+        assert!(take_own_commit(None, port));
     }
 
     #[test]

@@ -237,3 +237,31 @@ pub(crate) const BYTEORDER_BIG_ENDIAN: u32 = 2;
 /// nft's expression type number of a concatenation (`EXPR_CONCAT`), written into the set's
 /// `typeof` user data of concatenated keys.
 pub(crate) const NFT_EXPR_CONCAT: u32 = 13;
+
+// What the change monitor reads (`netlink::monitor`). linux/netfilter/nfnetlink.h: the
+// multicast group every nf_tables commit is announced to (`enum nfnetlink_groups`).
+pub(crate) const NFNLGRP_NFTABLES: u32 = 7;
+
+// enum nf_tables_msg_types: the object notifications a commit sends besides NEWTABLE,
+// NEWCHAIN, NEWRULE, NEWSET and NEWSETELEM above. The DESTROY* types (kernel ≥ 6.3) are listed
+// because a notification may carry them, depending on the kernel.
+pub(crate) const NFT_MSG_DELCHAIN: u16 = 5;
+pub(crate) const NFT_MSG_DELRULE: u16 = 8;
+pub(crate) const NFT_MSG_DELSET: u16 = 11;
+pub(crate) const NFT_MSG_DELSETELEM: u16 = 14;
+pub(crate) const NFT_MSG_TRACE: u16 = 17;
+pub(crate) const NFT_MSG_NEWOBJ: u16 = 18;
+pub(crate) const NFT_MSG_DELOBJ: u16 = 20;
+pub(crate) const NFT_MSG_NEWFLOWTABLE: u16 = 22;
+pub(crate) const NFT_MSG_DELFLOWTABLE: u16 = 24;
+pub(crate) const NFT_MSG_DESTROYTABLE: u16 = 26;
+pub(crate) const NFT_MSG_DESTROYFLOWTABLE: u16 = 32;
+
+// enum nft_gen_attributes (NFTA_GEN_ID is in `decode`).
+pub(crate) const NFTA_GEN_PROC_PID: u16 = 2;
+pub(crate) const NFTA_GEN_PROC_NAME: u16 = 3;
+
+// asm-generic/socket.h: `getsockopt(SO_NETNS_COOKIE)` (kernel ≥ 5.14) names the network
+// namespace a socket lives in. Alpha, MIPS, PA-RISC and SPARC number socket options
+// differently; there the cookie is not asked for (see `socket::netns_cookie`).
+pub(crate) const SO_NETNS_COOKIE: i32 = 71;

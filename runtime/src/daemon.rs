@@ -1,0 +1,422 @@
+//! `kube-nft run`: the node daemon, wiring the pieces in the direction the data flows. A source
+//! ([`sources::kube`] or [`sources::manifests`]) sends updates; the loop folds them into the
+//! sync [`Engine`] and runs a sync round when the [`Runner`] says so, on a blocking thread
+//! (netlink is synchronous); an nf_tables [`Monitor`] on its own thread reports foreign changes
+//! to our tables, which trigger an immediate repair; [`serve`] answers `/healthz`, `/livez` and
+//! `/metrics`. The instance lock is taken first, so a second daemon in the same network
+//! namespace exits before touching anything. Nothing is flushed at start and nothing deleted at
+//! exit: the rules keep serving while the daemon is down, and a restarted daemon adopts them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use kube_nft_compiler::ir::{names, Family};
+use kube_nft_compiler::{Config, Diagnostic};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::lock::{self, InstanceLock, LockError};
+use crate::netlink::monitor::{self, Monitor};
+use crate::serve::health::{ProxyHealth, Timestamp};
+use crate::serve::metrics::{self, DriftReason, Metrics, TrafficPolicy, WatchResource};
+use crate::serve::{self};
+use crate::sources::{self, Event, Resource, Update};
+use crate::sync::runner::Runner;
+use crate::sync::{self, Engine, Outcome, SyncKind};
+
+/// Where objects come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// The API server: a kubeconfig and/or a `--master` URL; neither means in-cluster config.
+    Api {
+        /// `--kubeconfig`.
+        kubeconfig: Option<PathBuf>,
+        /// `--master`.
+        master: Option<String>,
+    },
+    /// A folder of manifests, re-read on change and every `rescan`.
+    Manifests {
+        /// The folder.
+        dir: PathBuf,
+        /// Period of the full rescan behind inotify.
+        rescan: Duration,
+    },
+}
+
+/// Everything `kube-nft run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The node config (the compiler's).
+    pub config: Config,
+    /// The node name (kube-proxy's: `--hostname-override` or the OS hostname, lower-cased).
+    pub node_name: String,
+    /// Where objects come from.
+    pub source: Source,
+    /// `--min-sync-period`.
+    pub min_sync_period: Duration,
+    /// `--sync-period`: the periodic verification, and half the health timeout.
+    pub sync_period: Duration,
+    /// `--healthz-bind-address`; `None` disables the server.
+    pub healthz: Option<SocketAddr>,
+    /// `--metrics-bind-address`; `None` disables the server.
+    pub metrics: Option<SocketAddr>,
+    /// The `/configz` document.
+    pub configz: String,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another daemon programs this network namespace.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A listener could not be bound.
+    #[error("bind {what} on {addr}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API client could not be configured.
+    #[error("configure the API client")]
+    Client(#[from] sources::kube::Error),
+    /// The nf_tables monitor could not subscribe.
+    #[error("subscribe to nf_tables events")]
+    Monitor(#[source] crate::netlink::socket::Error),
+}
+
+/// The resources whose first list gates the first sync, for a source.
+fn required(source: &Source) -> Vec<Resource> {
+    match source {
+        // kube-proxy waits for Services and EndpointSlices, and for its Node (whose addresses
+        // and labels shape the ruleset); ServiceCIDRs arrive as empty when the API lacks them.
+        Source::Api { .. } => vec![
+            Resource::Services,
+            Resource::EndpointSlices,
+            Resource::Node,
+            Resource::ServiceCidrs,
+        ],
+        // The manifests source lists every resource at once, legacy Endpoints included.
+        Source::Manifests { .. } => Resource::ALL.to_vec(),
+    }
+}
+
+/// Runs the daemon until `shutdown` completes. The rules stay in the kernel afterwards.
+pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let _lock: InstanceLock = lock::acquire(&format!("node {}", options.node_name))?;
+    let families = [Family::Ip, Family::Ip6];
+    let metrics = Metrics::new(&families, env!("CARGO_PKG_VERSION"));
+    let health = ProxyHealth::new(options.sync_period, &families, Timestamp::now());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let mut servers: Vec<JoinHandle<()>> = Vec::new();
+    if let Some(addr) = options.healthz {
+        let listener = bind("healthz", addr).await?;
+        let (health, metrics, stop) = (health.clone(), metrics.clone(), stopped());
+        servers.push(tokio::spawn(async move {
+            if let Err(err) = serve::http::serve_healthz(listener, health, metrics, stop).await {
+                error!(error = %err, "healthz server failed");
+            }
+        }));
+    }
+    if let Some(addr) = options.metrics {
+        let listener = bind("metrics", addr).await?;
+        let (metrics, configz, stop) = (metrics.clone(), options.configz.clone(), stopped());
+        servers.push(tokio::spawn(async move {
+            if let Err(err) = serve::http::serve_metrics(listener, metrics, configz, stop).await {
+                error!(error = %err, "metrics server failed");
+            }
+        }));
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Update>(1024);
+    let source = match &options.source {
+        Source::Api { kubeconfig, master } => {
+            let client = sources::kube::client(kubeconfig.as_deref(), master.as_deref()).await?;
+            let mut watch = sources::kube::WatchOptions::new(options.node_name.clone());
+            watch.service_proxy_name = options.config.service_proxy_name.clone();
+            tokio::spawn(sources::kube::run(client, watch, tx))
+        }
+        Source::Manifests { dir, rescan } => {
+            tokio::spawn(sources::manifests::run(dir.clone(), *rescan, tx))
+        }
+    };
+
+    let (drift_tx, mut drift_rx) = mpsc::unbounded_channel::<monitor::Event>();
+    let monitor = Monitor::open().map_err(Error::Monitor)?;
+    let monitor_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor_thread = spawn_monitor(monitor, drift_tx, monitor_stop.clone());
+
+    let mut engine = Some(Engine::new(&options.config, required(&options.source)));
+    let mut runner = Runner::new(options.min_sync_period, options.sync_period);
+    let mut reported: Vec<Diagnostic> = Vec::new();
+    let mut relisted: std::collections::BTreeSet<Resource> = Default::default();
+    let mut drift_pending = false;
+    info!(
+        node = %options.node_name,
+        min_sync_period = ?options.min_sync_period,
+        sync_period = ?options.sync_period,
+        "kube-nft started; waiting for the initial lists"
+    );
+    tokio::pin!(shutdown);
+    loop {
+        let ready = engine.as_ref().is_some_and(Engine::initialized);
+        let deadline = if drift_pending {
+            Instant::now()
+        } else if ready {
+            runner.deadline(Instant::now())
+        } else {
+            Instant::now() + Duration::from_secs(3600)
+        };
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            update = rx.recv() => {
+                let Some(update) = update else {
+                    // The source ended (it only does when its task failed): keep serving
+                    // what is programmed, and say so.
+                    error!("the object source stopped; no further updates will be programmed");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_secs(3600)) => continue,
+                    }
+                };
+                let engine = engine.as_mut().expect("engine is home between rounds");
+                fold(engine, update, &metrics, &health, &mut runner, &mut relisted);
+                // Drain what else is queued without yielding, so a burst is one round.
+                while let Ok(update) = rx.try_recv() {
+                    fold(engine, update, &metrics, &health, &mut runner, &mut relisted);
+                }
+            }
+            Some(event) = drift_rx.recv() => {
+                warn!(%event, "our nftables tables were changed by someone else; repairing");
+                drift_pending = true;
+            }
+            () = tokio::time::sleep_until(deadline.into()), if ready || drift_pending => {
+                let mut current = engine.take().expect("engine is home between rounds");
+                let drift = std::mem::take(&mut drift_pending);
+                let periodic = runner.is_periodic() && !drift;
+                if drift || periodic {
+                    current.verify_next();
+                }
+                runner.started(Instant::now());
+                let (current, result) = tokio::task::spawn_blocking(move || {
+                    let result = current.sync();
+                    (current, result)
+                })
+                .await
+                .expect("the sync round does not panic");
+                let ok = record(&current, result, drift, &metrics, &health, &mut reported);
+                runner.finished(ok);
+                engine = Some(current);
+            }
+        }
+    }
+
+    info!("kube-nft stopping; the rules stay in the kernel");
+    let _ = stop_tx.send(true);
+    source.abort();
+    monitor_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for server in servers {
+        let _ = server.await;
+    }
+    let _ = tokio::task::spawn_blocking(move || monitor_thread.join()).await;
+    Ok(())
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { what, addr, source })
+}
+
+/// The monitor's thread: reports foreign changes to our tables until told to stop (it wakes
+/// up every 200 ms to check).
+fn spawn_monitor(
+    mut monitor: Monitor,
+    tx: mpsc::UnboundedSender<monitor::Event>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let tables = [(Family::Ip, names::TABLE), (Family::Ip6, names::TABLE)];
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match monitor.next_foreign_change(&tables, Duration::from_millis(200)) {
+                Ok(Some(event)) => {
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    error!(error = %err, "nf_tables monitor failed; drift is now only caught by the periodic check");
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// Folds one update into the engine and records what it means for metrics and health.
+fn fold(
+    engine: &mut Engine,
+    update: Update,
+    metrics: &Metrics,
+    health: &ProxyHealth,
+    runner: &mut Runner,
+    relisted: &mut std::collections::BTreeSet<Resource>,
+) {
+    let resource = update.resource;
+    match &update.event {
+        Event::Error(message) => {
+            warn!(%resource, error = %message, "watch failed; retrying");
+            if let Some(r) = watch_resource(resource) {
+                if let Some(c) = metrics.watch_restarts.get(r) {
+                    c.inc();
+                }
+            }
+        }
+        // The first list of each resource is not a relist.
+        Event::Relisting if !relisted.insert(resource) => {
+            info!(%resource, "relisting");
+            if let Some(c) = watch_resource(resource).and_then(|r| metrics.watch_relists.get(r)) {
+                c.inc();
+            }
+        }
+        _ => {}
+    }
+    let effect = engine.update(update);
+    if let Some(resource) = effect.first_synced {
+        info!(%resource, "initial list complete");
+    }
+    if effect.swept > 0 {
+        info!(%resource, deleted = effect.swept, "relist removed objects whose deletion was missed");
+    }
+    if effect.node_change {
+        health.sync_node(engine.node());
+    }
+    let changed = effect.service_change || effect.endpoint_change || effect.swept > 0;
+    if effect.service_change {
+        metrics.sync_proxy_rules_service_changes.inc();
+    }
+    if effect.endpoint_change {
+        metrics.sync_proxy_rules_endpoint_changes.inc();
+    }
+    if changed || effect.node_change || effect.first_synced.is_some() {
+        health.queued(Timestamp::now());
+        metrics.queued(SystemTime::now());
+        runner.request();
+    }
+}
+
+fn watch_resource(resource: Resource) -> Option<WatchResource> {
+    match resource {
+        Resource::Services => Some(WatchResource::Services),
+        Resource::EndpointSlices => Some(WatchResource::EndpointSlices),
+        Resource::Node => Some(WatchResource::Nodes),
+        Resource::Endpoints | Resource::ServiceCidrs => None,
+    }
+}
+
+/// Logs and records the result of a round; returns whether it succeeded.
+fn record(
+    engine: &Engine,
+    result: Option<Result<Outcome, sync::Error>>,
+    drift: bool,
+    metrics: &Metrics,
+    health: &ProxyHealth,
+    reported: &mut Vec<Diagnostic>,
+) -> bool {
+    let Some(result) = result else {
+        debug!("not initialized yet; nothing programmed");
+        return true;
+    };
+    let now = SystemTime::now();
+    match result {
+        Ok(outcome) => {
+            let kind = match outcome.kind {
+                SyncKind::Partial => metrics::SyncKind::Partial,
+                SyncKind::Full => metrics::SyncKind::Full,
+                SyncKind::Verify if outcome.sent() => metrics::SyncKind::Full,
+                SyncKind::Verify => metrics::SyncKind::Verify,
+            };
+            metrics.observe_sync(kind, outcome.elapsed);
+            metrics.sync_succeeded(kind, now);
+            health.updated(Timestamp::now());
+            if outcome.sent() {
+                metrics.observe_transaction(outcome.report.messages, outcome.report.bytes);
+            }
+            if outcome.kind == SyncKind::Verify && outcome.sent() {
+                let reason = if drift {
+                    DriftReason::Monitor
+                } else {
+                    DriftReason::Periodic
+                };
+                if let Some(c) = metrics.drift_repairs.get(reason) {
+                    c.inc();
+                }
+                warn!(?reason, operations = %outcome.counts, "repaired drift in our tables");
+            }
+            for trigger in &outcome.triggers {
+                if let Ok(latency) = now.duration_since(*trigger) {
+                    for family in metrics.families().to_vec() {
+                        metrics.observe_network_programming(family, latency);
+                    }
+                }
+            }
+            let (external, internal) = outcome.no_local_endpoints;
+            for family in metrics.families().to_vec() {
+                metrics.set_no_local_endpoints(family, TrafficPolicy::External, external);
+                metrics.set_no_local_endpoints(family, TrafficPolicy::Internal, internal);
+            }
+            if outcome.sent() || outcome.kind != SyncKind::Partial {
+                info!(
+                    kind = %outcome.kind,
+                    operations = %outcome.counts,
+                    services = outcome.services,
+                    transactions = outcome.report.transactions,
+                    bytes = outcome.report.bytes,
+                    duration_ms = outcome.elapsed.as_secs_f64() * 1e3,
+                    "synced"
+                );
+            }
+            let diagnostics = engine.diagnostics();
+            for diagnostic in &diagnostics {
+                if reported.binary_search(diagnostic).is_err() {
+                    warn!(%diagnostic, "bad input (the rest is programmed)");
+                }
+            }
+            metrics.set_diagnostics(&diagnostics);
+            *reported = diagnostics;
+            true
+        }
+        Err(err) => {
+            metrics.sync_failed();
+            error!(error = %error_chain(&err), "sync failed; the next round reads the kernel back");
+            false
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
