@@ -1,5 +1,8 @@
 //! Test helpers shared by the test suites of kube-nft's crates (a dev-dependency only).
 //!
+//! [`daemon`]: `kube-nft run` as a child process with its log captured, bounded waits, and a
+//! minimal HTTP GET for its health and metrics endpoints.
+//!
 //! [`netns`]: running closures and `nft` in throwaway network namespaces, so the host's ruleset
 //! is never touched, and the one policy for environments where that is impossible: print
 //! `SKIPPED` loudly, except under `CI=true`, where the test fails.
@@ -23,6 +26,7 @@
 
 pub mod apiserver;
 pub mod cluster;
+pub mod daemon;
 pub mod every_form;
 pub mod golden;
 pub mod listing;
