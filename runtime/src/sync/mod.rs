@@ -122,6 +122,10 @@ pub struct Engine {
     node: Option<Node>,
     triggers: Vec<SystemTime>,
     verify_next: bool,
+    /// The nf_tables generation after our last commit or verification: while the kernel
+    /// still reports it, nothing in this namespace's nftables changed since, and a
+    /// verification needs no read-back.
+    verified_gen: Option<u32>,
 }
 
 impl Engine {
@@ -136,6 +140,7 @@ impl Engine {
             node: None,
             triggers: Vec::new(),
             verify_next: false,
+            verified_gen: None,
         }
     }
 
@@ -237,7 +242,13 @@ impl Engine {
             return None;
         }
         let start = Instant::now();
-        let verify = std::mem::take(&mut self.verify_next);
+        let requested = std::mem::take(&mut self.verify_next);
+        let mut verify = requested;
+        if verify && self.verified_gen.is_some() && self.verified_gen == generation() {
+            // No commit by anyone since we last knew the kernel to be right: a read-back
+            // would find exactly that. Pending changes still go out as a delta.
+            verify = false;
+        }
         if verify {
             self.compiler.force_full();
         }
@@ -274,7 +285,14 @@ impl Engine {
                 self.converge(kind)
             }
         };
+        self.verified_gen = match &result {
+            Ok(_) => generation(),
+            Err(_) => None,
+        };
         Some(result.map(|mut outcome| {
+            if requested && !outcome.sent() {
+                outcome.kind = SyncKind::Verify;
+            }
             outcome.elapsed = start.elapsed();
             outcome
         }))
@@ -347,6 +365,13 @@ impl Engine {
             no_local_endpoints: self.compiler.no_local_endpoints(),
         }
     }
+}
+
+/// The current nf_tables generation of this network namespace, if it can be read.
+fn generation() -> Option<u32> {
+    crate::netlink::socket::Socket::open()
+        .and_then(|mut socket| socket.get_gen())
+        .ok()
 }
 
 /// The compiler's name for a source's resource.
