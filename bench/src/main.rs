@@ -6,9 +6,11 @@
 //! hand-written analysis around it.
 //!
 //! Run it with `cargo run --release -p kube-nft-bench -- --write BENCHMARKS.md`; under
-//! `cargo run` it builds the `kube-nft` binary it measures first.
+//! `cargo run` it builds the `kube-nft` binary it measures first. `--daemon-only --write
+//! BENCHMARKS.md` measures the node daemon alone and replaces only its table.
 
 mod child;
+mod daemon;
 mod dataplane;
 mod kube_proxy;
 mod report;
@@ -69,6 +71,20 @@ struct Args {
     /// Data plane: connections measured per row.
     #[arg(long, default_value_t = 2000)]
     connections: usize,
+    /// Daemon: sizes at which `kube-nft run` is measured against a fake API server (`0`:
+    /// none).
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000, 50000])]
+    daemon_sizes: Vec<usize>,
+    /// Daemon: endpoint changes per size.
+    #[arg(long, default_value_t = 50)]
+    daemon_endpoint_changes: usize,
+    /// Daemon: changes per size of each kind of Service change (port changed, Service added).
+    #[arg(long, default_value_t = 20)]
+    daemon_service_changes: usize,
+    /// Measure only the daemon and print its table; with `--write`, replace only that table in
+    /// the file.
+    #[arg(long, conflicts_with_all = ["dataplane_only", "only"])]
+    daemon_only: bool,
     /// Write the report into this file (replacing the part between its markers).
     #[arg(long, value_name = "FILE")]
     write: Option<PathBuf>,
@@ -104,16 +120,39 @@ fn bench() -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let result = run(&args, &kube_nft, &work);
     let _ = std::fs::remove_dir_all(&work);
-    let text = result?;
+    let (text, daemon_only) = match result? {
+        Generated::Whole(text) => (text, false),
+        Generated::Daemon(text) => (text, true),
+        Generated::Printed => {
+            if args.write.is_some() {
+                eprintln!("--write ignored: this mode does not produce the report");
+            }
+            return Ok(());
+        }
+    };
     print!("{text}");
     if let Some(path) = &args.write {
-        report::write_into(path, &text)?;
+        if daemon_only {
+            report::write_daemon_into(path, &text)?;
+        } else {
+            report::write_into(path, &text)?;
+        }
         eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
 
-fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
+/// What a run produced.
+enum Generated {
+    /// The whole generated part of the report.
+    Whole(String),
+    /// The daemon's section alone.
+    Daemon(String),
+    /// Nothing to write (already printed, or progress only).
+    Printed,
+}
+
+fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<Generated> {
     let opts = sync::Options {
         endpoints: args.endpoints,
         reps: args.reps,
@@ -122,6 +161,25 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
         single_transaction: args.single_transaction,
         nft_deadline: Duration::from_secs(args.nft_deadline),
     };
+    let daemon_opts = daemon::Options {
+        endpoints: args.endpoints,
+        endpoint_changes: args.daemon_endpoint_changes,
+        service_changes: args.daemon_service_changes,
+        kube_nft,
+        work,
+    };
+    let mut daemon_sizes = args.daemon_sizes.clone();
+    daemon_sizes.retain(|&n| n > 0);
+    daemon_sizes.sort_unstable();
+    if args.daemon_only {
+        let rows = daemon::measure(&daemon_sizes, &daemon_opts).context("daemon")?;
+        let machine = report::Machine::probe(&command_line());
+        return Ok(Generated::Daemon(report::render_daemon(
+            &machine,
+            args.endpoints,
+            &rows,
+        )));
+    }
     if args.dataplane_only {
         let rows = dataplane::measure(
             &args.dataplane_sizes,
@@ -132,12 +190,12 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
             work,
         )?;
         print!("{}", dataplane::table(&rows));
-        return Ok(String::new());
+        return Ok(Generated::Printed);
     }
     if let Some(part) = args.only {
         let n = *args.sizes.first().context("no size")?;
         sync::profile(n, part, &opts)?;
-        return Ok(String::new());
+        return Ok(Generated::Printed);
     }
     let mut sizes = args.sizes.clone();
     sizes.sort_unstable();
@@ -185,8 +243,9 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
         work,
     )
     .context("data plane")?;
+    let daemon = daemon::measure(&daemon_sizes, &daemon_opts).context("daemon")?;
     let machine = report::Machine::probe(&command_line());
-    Ok(report::render(
+    Ok(Generated::Whole(report::render(
         &machine,
         args.endpoints,
         args.reps,
@@ -194,7 +253,8 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<String> {
         &kube_proxy,
         budget,
         &dataplane::table(&latency),
-    ))
+        &report::render_daemon(&machine, args.endpoints, &daemon),
+    )))
 }
 
 /// `nft -f` of the kube-proxy-shaped script in a fresh namespace, killed after `deadline`.

@@ -1,6 +1,8 @@
 //! The report: the machine it ran on, the exact command, and markdown tables (one column per
 //! cluster size). [`write_into`] replaces only the generated part of BENCHMARKS.md, between
-//! [`BEGIN`] and [`END`], so the hand-written analysis around it survives a refresh.
+//! [`BEGIN`] and [`END`], so the hand-written analysis around it survives a refresh; the
+//! daemon's table sits inside it between [`DAEMON_BEGIN`] and [`DAEMON_END`], so that
+//! [`write_daemon_into`] can refresh it alone (`--daemon-only --write`).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -10,11 +12,14 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::child::{Outcome, Usage};
+use crate::daemon::DaemonResult;
 use crate::sync::{Cold, SizeResult};
 
 pub(crate) const BEGIN: &str =
     "<!-- kube-nft-bench: begin (generated; edit outside these markers) -->";
 pub(crate) const END: &str = "<!-- kube-nft-bench: end -->";
+pub(crate) const DAEMON_BEGIN: &str = "<!-- kube-nft-bench: daemon begin -->";
+pub(crate) const DAEMON_END: &str = "<!-- kube-nft-bench: daemon end -->";
 
 /// What the machine is.
 pub(crate) struct Machine {
@@ -96,7 +101,8 @@ pub(crate) struct KubeProxyRow {
     pub(crate) ours_cold: Cold,
 }
 
-/// The whole generated part.
+/// The whole generated part; `daemon` is [`render_daemon`]'s section (or empty).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn render(
     machine: &Machine,
     m: usize,
@@ -105,6 +111,7 @@ pub(crate) fn render(
     kube_proxy: &[KubeProxyRow],
     budget: Duration,
     dataplane: &str,
+    daemon: &str,
 ) -> String {
     let mut out = String::new();
     let w = &mut out;
@@ -330,8 +337,168 @@ pub(crate) fn render(
         );
     }
     w.push_str(dataplane);
+    if !daemon.is_empty() {
+        w.push_str(daemon);
+        let _ = writeln!(w);
+    }
     let _ = writeln!(w, "{END}");
     out
+}
+
+/// The daemon's table, between [`DAEMON_BEGIN`] and [`DAEMON_END`]; empty without results.
+pub(crate) fn render_daemon(machine: &Machine, m: usize, results: &[DaemonResult]) -> String {
+    if results.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "{DAEMON_BEGIN}\n");
+    let counts = |r: &DaemonResult, name: &str| {
+        r.series
+            .iter()
+            .find(|s| s.name == name)
+            .map_or(0, |s| s.samples.len())
+    };
+    let first = &results[0];
+    let _ = writeln!(
+        w,
+        "The node daemon, `kube-nft run` (release build), against a fake API server \
+         (`kube-nft-testkit`, plain-http list/watch on 127.0.0.1) holding the cluster, in a \
+         throwaway network namespace; each change is timed from just before its write into the \
+         API server to the NEWGEN of the daemon's commit, seen by an nf_tables monitor in the \
+         same namespace. {} endpoint changes and {} of each Service change per size, spaced \
+         beyond `--min-sync-period 1s` (kube-proxy's default), with `--sync-period 1h` so that no \
+         periodic read-back overlaps them; p99 of that few samples is their maximum. kube-nft {} \
+         on {} × {}; command `{}`.\n",
+        counts(first, "endpoint changed"),
+        counts(first, "Service added"),
+        machine.commit,
+        machine.cpus,
+        machine.cpu_model,
+        machine.command
+    );
+    let _ = write!(w, "| `kube-nft run`, Services × {m} endpoints |");
+    for r in results {
+        let _ = write!(w, " {} |", thousands(r.n));
+    }
+    let _ = write!(w, "\n|---|");
+    for _ in results {
+        let _ = write!(w, "---:|");
+    }
+    let _ = writeln!(w);
+    let mut row = |label: &str, cell: &dyn Fn(&DaemonResult) -> String| {
+        let _ = write!(w, "| {label} |");
+        for r in results {
+            let _ = write!(w, " {} |", cell(r));
+        }
+        let _ = writeln!(w);
+    };
+    row("1-minute load average when the size started", &|r| {
+        format!("{:.1}", r.load_average)
+    });
+    row(
+        "API objects (Services, EndpointSlices, Nodes) / written in",
+        &|r| format!("{} / {}", thousands(r.objects), dur(r.fill)),
+    );
+    row(
+        "**start → initial sync committed** (list, decode, compile, cold apply)",
+        &|r| format!("**{}**", dur(r.start)),
+    );
+    row(
+        "… the initial sync round (daemon log) / its transactions / CPU from start",
+        &|r| {
+            format!(
+                "{} / {} / {}",
+                dur(r.start_round),
+                r.start_transactions,
+                dur(r.start_cpu)
+            )
+        },
+    );
+    row("**RSS after the initial sync** (peak so far)", &|r| {
+        format!(
+            "**{}** ({})",
+            bytes(r.after_start.rss as usize),
+            bytes(r.after_start.peak as usize)
+        )
+    });
+    let names: Vec<&'static str> = first.series.iter().map(|s| s.name).collect();
+    for name in &names {
+        row(
+            &format!(
+                "**{name}**: write → committed, p50 / p99 (the daemon's sync round p50 / p99)"
+            ),
+            &|r| match r.series.iter().find(|s| s.name == *name) {
+                Some(s) if !s.samples.is_empty() => format!(
+                    "**{} / {}** ({} / {})",
+                    dur(percentile(&s.samples, 50)),
+                    dur(percentile(&s.samples, 99)),
+                    dur(percentile(&s.rounds, 50)),
+                    dur(percentile(&s.rounds, 99))
+                ),
+                _ => "–".into(),
+            },
+        );
+    }
+    row(
+        &format!("**CPU per change**: {}", names.join(" / ")),
+        &|r| {
+            r.series
+                .iter()
+                .map(|s| dur(s.cpu.div_f64(s.samples.len().max(1) as f64)))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        },
+    );
+    row("idle CPU (nothing changing), per second", &|r| {
+        dur(r.idle_cpu_per_s)
+    });
+    row("**RSS after the changes** (peak)", &|r| {
+        format!(
+            "**{}** ({})",
+            bytes(r.after_changes.rss as usize),
+            bytes(r.after_changes.peak as usize)
+        )
+    });
+    row(
+        "check: changes / commits seen; stray commits; kernel = compile of the final cluster",
+        &|r| {
+            let (changes, commits) = r.changes_and_commits();
+            let mut cell = format!(
+                "{changes} / {commits}; {}; {}",
+                r.stray_commits,
+                if r.verified { "yes" } else { "**no**" }
+            );
+            if r.lost > 0 {
+                cell.push_str(&format!("; {} monitor losses", r.lost));
+            }
+            cell
+        },
+    );
+    let _ = writeln!(w, "\n{DAEMON_END}");
+    out
+}
+
+/// Replaces the daemon's section inside the generated part of `path` (or adds it at the end
+/// of the generated part).
+pub(crate) fn write_daemon_into(path: &Path, section: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let section = section.trim_end();
+    let text = match (old.find(DAEMON_BEGIN), old.find(DAEMON_END)) {
+        (Some(begin), Some(end)) if begin < end => {
+            let after = &old[end + DAEMON_END.len()..];
+            format!("{}{section}{after}", &old[..begin])
+        }
+        _ => match old.find(END) {
+            Some(end) => format!("{}\n{section}\n\n{}", old[..end].trim_end(), &old[end..]),
+            None => anyhow::bail!(
+                "{} has no generated part to put the daemon's table in; run the whole \
+                 benchmark with --write first",
+                path.display()
+            ),
+        },
+    };
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
 }
 
 /// Replaces the generated part of `path` (or appends it, or creates the file).
@@ -430,5 +597,28 @@ mod tests {
             format!("# B\n\nintro\n\n{BEGIN}\nnew\n{END}\n\nanalysis\n")
         );
         assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn the_daemon_section_is_added_then_replaced_alone() {
+        let path =
+            std::env::temp_dir().join(format!("kube-nft-bench-daemon-{}.md", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("intro\n\n{BEGIN}\nsync\n{END}\n\nanalysis\n"),
+        )
+        .unwrap();
+        write_daemon_into(&path, &format!("{DAEMON_BEGIN}\nfirst\n{DAEMON_END}\n")).unwrap();
+        let added = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            added,
+            format!(
+                "intro\n\n{BEGIN}\nsync\n{DAEMON_BEGIN}\nfirst\n{DAEMON_END}\n\n{END}\n\nanalysis\n"
+            )
+        );
+        write_daemon_into(&path, &format!("{DAEMON_BEGIN}\nsecond\n{DAEMON_END}\n")).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(text, added.replace("first", "second"));
     }
 }

@@ -93,6 +93,10 @@ pub struct Incremental {
     full: bool,
     /// ... after re-lowering every Service (first sync, or the node-wide part changed).
     rebuild: bool,
+    /// Services the kernel refused, with why: not programmed until their objects change.
+    quarantined: BTreeMap<Key, String>,
+    /// Services to recompute at the next sync for reasons of our own (a quarantine).
+    requeued: BTreeSet<Key>,
 }
 
 impl Incremental {
@@ -113,6 +117,8 @@ impl Incremental {
             owners: HashMap::new(),
             full: true,
             rebuild: true,
+            quarantined: BTreeMap::new(),
+            requeued: BTreeSet::new(),
         };
         this.rebuild_skeletons();
         this
@@ -141,7 +147,12 @@ impl Incremental {
 
     /// Brings the desired state up to date with the inputs and says what the kernel needs.
     pub fn sync(&mut self) -> Sync {
-        let changes = self.inputs.take_changes();
+        let mut changes = self.inputs.take_changes();
+        // A new version of a refused Service's objects gets another chance.
+        for key in &changes.services {
+            self.quarantined.remove(key);
+        }
+        changes.services.append(&mut self.requeued);
         if changes.context {
             let (context, diags) = self.inputs.context();
             self.context_diags = diags;
@@ -216,7 +227,20 @@ impl Incremental {
     /// Assembles and lowers one Service; `None` when it has nothing to program and no
     /// diagnostics to keep.
     fn lower(&mut self, key: &Key) -> Option<Lowered> {
-        let (service, diags) = self.inputs.service(key, &self.context);
+        let (mut service, mut diags) = self.inputs.service(key, &self.context);
+        if let Some(reason) = self.quarantined.get(key) {
+            service = None;
+            diags.push(Diagnostic::new(
+                "Service",
+                &key.namespace,
+                &key.name,
+                "",
+                format!(
+                    "the kernel refused this Service's rules ({reason}); not programmed until \
+                     its objects change"
+                ),
+            ));
+        }
         if service.is_none() && diags.is_empty() {
             return None;
         }
@@ -406,6 +430,29 @@ impl Incremental {
             }
         }
         Ruleset { tables }
+    }
+
+    /// The Service that owns the chain or set `object` names (as an encoder error or a kernel
+    /// rejection describes it: `ip kube-nft service-…-ns/name/tcp/80 …`), if any.
+    pub fn owner_of(&self, object: &str) -> Option<Key> {
+        let words: Vec<&str> = object.split_whitespace().collect();
+        self.services.iter().find_map(|(key, lowered)| {
+            let owns = lowered.fragments.iter().any(|stored| {
+                stored
+                    .chains
+                    .iter()
+                    .any(|c| words.contains(&c.name.as_str()))
+                    || stored.sets.iter().any(|s| words.contains(&s.name.as_str()))
+            });
+            owns.then(|| key.clone())
+        })
+    }
+
+    /// Stops programming a Service the kernel refused (until its objects change): the next
+    /// sync removes it and reports why as a diagnostic of the Service.
+    pub fn quarantine(&mut self, key: &Key, reason: impl Into<String>) {
+        self.quarantined.insert(key.clone(), reason.into());
+        self.requeued.insert(key.clone());
     }
 
     /// Service ports with a Local traffic policy and no local endpoint, `(external, internal)`

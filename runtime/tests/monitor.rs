@@ -48,7 +48,7 @@ fn small_cluster() -> ir::Ruleset {
 struct Watch {
     events: mpsc::Receiver<(Event, Instant)>,
     stop: mpsc::Sender<()>,
-    thread: Option<std::thread::JoinHandle<Stats>>,
+    thread: Option<std::thread::JoinHandle<(Stats, Vec<Event>)>>,
 }
 
 impl Watch {
@@ -66,7 +66,24 @@ impl Watch {
             loop {
                 match stop_rx.try_recv() {
                     Err(mpsc::TryRecvError::Empty) => {}
-                    _ => return monitor.stats(),
+                    _ => {
+                        // Catch up with the kernel's generation first: a debug build on a
+                        // busy machine takes a while to read the 100k notifications of a
+                        // large commit.
+                        let target = Socket::open()
+                            .and_then(|mut s| s.get_gen())
+                            .expect("GETGEN");
+                        let mut late = Vec::new();
+                        let deadline = Instant::now() + PATIENCE;
+                        while monitor.generation() < Some(target) && Instant::now() < deadline {
+                            match monitor.next_foreign_change(OURS, Duration::from_millis(100)) {
+                                Ok(Some(event)) => late.push(event),
+                                Ok(None) => {}
+                                Err(e) => panic!("monitor: {e}"),
+                            }
+                        }
+                        return (monitor.stats(), late);
+                    }
                 }
                 match monitor.next_foreign_change(OURS, Duration::from_millis(50)) {
                     Ok(Some(event)) => {
@@ -108,14 +125,20 @@ impl Watch {
         }
     }
 
-    /// Stops the thread; what the monitor saw.
+    /// Stops the thread once it has read everything queued; what the monitor saw. Nothing
+    /// may be reported after what the test waited for.
     fn stop(mut self) -> Stats {
         let _ = self.stop.send(());
-        self.thread
+        let (stats, late) = self
+            .thread
             .take()
             .expect("running")
             .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let mut late: Vec<String> = late.iter().map(ToString::to_string).collect();
+        late.extend(self.events.try_iter().map(|(event, _)| event.to_string()));
+        assert!(late.is_empty(), "reported late: {late:?}");
+        stats
     }
 }
 

@@ -16,10 +16,13 @@
 //! missing. [`Tracker`] (sans-IO) turns the stream into committed transactions and judges the
 //! damage of an overflow by generation ids: a missing NEWGEN shows as a gap, a commit whose
 //! notifications may be cut short is marked incomplete, and when the queue has been read empty
-//! a `GETGEN` tells whether any commit went unannounced. So an overflow caused by our own large
-//! commit (a 100k-element cold start) costs nothing, and one that may hide a foreign change is
-//! reported as [`Event::Lost`], for the daemon to read back rather than trust the stream.
-//! [`Monitor`] is the blocking driver, meant for a dedicated thread.
+//! a `GETGEN` tells whether any commit went unannounced. So an overflow that only cut our own
+//! commit short costs nothing, while one that may hide a foreign change, or that swallowed a
+//! NEWGEN (then nobody can tell whose commit it was), is reported as [`Event::Lost`], for the
+//! daemon to read back rather than trust the stream. Subscribing has a price: the kernel builds
+//! notifications only when someone listens, inside the commit, so a subscribed namespace commits
+//! a 100k-element set in about 1.6 times the time. [`Monitor`] is the blocking driver, meant for
+//! a dedicated thread.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -31,10 +34,11 @@ use super::decode::{Attrs, NFTA_GEN_ID, NFT_MSG_NEWGEN};
 use super::socket::{self, Received, Socket, Subscription};
 use super::sys::*;
 
-/// The receive buffer the monitor asks for. The kernel charges it only for what is queued; a
-/// 100k-element commit announces each element (a few dozen bytes, packed into page-sized
-/// datagrams) in one burst at the end of the commit, which this holds several times over while
-/// the reader thread catches up.
+/// The receive buffer the monitor asks for (the kernel doubles it for its bookkeeping). It is
+/// charged only for what is queued. A commit announces each set element in a message of its
+/// own, in one burst at the end of the commit: 100k IPv4 elements are 6.4 MB in 1,726
+/// datagrams, which an 8 MiB buffer already held with nobody reading; this one holds several
+/// such commits.
 pub const RECEIVE_BUFFER: usize = 32 << 20;
 
 /// After an overflow, how long the queue must stay empty before the monitor asks the kernel

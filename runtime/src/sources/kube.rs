@@ -31,13 +31,16 @@
 //! - Bookmarks are requested but swallowed: the watcher uses them to advance its
 //!   resourceVersion and yields nothing. So [`Event::Alive`] (at most one per second per
 //!   resource) comes only with objects, and a quiet resource is silent however healthy its
-//!   watch. What the consumer can rely on: kube-rs ends a watch that has received nothing for
-//!   295 s (the 290 s watch timeout plus 5 s) and re-watches from the last resourceVersion, and
-//!   the client's read timeout ([`READ_TIMEOUT`]) bounds a list or watch request that a hung
-//!   server never answers, so a dead API server shows up as `Error`s within about five minutes.
-//!   A successful re-watch is silent (there is nothing to send). The own Node is a natural
+//!   watch. What the consumer can rely on: an `Error` whenever a request fails; kube-rs ends a
+//!   watch that has received nothing (not even a bookmark) for 295 s (the 290 s watch timeout
+//!   plus 5 s) and re-watches from its resourceVersion, silently when that works; and the
+//!   client's read timeout ([`READ_TIMEOUT`]) fails a request that a hung server never answers.
+//!   So an API server that dies with a reset shows up as `Error`s within seconds, and one that
+//!   hangs (or a silently dropped connection) within about ten minutes: the idle timeout, then
+//!   the re-watch's read timeout. (kube-proxy is no faster against a hung server: client-go's
+//!   HTTP/2 pings are answered by the connection, not the stuck handler.) The own Node is a
 //!   heartbeat: the kubelet writes its status (`conditions[].lastHeartbeatTime`) at least every
-//!   `nodeStatusReportFrequency` (5 min by default), so a Node with no `Alive` for much longer
+//!   `nodeStatusReportFrequency` (5 min by default), so no `Alive` for the Node for much longer
 //!   than that means this node's view is stale.
 //! - ServiceCIDRs (`networking.k8s.io/v1`, GA in 1.33) may not be served at all. A 404 for them
 //!   means "this cluster has none": [`run`] sends `Relisting` + `Synced` with nothing between,
@@ -566,6 +569,137 @@ mod tests {
         assert_eq!(config.cluster_url.to_string(), "http://127.0.0.1:8001/");
         assert_eq!(config.read_timeout, Some(READ_TIMEOUT));
         assert!(config.auth_info.token.is_none() && config.auth_info.token_file.is_none());
+    }
+
+    fn named(name: &str) -> Service {
+        let mut service = Service::default();
+        service.metadata.name = Some(name.to_owned());
+        service
+    }
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            Status::failure("injected", "Injected").with_code(code),
+        ))
+    }
+
+    type Item = Result<watcher::Event<Service>, watcher::Error>;
+
+    /// A scripted watcher: `items`, then nothing ever again (like a quiet watch).
+    fn script(items: Vec<Item>) -> impl Stream<Item = Item> {
+        futures::stream::iter(items).chain(futures::stream::pending())
+    }
+
+    /// Runs a forwarder over the scripted watchers (one per restart) for `period`.
+    async fn forwarded(
+        period: Duration,
+        absence: bool,
+        scripts: Vec<Vec<Item>>,
+    ) -> (Option<bool>, Vec<String>) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let scripts = std::sync::Mutex::new(scripts.into_iter());
+        let make = || {
+            let next = scripts.lock().ok().and_then(|mut s| s.next());
+            script(next.unwrap_or_default())
+        };
+        let mut forwarder = Forwarder::new(Resource::Services, &tx, Object::service);
+        forwarder.not_found_is_absence = absence;
+        let end = tokio::time::timeout(period, forwarder.run(make)).await;
+        let not_served = end.ok().map(|end| matches!(end, End::NotServed));
+        drop(tx);
+        let mut seen = Vec::new();
+        while let Some(update) = rx.recv().await {
+            seen.push(match update.event {
+                Event::Apply(object) => format!("Apply {}", object.namespace_name().1),
+                Event::Error(message) => format!("Error {message}"),
+                other => format!("{other:?}"),
+            });
+        }
+        (not_served, seen)
+    }
+
+    #[tokio::test]
+    async fn a_failed_list_is_an_error_alone_and_alive_follows_the_first_object() {
+        let (end, seen) = forwarded(
+            Duration::from_millis(200),
+            false,
+            vec![vec![
+                Ok(watcher::Event::Init),
+                Err(watcher::Error::InitialListFailed(api_error(500))),
+                Ok(watcher::Event::Init),
+                Ok(watcher::Event::InitApply(named("a"))),
+                Ok(watcher::Event::InitApply(named("b"))),
+                Ok(watcher::Event::InitDone),
+                Ok(watcher::Event::Delete(named("a"))),
+            ]],
+        )
+        .await;
+        assert_eq!(end, None, "still running");
+        assert_eq!(
+            seen,
+            [
+                "Error list failed: 500 Injected injected",
+                "Relisting",
+                "Apply a",
+                "Alive",
+                "Apply b",
+                "Synced",
+                "Delete { namespace: \"\", name: \"a\" }",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_http_410_on_a_watch_request_restarts_the_watcher_which_relists() {
+        // kube-rs would retry the same stale resourceVersion forever (kube-rs#1042).
+        let (_, seen) = forwarded(
+            Duration::from_secs(4),
+            false,
+            vec![
+                vec![
+                    Ok(watcher::Event::Init),
+                    Ok(watcher::Event::InitApply(named("a"))),
+                    Ok(watcher::Event::InitDone),
+                    Err(watcher::Error::WatchStartFailed(api_error(410))),
+                    Err(watcher::Error::WatchStartFailed(api_error(410))),
+                ],
+                vec![
+                    Ok(watcher::Event::Init),
+                    Ok(watcher::Event::InitApply(named("b"))),
+                    Ok(watcher::Event::InitDone),
+                ],
+            ],
+        )
+        .await;
+        let seen: Vec<_> = seen.into_iter().filter(|s| s != "Alive").collect();
+        assert_eq!(
+            seen,
+            [
+                "Relisting",
+                "Apply a",
+                "Synced",
+                "Error watch request failed: 410 Injected injected",
+                "Relisting",
+                "Apply b",
+                "Synced",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_404_means_not_served_only_where_absence_is_expected() {
+        let not_found = || {
+            vec![vec![
+                Ok(watcher::Event::Init),
+                Err(watcher::Error::InitialListFailed(api_error(404))),
+            ]]
+        };
+        let (end, seen) = forwarded(Duration::from_millis(200), true, not_found()).await;
+        assert_eq!(end, Some(true));
+        assert!(seen.is_empty(), "{seen:?}");
+        let (end, seen) = forwarded(Duration::from_millis(200), false, not_found()).await;
+        assert_eq!(end, None);
+        assert_eq!(seen, ["Error list failed: 404 Injected injected"]);
     }
 
     #[test]

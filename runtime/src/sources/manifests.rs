@@ -6,8 +6,10 @@
 //! burst of events settle for [`DEBOUNCE`] (editors write a file in several steps: truncate,
 //! write, rename), and rescans everything every `rescan` period anyway, because inotify can miss
 //! changes (overlay and network filesystems, a full event queue, a symlinked file whose target
-//! lives outside the tree). A change is an object whose serialized form differs; an object no
-//! file holds any more is deleted.
+//! lives outside the tree). A scan woken by inotify rereads the files whose size, times or
+//! inode changed; the periodic one rereads every file. Only a file whose text changed is
+//! parsed again, a change is an object whose serialized form differs, and an object no file
+//! holds any more is deleted.
 //!
 //! A file that does not parse keeps the objects it had (a half-saved file must not withdraw
 //! its Services) and is reported once per distinct error as [`Event::Error`]; the other files
@@ -443,11 +445,15 @@ impl Scanner {
             } else {
                 format!("{} {}/{}", key.resource, key.namespace, key.name)
             };
-            tracing::warn!(
-                file = %loser.display(),
-                "{what} is also defined in {}, which comes first and wins; this copy is ignored",
-                winner.display()
-            );
+            if winner == loser {
+                tracing::warn!(file = %loser.display(), "{what} is defined twice; the first wins");
+            } else {
+                tracing::warn!(
+                    file = %loser.display(),
+                    "{what} is also defined in {}, which comes first and wins; this copy is ignored",
+                    winner.display()
+                );
+            }
         }
         self.duplicates = duplicates;
 

@@ -195,8 +195,10 @@ pub enum Event {
     /// per second per resource. See [`kube`] for what its absence does and does not mean.
     Alive,
     /// Something failed and the source is retrying: a list or watch request (retried with
-    /// backoff), or a manifest file that did not parse (its previous objects are kept). The
-    /// state the consumer holds stays valid; this is for logs, metrics and health.
+    /// backoff), or a manifest file that did not parse (its previous objects are kept; the
+    /// error goes to each resource the file held, or to all five when it never parsed). The
+    /// state the consumer holds stays valid; this is for logs, metrics and health. Sources do
+    /// not log what they send here.
     Error(String),
 }
 

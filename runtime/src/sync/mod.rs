@@ -9,6 +9,7 @@
 //! already right. Blocking (netlink) and synchronous: the daemon runs it off the async runtime.
 //! When and how often it runs is [`runner`]'s business.
 
+pub mod kernel;
 pub mod runner;
 
 use std::collections::BTreeSet;
@@ -16,20 +17,24 @@ use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::Node;
 use kube_nft_compiler::incremental::{Incremental, Sync};
-use kube_nft_compiler::ir::{Family, Ruleset};
+use kube_nft_compiler::ir::Ruleset;
 use kube_nft_compiler::normalize::{Key, Kind};
 use kube_nft_compiler::plan::{self, Counts};
 use kube_nft_compiler::{Config, Diagnostic};
 
 use crate::apply::{self, ApplyReport};
+use crate::netlink::socket;
 use crate::readback;
 use crate::sources::{Event, Object, Resource, Update};
+use kernel::{Kernel, Netlink};
 
 /// The annotation the EndpointSlice controller sets to the time of the change a slice
 /// reflects; kube-proxy's network programming latency starts there.
 const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 /// At most this many trigger times are kept between syncs.
 const MAX_TRIGGERS: usize = 4096;
+/// At most this many Services are set aside in one round for the kernel refusing them.
+const MAX_ISOLATIONS: usize = 8;
 
 /// Failures of a sync round. The round can be retried; the engine makes the next one full.
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +118,9 @@ pub struct Effect {
 }
 
 /// The engine: the warm compiler plus what the kernel was last told.
-pub struct Engine {
+pub struct Engine<K: Kernel = Netlink> {
+    kernel: K,
     compiler: Incremental,
-    families: Vec<Family>,
     /// Resources whose first list must complete before anything is programmed.
     required: BTreeSet<Resource>,
     synced: BTreeSet<Resource>,
@@ -128,13 +133,24 @@ pub struct Engine {
     verified_gen: Option<u32>,
 }
 
-impl Engine {
-    /// An engine for the node described by `config`. `required` are the resources whose
-    /// initial list gates the first sync.
+impl Engine<Netlink> {
+    /// An engine programming the calling thread's network namespace for the node described by
+    /// `config`. `required` are the resources whose initial list gates the first sync.
     pub fn new(config: &Config, required: impl IntoIterator<Item = Resource>) -> Engine {
+        Engine::with_kernel(Netlink, config, required)
+    }
+}
+
+impl<K: Kernel> Engine<K> {
+    /// [`Engine::new`] over another kernel.
+    pub fn with_kernel(
+        kernel: K,
+        config: &Config,
+        required: impl IntoIterator<Item = Resource>,
+    ) -> Engine<K> {
         Engine {
+            kernel,
             compiler: Incremental::new(config),
-            families: vec![Family::Ip, Family::Ip6],
             required: required.into_iter().collect(),
             synced: BTreeSet::new(),
             node: None,
@@ -244,7 +260,7 @@ impl Engine {
         let start = Instant::now();
         let requested = std::mem::take(&mut self.verify_next);
         let mut verify = requested;
-        if verify && self.verified_gen.is_some() && self.verified_gen == generation() {
+        if verify && self.verified_gen.is_some() && self.verified_gen == self.kernel.generation() {
             // No commit by anyone since we last knew the kernel to be right: a read-back
             // would find exactly that. Pending changes still go out as a delta.
             verify = false;
@@ -258,7 +274,7 @@ impl Engine {
                 base,
                 transaction,
                 services,
-            } => match apply::apply_plan(&base, &transaction) {
+            } => match self.kernel.apply(&base, &transaction) {
                 Ok(report) => Ok(self.outcome(
                     SyncKind::Partial,
                     transaction.counts(),
@@ -267,7 +283,9 @@ impl Engine {
                 )),
                 Err(source) => {
                     // The kernel holds the state before this delta; the compiler has moved on.
-                    // Only a read-back can tell what to send now.
+                    // Only a read-back can tell what to send now. A Service named by the
+                    // refusal is set aside first, so the retry can succeed for the others.
+                    self.isolate(&source);
                     self.compiler.force_full();
                     Err(Error::Apply {
                         kind: SyncKind::Partial,
@@ -286,7 +304,7 @@ impl Engine {
             }
         };
         self.verified_gen = match &result {
-            Ok(_) => generation(),
+            Ok(_) => self.kernel.generation(),
             Err(_) => None,
         };
         Some(result.map(|mut outcome| {
@@ -298,16 +316,57 @@ impl Engine {
         }))
     }
 
-    /// Reads our tables back and applies whatever makes them the desired ruleset.
+    /// Reads our tables back and applies whatever makes them the desired ruleset. When the
+    /// kernel refuses the transaction and names a chain or set of one Service, that Service is
+    /// set aside (reported, not programmed until its objects change) and the rest is tried
+    /// again, at most [`MAX_ISOLATIONS`] times: one bad Service must not keep the others out.
     fn converge(&mut self, kind: SyncKind) -> Result<Outcome, Error> {
+        let mut attempts = 0;
+        loop {
+            match self.converge_once(kind) {
+                Err(Error::Apply { source, .. })
+                    if attempts < MAX_ISOLATIONS && self.isolate(&source) =>
+                {
+                    attempts += 1;
+                    // Fold the quarantine into the desired state before trying again.
+                    self.compiler.force_full();
+                    let _ = self.compiler.sync();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sets aside the Services a permanent refusal names; whether there was any.
+    fn isolate(&mut self, error: &apply::Error) -> bool {
+        let Some(socket::Error::Rejected { rejections }) = error.netlink() else {
+            return false;
+        };
+        let mut any = false;
+        // A transient refusal (ENOMEM, EBUSY, …) says nothing about the Service.
+        for rejection in rejections.iter().filter(|r| !r.errno.is_retryable()) {
+            if let Some(key) = self.compiler.owner_of(&rejection.object) {
+                tracing::error!(
+                    service = %key,
+                    rejection = %rejection,
+                    "the kernel refused a Service's rules; programming the others without it"
+                );
+                self.compiler.quarantine(&key, rejection.to_string());
+                any = true;
+            }
+        }
+        any
+    }
+
+    fn converge_once(&mut self, kind: SyncKind) -> Result<Outcome, Error> {
         let desired = self.compiler.ruleset();
-        let current = match readback::read(&self.families) {
+        let current = match self.kernel.read() {
             Ok(current) => current,
             // Someone put rules we did not write into our tables: planning against them is
             // impossible, so replace both tables in one atomic transaction.
             Err(readback::Error::UnrecognisedRule { .. }) => {
                 let counts = plan::plan(&Ruleset::default(), &desired).counts();
-                return match apply::replace(&desired) {
+                return match self.kernel.replace(&desired) {
                     Ok(report) => Ok(self.outcome(kind, counts, Some(report), 0)),
                     Err(source) => {
                         self.compiler.force_full();
@@ -329,7 +388,7 @@ impl Engine {
         if tx.is_empty() {
             return Ok(self.outcome(kind, counts, None, 0));
         }
-        match apply::apply_plan(&current, &tx) {
+        match self.kernel.apply(&current, &tx) {
             Ok(report) => Ok(self.outcome(kind, counts, Some(report), 0)),
             Err(source) => {
                 self.compiler.force_full();
@@ -367,13 +426,6 @@ impl Engine {
     }
 }
 
-/// The current nf_tables generation of this network namespace, if it can be read.
-fn generation() -> Option<u32> {
-    crate::netlink::socket::Socket::open()
-        .and_then(|mut socket| socket.get_gen())
-        .ok()
-}
-
 /// The compiler's name for a source's resource.
 fn kind_of(resource: Resource) -> Kind {
     match resource {
@@ -384,3 +436,6 @@ fn kind_of(resource: Resource) -> Kind {
         Resource::ServiceCidrs => Kind::ServiceCidr,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-pub use selector::SelectorError;
 use server::{lock, Shared};
 use store::Store;
 
@@ -183,7 +182,8 @@ impl FakeApiServer {
     }
 
     /// Deletes an object: watches get DELETED with its last state at the deletion's
-    /// resourceVersion, which is returned. `namespace` is ignored for cluster-scoped kinds.
+    /// resourceVersion, which is returned. `namespace` is ignored for cluster-scoped kinds and
+    /// defaults to `default` for namespaced ones.
     pub fn delete(
         &self,
         api_version: &str,

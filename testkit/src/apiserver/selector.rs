@@ -15,7 +15,7 @@ use super::resources::Resource;
 /// A selector the API server would reject with 400 Bad Request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unable to parse requirement in {selector:?}: {reason}")]
-pub struct SelectorError {
+pub(crate) struct SelectorError {
     selector: String,
     reason: String,
 }

@@ -2,20 +2,10 @@
 //! paths, answers discovery, GET, LIST and WATCH, and injects the faults. Each connection task
 //! also waits on an "epoch" that [`Shared::kill_connections`] bumps: dropping the connection
 //! future closes the socket mid-whatever, which is what a dying API server or a load balancer
-//! cutting connections looks like to a client (a watch body ends without its last chunk).
-//!
-//! Protocol facts this relies on, and that differ from what one might guess:
-//! - A watch from a compacted resourceVersion is *not* an HTTP 410: the API server answers
-//!   200 and streams one `ERROR` event whose object is a 410 Status, then ends the stream.
-//!   Clients relist on that event (kube-rs only does for the event; an HTTP 410 on a watch
-//!   request would make it retry the same watch forever).
-//! - An expired `continue` token *is* an HTTP 410 with reason `Expired`.
-//! - With a label or field selector, a change that moves an object out of a watcher's
-//!   selection reaches it as DELETED (the object's previous state with the new
-//!   resourceVersion), and one that moves it in as ADDED.
-//! - Bookmarks carry an object of the watched kind with nothing but
-//!   `metadata.resourceVersion` (plus the `k8s.io/initial-events-end` annotation that closes
-//!   the initial events of a streaming list).
+//! cutting connections looks like to a client (a watch body ends without its last chunk). The
+//! protocol's less obvious rules are noted where they are implemented: [`watch`] (410 is an
+//! event, not a status), [`list`] (continue tokens), [`WatchStream::push_change`] (selectors
+//! turn modifications into ADDED and DELETED) and [`WatchStream::push_bookmark`].
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -376,6 +366,8 @@ fn decode_continue(token: &str) -> Option<(u64, Key)> {
     Some((rv, key))
 }
 
+/// A LIST. Unlike an expired watch, an expired `continue` token *is* an HTTP 410 (reason
+/// `Expired`); clients restart the list from scratch.
 fn list(
     shared: &Arc<Shared>,
     resource: usize,
@@ -433,6 +425,12 @@ fn list(
     )
 }
 
+/// A WATCH. Starting from a compacted resourceVersion is *not* an HTTP 410: the API server
+/// answers 200 and streams one `ERROR` event whose object is a 410 Status, then ends the
+/// stream. Clients relist on that event; kube-rs only does for the event (an HTTP error on a
+/// watch request makes it retry the same watch, forever). resourceVersion "" or "0" starts
+/// with synthetic ADDED events for the current objects, as does `sendInitialEvents=true`
+/// (a streaming list), which then ends them with a bookmark.
 fn watch(
     shared: &Arc<Shared>,
     resource: usize,
@@ -562,7 +560,10 @@ impl WatchStream {
         }
     }
 
-    /// Queues the event this change is for this watcher, if any.
+    /// Queues the event this change is for this watcher, if any. With a label or field
+    /// selector, the API server sends a modification that moves an object into the selection
+    /// as ADDED, and one that moves it out as DELETED carrying the object's previous state at
+    /// the new resourceVersion: to the watcher, the object appeared or disappeared.
     fn push_change(&mut self, change: &Change) {
         let now = self.filter.matches(&change.object);
         let before = change.previous.as_deref().map(|p| self.filter.matches(p));
@@ -595,6 +596,9 @@ impl WatchStream {
             .push_back(event_line(&json!({"type": kind, "object": object})));
     }
 
+    /// A BOOKMARK: an object of the watched kind with nothing but `metadata.resourceVersion`,
+    /// plus the `k8s.io/initial-events-end` annotation on the one that closes the initial
+    /// events of a streaming list (KEP-3157).
     fn push_bookmark(&mut self, rv: u64, initial_events_end: bool) {
         let r = &RESOURCES[self.resource];
         let mut metadata = json!({"resourceVersion": rv.to_string()});

@@ -194,10 +194,11 @@ impl Store {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let resource = resources::by_kind(api_version, &kind).ok_or_else(|| Error::UnknownKind {
-            api_version: api_version.to_owned(),
-            kind: kind.clone(),
-        })?;
+        let resource =
+            resources::by_kind(api_version, &kind).ok_or_else(|| Error::UnknownKind {
+                api_version: api_version.to_owned(),
+                kind: kind.clone(),
+            })?;
         let r = &RESOURCES[resource];
         let Some(meta) = metadata_mut(&mut object) else {
             return Err(Error::InvalidObject(format!(
@@ -412,5 +413,124 @@ impl Store {
             more,
             remaining,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn svc(name: &str, port: u16) -> Value {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+               "spec": {"ports": [{"port": port}]}})
+    }
+
+    #[test]
+    fn apply_fills_server_fields_and_skips_no_ops() {
+        let mut store = Store::new(7);
+        assert_eq!(store.apply(svc("a", 80)), Ok(2));
+        let a = store.get(0, &("default".into(), "a".into())).unwrap();
+        assert_eq!(a["metadata"]["namespace"], "default");
+        assert_eq!(a["metadata"]["resourceVersion"], "2");
+        assert_eq!(a["metadata"]["uid"], "00000007-0000-4000-8000-000000000002");
+        assert!(a["metadata"]["creationTimestamp"].is_string());
+        // The same object again: nothing happens.
+        assert_eq!(store.apply(svc("a", 80)), Ok(2));
+        assert_eq!(store.rv(), 2);
+        // A change keeps uid and creationTimestamp.
+        assert_eq!(store.apply(svc("a", 81)), Ok(3));
+        let b = store.get(0, &("default".into(), "a".into())).unwrap();
+        assert_eq!(b["metadata"]["uid"], a["metadata"]["uid"]);
+        assert_eq!(
+            b["metadata"]["creationTimestamp"],
+            a["metadata"]["creationTimestamp"]
+        );
+        assert_eq!(store.history.len(), 2);
+        assert_eq!(store.history[1].kind, ChangeKind::Modified);
+        assert!(store.history[1].previous.is_some());
+    }
+
+    #[test]
+    fn apply_rejects_what_it_cannot_store() {
+        let mut store = Store::new(0);
+        let unknown = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}});
+        assert!(matches!(
+            store.apply(unknown),
+            Err(Error::UnknownKind { .. })
+        ));
+        let nameless = json!({"apiVersion": "v1", "kind": "Node", "metadata": {}});
+        assert!(matches!(
+            store.apply(nameless),
+            Err(Error::InvalidObject(_))
+        ));
+        let no_meta = json!({"apiVersion": "v1", "kind": "Node"});
+        assert!(matches!(store.apply(no_meta), Err(Error::InvalidObject(_))));
+        // A namespace on a cluster-scoped object is dropped.
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n", "namespace": "x"}});
+        store.apply(node).unwrap();
+        assert!(store.get(2, &(String::new(), "n".into())).is_some());
+        assert_eq!(store.rv(), 2);
+    }
+
+    #[test]
+    fn deletes_compaction_and_watch_windows() {
+        let mut store = Store::new(0);
+        store.apply(svc("a", 80)).unwrap();
+        store.apply(svc("b", 80)).unwrap();
+        let key = ("default".to_owned(), "a".to_owned());
+        assert_eq!(store.delete(0, &key, true), Ok(4));
+        assert!(matches!(
+            store.delete(0, &key, true),
+            Err(Error::NotFound { .. })
+        ));
+        let deleted = store.history.back().unwrap();
+        assert_eq!(deleted.kind, ChangeKind::Deleted);
+        assert_eq!(deleted.object["metadata"]["resourceVersion"], "4");
+
+        let started = store.watch(0, WatchFrom::After(2)).ok().unwrap();
+        let rvs: Vec<u64> = started.backlog.iter().map(|c| c.rv).collect();
+        assert_eq!(rvs, [3, 4]);
+        assert_eq!(store.open_watches(), 1);
+        store.compact();
+        assert_eq!(store.rv(), 5);
+        assert!(store.watch(0, WatchFrom::After(4)).is_err());
+        assert!(store.is_compacted(4) && !store.is_compacted(5));
+        let current = store.watch(0, WatchFrom::Current).ok().unwrap();
+        assert_eq!(current.backlog.len(), 1);
+        assert_eq!(current.backlog[0].object["metadata"]["name"], "b");
+        store.drop_watches(None);
+        assert_eq!(store.open_watches(), 0);
+    }
+
+    #[test]
+    fn pages() {
+        let mut store = Store::new(0);
+        for name in ["d", "a", "c", "b"] {
+            store.apply(svc(name, 80)).unwrap();
+        }
+        let names = |p: &Page| -> Vec<String> {
+            p.items
+                .iter()
+                .map(|o| o["metadata"]["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let first = store.page(0, None, Some(3), |o| o["metadata"]["name"] != "b");
+        assert_eq!(
+            (names(&first), first.remaining),
+            (vec!["a".into(), "c".into(), "d".into()], 0)
+        );
+        assert_eq!(first.more, None);
+        let first = store.page(0, None, Some(2), |_| true);
+        assert_eq!(
+            (names(&first), first.remaining),
+            (vec!["a".into(), "b".into()], 2)
+        );
+        let rest = store.page(0, first.more.as_ref(), Some(2), |_| true);
+        assert_eq!(
+            (names(&rest), rest.more),
+            (vec!["c".into(), "d".into()], None)
+        );
     }
 }
