@@ -138,10 +138,28 @@ impl fmt::Display for Packet {
 }
 
 /// What the tracer needs to know about the node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Env {
     /// The node's own addresses: `fib … type local` is true for these (and for loopback).
     pub local_addrs: Vec<IpAddr>,
+    /// `meta iifname` of a packet from a local pod ([`Origin::LocalPod`]): the interface pod
+    /// traffic arrives on.
+    pub pod_iifname: String,
+    /// `meta iifname` of a packet from outside ([`Origin::Outside`]): an interface that is not
+    /// a pod's. A host's own packet ([`Origin::Host`]) has no input interface: the output hook,
+    /// where its nat rules run, sees an empty name.
+    pub outside_iifname: String,
+}
+
+impl Default for Env {
+    /// No local address; pods behind `pod0`, the outside behind `eth0`.
+    fn default() -> Env {
+        Env {
+            local_addrs: Vec::new(),
+            pod_iifname: "pod0".to_owned(),
+            outside_iifname: "eth0".to_owned(),
+        }
+    }
 }
 
 impl Env {
@@ -149,12 +167,22 @@ impl Env {
     pub fn from_graph(graph: &Graph) -> Env {
         Env {
             local_addrs: graph.node.ips.clone(),
+            ..Env::default()
         }
     }
 
     /// Whether `addr` is delivered locally (`fib daddr type local`).
     pub fn is_local(&self, addr: IpAddr) -> bool {
         addr.is_loopback() || self.local_addrs.contains(&addr)
+    }
+
+    /// `meta iifname` of a packet from `origin`.
+    pub fn iifname(&self, origin: Origin) -> &str {
+        match origin {
+            Origin::LocalPod => &self.pod_iifname,
+            Origin::Outside => &self.outside_iifname,
+            Origin::Host => "",
+        }
     }
 }
 
