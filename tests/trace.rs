@@ -344,6 +344,53 @@ fn nodeport_on_localhost_is_not_served() {
 }
 
 #[test]
+fn nodeport_family_named_only_by_loopback_is_served_nowhere() {
+    // `--nodeport-addresses 127.0.0.0/8`: IPv4 NodePorts on no address (not on every one);
+    // IPv6, not named, on every local address.
+    check(
+        "nodeport/loopback-only-ipv4",
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30100"),
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/loopback-only-ipv4",
+        "host",
+        "tcp 127.0.0.1:40000 -> 127.0.0.1:30100",
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/loopback-only-ipv4",
+        "outside",
+        "tcp [2001:db8:1::9]:40000 -> [2001:db8::2]:30100",
+        expect![[r#"
+            1/2  dnat [fd00:10::1:dd]:8080  masquerade
+            1/2  dnat [fd00:10::2:dd]:8080  masquerade"#]],
+    );
+    // The same with the families swapped: `--nodeport-addresses ::1/128`.
+    check(
+        "nodeport/loopback-only-ipv6",
+        "outside",
+        "tcp [2001:db8:1::9]:40000 -> [2001:db8::2]:30100",
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/loopback-only-ipv6",
+        "host",
+        "tcp [::1]:40000 -> [::1]:30100",
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/loopback-only-ipv6",
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30100"),
+        expect![[r#"
+            1/2  dnat 10.0.1.221:8080  masquerade
+            1/2  dnat 10.0.2.221:8080  masquerade"#]],
+    );
+}
+
+#[test]
 fn nodeport_on_a_foreign_address_is_not_a_service() {
     check(
         "nodeport/nodeport-addresses-cidr",

@@ -15,9 +15,10 @@ use crate::ir::{Family, L4Proto};
 pub struct Graph {
     /// This node.
     pub node: NodeInfo,
-    /// NodePort addresses after resolving `primary` and filtering by family: a zero-length
-    /// prefix (`0.0.0.0/0`, `::/0`) means every local address of that family. A family with no
-    /// entry also means every local address (kube-proxy's rule).
+    /// NodePort addresses after resolving `primary` and dropping loopback: a zero-length prefix
+    /// (`0.0.0.0/0`, `::/0`) means every local address of that family (what kube-proxy does for
+    /// a family `--nodeport-addresses` does not name), and a family with no prefix here serves
+    /// no NodePort at all.
     pub nodeport_addresses: Vec<IpNet>,
     /// Prefixes of known ServiceCIDR objects (traffic to unallocated IPs in them is dropped).
     pub service_cidrs: Vec<IpNet>,

@@ -5,6 +5,7 @@
 //! never stops the rest; the output is sorted so the same snapshot always yields the same graph.
 
 mod address;
+mod conflicts;
 mod endpoints;
 mod node;
 mod service;
@@ -43,14 +44,15 @@ pub fn normalize(snapshot: &Snapshot, config: &Config) -> (Graph, Vec<Diagnostic
     }
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
-    diags.sort();
-    diags.dedup();
     let graph = Graph {
         node,
         nodeport_addresses,
         service_cidrs,
         services,
     };
+    diags.extend(conflicts::check(&graph));
+    diags.sort();
+    diags.dedup();
     (graph, diags)
 }
 

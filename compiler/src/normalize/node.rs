@@ -83,6 +83,13 @@ fn push_first_of_family(ips: &mut Vec<IpAddr>, ip: IpAddr) {
 }
 
 /// `--nodeport-addresses` resolved against the node IPs, without loopback prefixes.
+///
+/// Whether a family serves NodePorts on every local address is decided from what the operator
+/// wrote, never from what is left after filtering: only a family that no entry names gets the
+/// zero-length prefix (kube-proxy's "match all"). `primary` names both families; a family whose
+/// entries all resolve to nothing (loopback only, or `primary` on a node without an address of
+/// the family) serves no NodePort at all, where a fallback to "every address" would open them
+/// exactly where the operator restricted them.
 pub(super) fn nodeport_addresses(
     node: &NodeInfo,
     config: &Config,
@@ -95,27 +102,66 @@ pub(super) fn nodeport_addresses(
         &config.nodeport_addresses
     };
     let mut out = BTreeSet::new();
+    let mut named = BTreeSet::new();
+    let mut loopback = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let nets: Vec<IpNet> = match entry {
-            NodePortAddress::Primary => node.ips.iter().map(|ip| IpNet::from(*ip)).collect(),
-            NodePortAddress::Cidr(net) => vec![*net],
+            NodePortAddress::Primary => {
+                named.extend([Family::Ip, Family::Ip6]);
+                node.ips.iter().map(|ip| IpNet::from(*ip)).collect()
+            }
+            NodePortAddress::Cidr(net) => {
+                named.insert(Family::of_net(net));
+                vec![*net]
+            }
         };
         for net in nets {
             // NodePorts are never served on localhost (kube-proxy logs and ignores these).
             if Family::of_net(&net).loopback().contains(&net) {
-                diags.push(Diagnostic::new(
-                    "Config",
-                    "",
-                    "nodeport-addresses",
-                    format!("[{i}]"),
-                    format!("{net} is loopback, where NodePorts are not served; skipped"),
-                ));
+                loopback.push((i, net));
                 continue;
             }
             out.insert(net);
         }
     }
+    for (i, net) in loopback {
+        let family = Family::of_net(&net);
+        let left = if out.iter().any(|n| Family::of_net(n) == family) {
+            String::new()
+        } else {
+            // kube-proxy's nftables mode ends up the same way: its nodeport-ips set is empty.
+            format!(
+                "; no other {} entry, so no {} address serves NodePorts",
+                family_name(family),
+                family_name(family)
+            )
+        };
+        diags.push(Diagnostic::new(
+            "Config",
+            "",
+            "nodeport-addresses",
+            format!("[{i}]"),
+            format!("{net} is loopback, where NodePorts are not served; skipped{left}"),
+        ));
+    }
+    for family in [Family::Ip, Family::Ip6] {
+        if !named.contains(&family) {
+            let any: IpAddr = match family {
+                Family::Ip => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                Family::Ip6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            };
+            out.insert(IpNet::new(any, 0).expect("a zero-length prefix is valid"));
+        }
+    }
     out.into_iter().collect()
+}
+
+/// `IPv4` / `IPv6`, for messages.
+pub(super) fn family_name(family: Family) -> &'static str {
+    match family {
+        Family::Ip => "IPv4",
+        Family::Ip6 => "IPv6",
+    }
 }
 
 /// The prefixes of every ServiceCIDR object.

@@ -126,6 +126,11 @@ fn fields(diags: &[Diagnostic]) -> Vec<String> {
         .collect()
 }
 
+/// The diagnostics about objects of `kind` only.
+fn of_kind(diags: &[Diagnostic], kind: &str) -> Vec<Diagnostic> {
+    diags.iter().filter(|d| d.kind == kind).cloned().collect()
+}
+
 fn no_diags(diags: &[Diagnostic]) {
     assert!(diags.is_empty(), "{:#?}", fields(diags));
 }
@@ -713,8 +718,9 @@ fn load_balancer_ingress_ip_modes() {
         ips(&only_service(&graph).lb_ips),
         ["203.0.113.10", "203.0.113.11"]
     );
+    // (No node IP either: the NodePort not served is a `Config` diagnostic.)
     assert_eq!(
-        fields(&diags),
+        fields(&of_kind(&diags, "Service")),
         [r#"Service ns/lb status.loadBalancer.ingress[4].ip: invalid IP address "bogus"; skipped"#]
     );
 }
@@ -744,7 +750,7 @@ fn source_ranges_are_trimmed_and_bare_ips_are_single_addresses() {
         .collect();
     assert_eq!(ranges, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/64"]);
     assert_eq!(
-        fields(&diags),
+        fields(&of_kind(&diags, "Service")),
         [r#"Service ns/lb spec.loadBalancerSourceRanges[3]: invalid CIDR "nope/1"; skipped"#]
     );
 }
@@ -961,6 +967,89 @@ fn nodeport_addresses_drop_loopback() {
             "Config /nodeport-addresses [2]: 127.0.0.0/16 is loopback, where NodePorts are not served; skipped",
         ]
     );
+}
+
+fn nodeport_nets(graph: &Graph) -> Vec<String> {
+    graph
+        .nodeport_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn cidr(text: &str) -> NodePortAddress {
+    NodePortAddress::Cidr(text.parse().expect("net"))
+}
+
+/// A dual-stack NodePort Service, so that a family without NodePort addresses is noticed.
+fn dual_stack_node_port() -> Value {
+    svc(
+        "np",
+        json!({"type": "NodePort", "clusterIPs": ["10.96.0.7", "fd00:96::7"],
+               "ports": [{"port": 80, "nodePort": 30080}]}),
+    )
+}
+
+#[test]
+fn a_family_named_only_by_loopback_serves_no_node_port() {
+    // Whether a family matches every address is decided by what was written, not by what
+    // survives filtering: IPv4 was named (by loopback only), IPv6 was not.
+    let config = Config {
+        nodeport_addresses: vec![cidr("127.0.0.0/8")],
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![dual_stack_node_port()], &config);
+    assert_eq!(nodeport_nets(&graph), ["::/0"]);
+    assert_eq!(
+        fields(&diags),
+        [
+            "Config /nodeport-addresses IPv4: no IPv4 address of this node is selected (the IPv4 \
+             entries are loopback, or `primary` and the node has no IPv4 address), so IPv4 \
+             NodePorts are not served: ns/np 30080/tcp",
+            "Config /nodeport-addresses [0]: 127.0.0.0/8 is loopback, where NodePorts are not \
+             served; skipped; no other IPv4 entry, so no IPv4 address serves NodePorts",
+        ]
+    );
+
+    let config = Config {
+        nodeport_addresses: vec![cidr("::1/128")],
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![dual_stack_node_port()], &config);
+    assert_eq!(nodeport_nets(&graph), ["0.0.0.0/0"]);
+    assert_eq!(diags.len(), 2, "{:#?}", fields(&diags));
+    assert!(diags[0]
+        .message
+        .contains("IPv6 NodePorts are not served: ns/np"));
+}
+
+#[test]
+fn primary_names_both_families_even_without_an_address_of_one() {
+    // node-a has an IPv4 InternalIP only: `primary` serves IPv4 on it and IPv6 nowhere.
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+                      "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}});
+    let (graph, diags) = run_with(vec![node, dual_stack_node_port()], &node_config("node-a"));
+    assert_eq!(nodeport_nets(&graph), ["192.168.0.10/32"]);
+    assert_eq!(
+        fields(&diags),
+        [
+            "Config /nodeport-addresses IPv6: no IPv6 address of this node is selected (the IPv6 \
+          entries are loopback, or `primary` and the node has no IPv6 address), so IPv6 \
+          NodePorts are not served: ns/np 30080/tcp"
+        ]
+    );
+    // No node at all: no NodePort anywhere (never every address).
+    let (graph, diags) = run(vec![dual_stack_node_port()]);
+    assert_eq!(nodeport_nets(&graph), Vec::<String>::new());
+    assert_eq!(diags.len(), 2, "{:#?}", fields(&diags));
+    // Explicit CIDRs of one family leave the other family matching everything.
+    let config = Config {
+        nodeport_addresses: vec![cidr("192.168.0.0/16")],
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![dual_stack_node_port()], &config);
+    assert_eq!(nodeport_nets(&graph), ["192.168.0.0/16", "::/0"]);
+    no_diags(&diags);
 }
 
 #[test]
