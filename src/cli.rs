@@ -146,9 +146,18 @@ pub(crate) struct TraceArgs {
     pub(crate) node: NodeArgs,
     /// Where the packet comes from.
     ///
-    /// Default: `host` when the source address is one of the node's IPs, else `outside`.
+    /// Default: `host` when the source address is one of the node's own addresses (see
+    /// `--local-ip`) or loopback, else `outside`.
     #[arg(long, value_enum, value_name = "ORIGIN")]
     pub(crate) from: Option<PacketOrigin>,
+    /// Another address of this node (comma-separated or repeated): the tracer's `fib … type
+    /// local` is true for it, as the kernel's is for every address the node holds.
+    ///
+    /// Every InternalIP and ExternalIP of the Node object and `--node-ip` already count; this
+    /// adds the ones the Node object does not list (a secondary address inside
+    /// `--nodeport-addresses`, say).
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    pub(crate) local_ip: Vec<IpAddr>,
     /// The packet: `PROTO SRC:PORT -> DST:PORT`, e.g. 'tcp 192.0.2.2:40000 -> 10.96.0.10:80'
     /// (IPv6 addresses in brackets: '[2001:db8::2]:40000').
     #[arg(value_name = "PACKET")]

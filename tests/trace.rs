@@ -21,6 +21,11 @@ fn args_of(case: &Path) -> Vec<String> {
 
 /// Traces `packet` (sent `from` outside, pod or host) through the ruleset of `case`.
 fn trace(case: &str, from: &str, packet: &str) -> String {
+    trace_with(case, &[], from, packet)
+}
+
+/// [`trace`] with more `kube-nft trace` flags after the case's own.
+fn trace_with(case: &str, extra: &[&str], from: &str, packet: &str) -> String {
     let case = PathBuf::from("testdata/compile").join(format!("{case}.yaml"));
     let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
         .current_dir(repo_root())
@@ -28,6 +33,7 @@ fn trace(case: &str, from: &str, packet: &str) -> String {
         .arg("-f")
         .arg(&case)
         .args(args_of(&case))
+        .args(extra)
         .args(["--from", from, packet])
         .output()
         .expect("run kube-nft trace");
@@ -48,6 +54,32 @@ fn trace(case: &str, from: &str, packet: &str) -> String {
 
 fn check(case: &str, from: &str, packet: &str, expect: Expect) {
     expect.assert_eq(&trace(case, from, packet));
+}
+
+fn check_with(case: &str, extra: &[&str], from: &str, packet: &str, expect: Expect) {
+    expect.assert_eq(&trace_with(case, extra, from, packet));
+}
+
+/// The first line `kube-nft trace` prints (packet and origin), `--from` left to its default.
+fn trace_header(case: &str, extra: &[&str], packet: &str) -> String {
+    let case = PathBuf::from("testdata/compile").join(format!("{case}.yaml"));
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
+        .current_dir(repo_root())
+        .arg("trace")
+        .arg("-f")
+        .arg(&case)
+        .args(args_of(&case))
+        .args(extra)
+        .arg(packet)
+        .output()
+        .expect("run kube-nft trace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    stdout.lines().next().unwrap_or_default().to_owned()
 }
 
 // --- 1. ClusterIP, protocols, ports ---------------------------------------------------------
@@ -387,6 +419,92 @@ fn nodeport_family_named_only_by_loopback_is_served_nowhere() {
         expect![[r#"
             1/2  dnat 10.0.1.221:8080  masquerade
             1/2  dnat 10.0.2.221:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn primary_serves_no_node_port_in_a_family_the_node_object_has_no_address_of() {
+    // The machine holds 2001:db8::2 (`--local-ip`), but the Node object lists no IPv6
+    // address: `primary` selects nothing in IPv6, so the NodePort is not ours there.
+    check_with(
+        "nodeport/primary-without-ipv6-node-ip",
+        &["--local-ip", "2001:db8::2"],
+        "outside",
+        "tcp [2001:db8:1::9]:40000 -> [2001:db8::2]:30100",
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/primary-without-ipv6-node-ip",
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30100"),
+        expect![[r#"
+            1/2  dnat 10.0.1.221:8080  masquerade
+            1/2  dnat 10.0.2.221:8080  masquerade"#]],
+    );
+    // And the other way round: an IPv6-only Node object.
+    check_with(
+        "nodeport/primary-without-ipv4-node-ip",
+        &["--local-ip", NODE],
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30100"),
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/primary-without-ipv4-node-ip",
+        "outside",
+        "tcp [2001:db8:1::9]:40000 -> [2001:db8::2]:30100",
+        expect![[r#"
+            1/2  dnat [fd00:10::1:dd]:8080  masquerade
+            1/2  dnat [fd00:10::2:dd]:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn nodeport_on_every_address_of_the_node_object_inside_nodeport_addresses() {
+    // A secondary InternalIP inside --nodeport-addresses is local and serves the NodePort.
+    check(
+        "node/several-addresses",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 192.168.1.2:30081",
+        expect![[r#"
+            1/2  dnat 10.0.1.101:8080  masquerade
+            1/2  dnat 10.0.2.101:8080  masquerade"#]],
+    );
+    // The ExternalIP is local too, but outside the prefix.
+    check(
+        "node/several-addresses",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 198.51.100.2:30081",
+        expect!["1  accept (not a service)"],
+    );
+    // The node sending from a secondary address is `host` without --from.
+    assert_eq!(
+        trace_header(
+            "node/several-addresses",
+            &[],
+            "tcp 192.168.1.2:40000 -> 172.30.4.11:80"
+        ),
+        "tcp 192.168.1.2:40000 -> 172.30.4.11:80 (from this host)"
+    );
+}
+
+#[test]
+fn local_ip_adds_an_address_the_node_object_does_not_list() {
+    let packet = "tcp 203.0.113.2:40000 -> 192.168.7.7:30081";
+    check(
+        "nodeport/nodeport-addresses-cidr",
+        "outside",
+        packet,
+        expect!["1  accept (not a service)"],
+    );
+    check_with(
+        "nodeport/nodeport-addresses-cidr",
+        &["--local-ip", "192.168.7.7"],
+        "outside",
+        packet,
+        expect![[r#"
+            1/2  dnat 10.0.1.101:8080  masquerade
+            1/2  dnat 10.0.2.101:8080  masquerade"#]],
     );
 }
 

@@ -35,6 +35,10 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// Primary node IPs, at most one per family (from `--node-ip` or the Node's InternalIPs).
     pub ips: Vec<IpAddr>,
+    /// Every address the node is known to own, sorted: the primary IPs and every InternalIP
+    /// and ExternalIP of the Node object. (`trace` counts them as local; the kernel's `fib`
+    /// knows the real list.)
+    pub addresses: Vec<IpAddr>,
 }
 
 impl NodeInfo {

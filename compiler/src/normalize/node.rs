@@ -73,7 +73,33 @@ pub(super) fn node_info(
     }
     ips.sort();
 
-    NodeInfo { name, zone, ips }
+    let mut addresses: BTreeSet<IpAddr> = ips.iter().copied().collect();
+    if let Some(node) = node {
+        let obj = Obj::cluster("Node", &node.metadata);
+        let listed = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+        for (i, address) in listed.into_iter().flatten().enumerate() {
+            if !matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
+                continue;
+            }
+            match parse_ip(&address.address) {
+                Some(ip) => {
+                    addresses.insert(ip.value);
+                }
+                None => diags.push(obj.diag(
+                    format!("status.addresses[{i}].address"),
+                    "invalid IP address; skipped",
+                )),
+            }
+        }
+    }
+    let addresses = addresses.into_iter().collect();
+
+    NodeInfo {
+        name,
+        zone,
+        ips,
+        addresses,
+    }
 }
 
 fn push_first_of_family(ips: &mut Vec<IpAddr>, ip: IpAddr) {

@@ -920,6 +920,31 @@ fn node_info_from_the_node_object() {
 }
 
 #[test]
+fn node_addresses_are_every_internal_and_external_ip() {
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+                      "status": {"addresses": [
+                          {"type": "Hostname", "address": "node-a"},
+                          {"type": "ExternalIP", "address": "198.51.100.2"},
+                          {"type": "InternalIP", "address": "192.168.1.2"},
+                          {"type": "InternalIP", "address": "192.168.0.2"},
+                          {"type": "ExternalIP", "address": "bogus"}]}});
+    let config = Config {
+        node_ips: vec!["10.9.9.9".parse().expect("ip")],
+        ..node_config("node-a")
+    };
+    let (graph, diags) = run_with(vec![node], &config);
+    assert_eq!(ips(&graph.node.ips), ["10.9.9.9"]);
+    assert_eq!(
+        ips(&graph.node.addresses),
+        ["10.9.9.9", "192.168.0.2", "192.168.1.2", "198.51.100.2"]
+    );
+    assert_eq!(
+        fields(&diags),
+        ["Node /node-a status.addresses[4].address: invalid IP address; skipped"]
+    );
+}
+
+#[test]
 fn node_ips_from_config_win_and_missing_node_is_reported() {
     let config = Config {
         hostname: Some("ghost".to_owned()),

@@ -163,10 +163,10 @@ impl Default for Env {
 }
 
 impl Env {
-    /// The node as the compiler saw it: its primary node IPs.
+    /// The node as the compiler saw it: every address of its Node object and `--node-ip`.
     pub fn from_graph(graph: &Graph) -> Env {
         Env {
-            local_addrs: graph.node.ips.clone(),
+            local_addrs: graph.node.addresses.clone(),
             ..Env::default()
         }
     }

@@ -1126,16 +1126,19 @@ fn rejects_malformed_packets() {
 }
 
 #[test]
-fn env_from_graph_uses_the_node_ips() {
+fn env_from_graph_uses_every_node_address() {
     let graph = Graph {
         node: NodeInfo {
             ips: vec![ip("192.168.0.2"), ip("2001:db8::1")],
+            addresses: vec![ip("192.168.0.2"), ip("192.168.1.2"), ip("2001:db8::1")],
             ..NodeInfo::default()
         },
         ..Graph::default()
     };
     let env = Env::from_graph(&graph);
     assert!(env.is_local(ip("2001:db8::1")));
+    // A secondary address of the Node object is local too, not only the primary IPs.
+    assert!(env.is_local(ip("192.168.1.2")));
     assert!(env.is_local(ip("127.0.0.53")));
     assert!(env.is_local(ip("::1")));
     assert!(!env.is_local(ip("192.168.0.3")));
