@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use kube_nft_compiler::config::{self, NodePortAddress};
+use kube_nft_compiler::config::{self, LocalMode, NodePortAddress};
 
 /// The exit codes, shown at the end of every `--help`.
 macro_rules! exit_codes {
@@ -107,8 +107,8 @@ pub(crate) struct DemoArgs {
     #[arg(short = 'f', long = "filename", value_name = "PATH")]
     pub(crate) path: Option<PathBuf>,
     /// Node options as for `compile`. Without `--hostname-override` the first Node (by name)
-    /// is this node; without `--cluster-cidr` this node's `podCIDRs` are the pod range (like
-    /// kube-proxy's `--detect-local-mode=NodeCIDR`).
+    /// is this node; without `--cluster-cidr` (and another `--detect-local-mode`) the mode is
+    /// `NodeCIDR`: this node's `podCIDRs` are its pods.
     #[command(flatten)]
     pub(crate) node: NodeArgs,
 }
@@ -169,7 +169,7 @@ pub(crate) struct TraceArgs {
 pub(crate) enum PacketOrigin {
     /// Arrives on a node interface from another machine (prerouting).
     Outside,
-    /// Sent by a pod on this node (prerouting, source in --cluster-cidr).
+    /// Sent by a pod on this node (prerouting, on a pod interface; give it a pod's address).
     Pod,
     /// Sent by a process in the host network namespace (output).
     Host,
@@ -224,6 +224,27 @@ pub(crate) struct NodeArgs {
     /// kube-proxy `--masquerade-all` / `nftables.masqueradeAll`.
     #[arg(long)]
     pub(crate) masquerade_all: bool,
+    /// How traffic from this node's pods is recognised: `ClusterCIDR`, `NodeCIDR`,
+    /// `BridgeInterface` or `InterfaceNamePrefix`.
+    ///
+    /// Default `ClusterCIDR` (the source is in `--cluster-cidr`). `NodeCIDR`: in this Node's
+    /// `spec.podCIDRs`. `BridgeInterface`: it arrives on `--pod-bridge-interface`.
+    /// `InterfaceNamePrefix`: on an interface named `--pod-interface-name-prefix`*. ClusterIP
+    /// traffic that is not from a pod is masqueraded; a family without a detector (no CIDR of
+    /// it) masquerades none. kube-proxy `--detect-local-mode` / `detectLocalMode`.
+    #[arg(long, value_name = "MODE", value_parser = parse_local_mode)]
+    pub(crate) detect_local_mode: Option<LocalMode>,
+    /// The bridge pods hang off, for `--detect-local-mode BridgeInterface` (e.g. `cbr0`).
+    ///
+    /// kube-proxy `--pod-bridge-interface` / `detectLocal.bridgeInterface`.
+    #[arg(long, value_name = "NAME", value_parser = parse_interface_name)]
+    pub(crate) pod_bridge_interface: Option<String>,
+    /// The name prefix of pods' host-side interfaces, for `--detect-local-mode
+    /// InterfaceNamePrefix` (e.g. `veth`, `cali`).
+    ///
+    /// kube-proxy `--pod-interface-name-prefix` / `detectLocal.interfaceNamePrefix`.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_interface_prefix)]
+    pub(crate) pod_interface_name_prefix: Option<String>,
     /// Only handle Services labelled `service.kubernetes.io/service-proxy-name=NAME`.
     ///
     /// Without it, only Services without that label are handled, as kube-proxy does.
@@ -232,7 +253,9 @@ pub(crate) struct NodeArgs {
     /// A kube-proxy `KubeProxyConfiguration` file (kubeproxy.config.k8s.io/v1alpha1).
     ///
     /// Read: hostnameOverride, bindAddress, clusterCIDR, nodePortAddresses,
-    /// nftables.masqueradeAll, nftables.masqueradeBit, mode (must be `nftables` or empty).
+    /// nftables.masqueradeAll, nftables.masqueradeBit, detectLocalMode,
+    /// detectLocal.bridgeInterface, detectLocal.interfaceNamePrefix, mode (must be `nftables`
+    /// or empty).
     /// Unknown fields are ignored with a warning. Flags on the command line win over the file.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
@@ -244,6 +267,18 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
 
 fn parse_node_port_address(text: &str) -> Result<NodePortAddress, String> {
     text.parse()
+}
+
+fn parse_local_mode(text: &str) -> Result<LocalMode, String> {
+    text.parse()
+}
+
+fn parse_interface_name(text: &str) -> Result<String, String> {
+    config::parse_interface_name(text)
+}
+
+fn parse_interface_prefix(text: &str) -> Result<String, String> {
+    config::parse_interface_prefix(text)
 }
 
 #[cfg(test)]

@@ -753,6 +753,114 @@ fn hairpin_is_masqueraded_only_when_the_endpoint_reaches_itself() {
     );
 }
 
+// --- 9b. Local-traffic detection (--detect-local-mode) -------------------------------------------
+
+/// The two endpoints of `shop/web` in the detect-local goldens, not masqueraded / masqueraded.
+const BOTH: &str = "1/2  dnat 10.0.1.221:8080\n1/2  dnat 10.0.2.221:8080";
+const BOTH_MASQUERADED: &str =
+    "1/2  dnat 10.0.1.221:8080  masquerade\n1/2  dnat 10.0.2.221:8080  masquerade";
+
+#[test]
+fn node_cidr_trusts_only_this_nodes_pod_cidr() {
+    let case = "masquerade/detect-node-cidr";
+    // A pod of node-a (10.0.1.0/24) keeps its address; a pod of node-b routed through node-a
+    // is inside --cluster-cidr but not node-a's podCIDR: masqueraded.
+    assert_eq!(
+        trace(case, "pod", "tcp 10.0.1.99:40000 -> 172.30.10.11:80"),
+        BOTH
+    );
+    assert_eq!(
+        trace(case, "outside", "tcp 10.0.2.99:40000 -> 172.30.10.11:80"),
+        BOTH_MASQUERADED
+    );
+    assert_eq!(
+        trace(
+            case,
+            "pod",
+            "tcp [fd00:10::1:99]:40000 -> [fd00:10:96::b]:80"
+        ),
+        "1/2  dnat [fd00:10::1:dd]:8080\n1/2  dnat [fd00:10::2:dd]:8080"
+    );
+    // eTP Local: this node's pods short-circuit to every endpoint; node-b's pod is external
+    // traffic and gets the local endpoint with its own address.
+    assert_eq!(
+        trace(case, "pod", "tcp 10.0.1.99:40000 -> 192.168.0.2:30100"),
+        BOTH
+    );
+    check(
+        case,
+        "outside",
+        "tcp 10.0.2.99:40000 -> 192.168.0.2:30100",
+        expect!["1  dnat 10.0.1.221:8080"],
+    );
+}
+
+#[test]
+fn node_cidr_without_pod_cidrs_has_no_detector() {
+    let case = "masquerade/detect-node-cidr-without-pod-cidr";
+    // As kube-proxy without a detector: nothing is masqueraded for being "not from a pod"…
+    assert_eq!(
+        trace(case, "outside", "tcp 203.0.113.2:40000 -> 172.30.10.11:80"),
+        BOTH
+    );
+    // …and pods reach the eTP Local NodePort through the local endpoint only.
+    check(
+        case,
+        "pod",
+        "tcp 10.0.1.99:40000 -> 192.168.0.2:30100",
+        expect!["1  dnat 10.0.1.221:8080"],
+    );
+}
+
+#[test]
+fn interface_modes_trust_the_interface_not_the_address() {
+    for case in [
+        "masquerade/detect-bridge-interface",
+        "masquerade/detect-interface-name-prefix",
+        "config/detect-local-config",
+    ] {
+        // From a pod interface: kept, whatever the address.
+        assert_eq!(
+            trace(case, "pod", "tcp 10.0.1.99:40000 -> 172.30.10.11:80"),
+            BOTH,
+            "{case}"
+        );
+        assert_eq!(
+            trace(case, "pod", "tcp 198.18.0.9:40000 -> 172.30.10.11:80"),
+            BOTH,
+            "{case}"
+        );
+        // A pod-range address arriving from elsewhere, and the node itself: masqueraded.
+        assert_eq!(
+            trace(case, "outside", "tcp 10.0.1.99:40000 -> 172.30.10.11:80"),
+            BOTH_MASQUERADED,
+            "{case}"
+        );
+        assert_eq!(
+            trace(case, "host", "tcp 192.168.0.2:40000 -> 172.30.10.11:80"),
+            BOTH_MASQUERADED,
+            "{case}"
+        );
+        // Both families alike.
+        assert_eq!(
+            trace(case, "outside", "tcp [fd00:10::1:99]:40000 -> [fd00:10:96::b]:80"),
+            "1/2  dnat [fd00:10::1:dd]:8080  masquerade\n1/2  dnat [fd00:10::2:dd]:8080  masquerade",
+            "{case}"
+        );
+        // eTP Local: pods short-circuit to every endpoint, the outside gets the local one.
+        assert_eq!(
+            trace(case, "pod", "tcp 10.0.1.99:40000 -> 192.168.0.2:30100"),
+            BOTH,
+            "{case}"
+        );
+        assert_eq!(
+            trace(case, "outside", "tcp 10.0.1.99:40000 -> 192.168.0.2:30100"),
+            "1  dnat 10.0.1.221:8080",
+            "{case}"
+        );
+    }
+}
+
 // --- 10. Skipped services ------------------------------------------------------------------------
 
 #[test]

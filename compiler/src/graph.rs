@@ -22,6 +22,11 @@ pub struct Graph {
     pub nodeport_addresses: Vec<IpNet>,
     /// Prefixes of known ServiceCIDR objects (traffic to unallocated IPs in them is dropped).
     pub service_cidrs: Vec<IpNet>,
+    /// The local-traffic detector of each family that has one, in family order. A family
+    /// without one has no detector, which kube-proxy handles by never masquerading ClusterIP
+    /// traffic for being "not from a pod" and by not short-circuiting pods to
+    /// `externalTrafficPolicy: Local` Services.
+    pub local_detectors: Vec<(Family, LocalDetector)>,
     /// Services with at least one port to program, sorted by (namespace, name).
     pub services: Vec<Service>,
 }
@@ -39,6 +44,45 @@ pub struct NodeInfo {
     /// and ExternalIP of the Node object. (`trace` counts them as local; the kernel's `fib`
     /// knows the real list.)
     pub addresses: Vec<IpAddr>,
+    /// The Node's `spec.podCIDRs` (or the older `spec.podCIDR`), in the order written.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+impl Graph {
+    /// The local-traffic detector of a family, if it has one.
+    pub fn local_detector(&self, family: Family) -> Option<&LocalDetector> {
+        self.local_detectors
+            .iter()
+            .find(|(f, _)| *f == family)
+            .map(|(_, d)| d)
+    }
+}
+
+/// kube-proxy's local-traffic detector in one family (`--detect-local-mode`): what makes a
+/// packet "from a pod on this node", one variant per mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalDetector {
+    /// `ClusterCIDR`: the source is inside the family's first `--cluster-cidr`.
+    ClusterCidr(IpNet),
+    /// `NodeCIDR`: the source is inside the family's first pod CIDR of this Node.
+    NodeCidr(IpNet),
+    /// `BridgeInterface`: the packet arrives on this interface (`iifname "cbr0"`).
+    Interface(String),
+    /// `InterfaceNamePrefix`: the packet arrives on an interface whose name starts with this
+    /// (`iifname "veth*"`).
+    InterfacePrefix(String),
+}
+
+impl LocalDetector {
+    /// Whether a packet that arrives on interface `name` counts as a pod's, for the interface
+    /// detectors (`None` for the address ones).
+    pub fn matches_interface(&self, name: &str) -> Option<bool> {
+        match self {
+            LocalDetector::Interface(iface) => Some(name == iface),
+            LocalDetector::InterfacePrefix(prefix) => Some(name.starts_with(prefix.as_str())),
+            LocalDetector::ClusterCidr(_) | LocalDetector::NodeCidr(_) => None,
+        }
+    }
 }
 
 impl NodeInfo {

@@ -89,6 +89,26 @@ fn node_config(node: &NodeArgs) -> anyhow::Result<Config> {
     if let Some(name) = &node.service_proxy_name {
         config.service_proxy_name = Some(name.clone());
     }
+    if let Some(mode) = node.detect_local_mode {
+        config.detect_local_mode = mode;
+    }
+    if let Some(name) = &node.pod_bridge_interface {
+        config.pod_bridge_interface = Some(name.clone());
+    }
+    if let Some(prefix) = &node.pod_interface_name_prefix {
+        config.pod_interface_name_prefix = Some(prefix.clone());
+    }
+    // What kube-proxy refuses to start with: a usage error when the flags chose the mode or
+    // the interface, else the config file's.
+    if let Err(message) = config.check() {
+        let flags = node.detect_local_mode.is_some()
+            || node.pod_bridge_interface.is_some()
+            || node.pod_interface_name_prefix.is_some();
+        match &node.config {
+            Some(path) if !flags => bail!("config file {}: {message}", path.display()),
+            _ => bail!(UsageError(message)),
+        }
+    }
     Ok(config)
 }
 

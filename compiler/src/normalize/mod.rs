@@ -6,6 +6,7 @@
 
 mod address;
 mod conflicts;
+mod detect;
 mod endpoints;
 mod node;
 mod service;
@@ -27,6 +28,7 @@ pub fn normalize(snapshot: &Snapshot, config: &Config) -> (Graph, Vec<Diagnostic
     let mut diags = Vec::new();
     let node = node::node_info(snapshot, config, &mut diags);
     let nodeport_addresses = node::nodeport_addresses(&node, config, &mut diags);
+    let local_detectors = detect::local_detectors(&node, config, &mut diags);
     let service_cidrs = node::service_cidrs(snapshot, &mut diags);
     let index = endpoints::Index::new(snapshot, &mut diags);
 
@@ -48,6 +50,7 @@ pub fn normalize(snapshot: &Snapshot, config: &Config) -> (Graph, Vec<Diagnostic
         node,
         nodeport_addresses,
         service_cidrs,
+        local_detectors,
         services,
     };
     diags.extend(conflicts::check(&graph));

@@ -94,11 +94,46 @@ pub(super) fn node_info(
     }
     let addresses = addresses.into_iter().collect();
 
+    // `spec.podCIDRs`, or the older single `spec.podCIDR` (what kube-proxy's NodeCIDR detector
+    // reads); order matters, the first of each family is the one used.
+    let mut pod_cidrs = Vec::new();
+    if let Some(node) = node {
+        let obj = Obj::cluster("Node", &node.metadata);
+        let spec = node.spec.as_ref();
+        let (texts, field): (Vec<&String>, &str) = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+            Some(list) if !list.is_empty() => (list.iter().collect(), "spec.podCIDRs"),
+            _ => (
+                spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+                "spec.podCIDR",
+            ),
+        };
+        for (i, text) in texts.into_iter().enumerate() {
+            let field = if field == "spec.podCIDRs" {
+                format!("{field}[{i}]")
+            } else {
+                field.to_owned()
+            };
+            match parse_cidr(text, false) {
+                Some(net) => {
+                    if net.sloppy {
+                        diags.push(obj.diag(
+                            &field,
+                            format!("leading zeros in IPv4 prefix; read as {}", net.value),
+                        ));
+                    }
+                    pod_cidrs.push(net.value);
+                }
+                None => diags.push(obj.diag(field, format!("invalid CIDR {text:?}; skipped"))),
+            }
+        }
+    }
+
     NodeInfo {
         name,
         zone,
         ips,
         addresses,
+        pod_cidrs,
     }
 }
 

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use serde_json::{json, Value};
 
 use super::normalize;
-use crate::config::NodePortAddress;
-use crate::graph::{Backend, Graph, Scheduler, Service, ServicePort};
-use crate::ir::L4Proto;
+use crate::config::{LocalMode, NodePortAddress};
+use crate::graph::{Backend, Graph, LocalDetector, Scheduler, Service, ServicePort};
+use crate::ir::{Family, L4Proto};
 use crate::model::Snapshot;
 use crate::{Config, Diagnostic};
 
@@ -1075,6 +1075,130 @@ fn primary_names_both_families_even_without_an_address_of_one() {
     let (graph, diags) = run_with(vec![dual_stack_node_port()], &config);
     assert_eq!(nodeport_nets(&graph), ["192.168.0.0/16", "::/0"]);
     no_diags(&diags);
+}
+
+fn pod_cidr_node(spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}, "spec": spec})
+}
+
+fn detectors(graph: &Graph) -> Vec<String> {
+    graph
+        .local_detectors
+        .iter()
+        .map(|(family, d)| format!("{family} {d:?}"))
+        .collect()
+}
+
+#[test]
+fn cluster_cidr_detector_is_the_first_cluster_cidr_of_each_family() {
+    let config = Config {
+        cluster_cidrs: vec![
+            "10.0.0.0/16".parse().expect("net"),
+            "10.1.0.0/16".parse().expect("net"),
+            "fd00:10::/64".parse().expect("net"),
+        ],
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![], &config);
+    no_diags(&diags);
+    assert_eq!(
+        detectors(&graph),
+        [
+            "ip ClusterCidr(10.0.0.0/16)",
+            "ip6 ClusterCidr(fd00:10::/64)"
+        ]
+    );
+    // No --cluster-cidr: no detector, silently (kube-proxy only logs it).
+    let (graph, diags) = run(vec![]);
+    no_diags(&diags);
+    assert!(graph.local_detectors.is_empty());
+}
+
+#[test]
+fn node_cidr_detector_is_the_first_pod_cidr_of_each_family() {
+    let config = Config {
+        detect_local_mode: LocalMode::NodeCidr,
+        cluster_cidrs: vec!["10.0.0.0/8".parse().expect("net")],
+        ..node_config("node-a")
+    };
+    let node = pod_cidr_node(json!({"podCIDR": "10.0.1.0/24",
+        "podCIDRs": ["10.0.1.0/24", "fd00:10:1::/64", "10.0.9.0/24", "nope"]}));
+    let (graph, diags) = run_with(vec![node], &config);
+    assert_eq!(
+        detectors(&graph),
+        ["ip NodeCidr(10.0.1.0/24)", "ip6 NodeCidr(fd00:10:1::/64)"]
+    );
+    assert_eq!(
+        fields(&diags),
+        [r#"Node /node-a spec.podCIDRs[3]: invalid CIDR "nope"; skipped"#]
+    );
+    // The older single field when the list is empty; a single-stack node is no news.
+    let node = pod_cidr_node(json!({"podCIDR": "010.0.1.0/24"}));
+    let (graph, diags) = run_with(vec![node], &config);
+    assert_eq!(detectors(&graph), ["ip NodeCidr(10.0.1.0/24)"]);
+    assert_eq!(
+        fields(&diags),
+        ["Node /node-a spec.podCIDR: leading zeros in IPv4 prefix; read as 10.0.1.0/24"]
+    );
+    // None at all: no detector, and the operator is told what that means.
+    let (graph, diags) = run_with(vec![pod_cidr_node(json!({}))], &config);
+    assert!(graph.local_detectors.is_empty());
+    assert_eq!(
+        fields(&diags),
+        ["Node /node-a spec.podCIDRs: no pod CIDR, which --detect-local-mode NodeCIDR needs: no \
+          local-traffic detector, so ClusterIP traffic is not masqueraded for coming from \
+          outside the pods, and pods reach externalTrafficPolicy: Local Services through local \
+          endpoints only (as kube-proxy without a detector)"]
+    );
+}
+
+#[test]
+fn interface_detectors_serve_both_families() {
+    let config = Config {
+        detect_local_mode: LocalMode::BridgeInterface,
+        pod_bridge_interface: Some("cbr0".into()),
+        pod_interface_name_prefix: Some("unused".into()),
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![], &config);
+    no_diags(&diags);
+    assert_eq!(
+        detectors(&graph),
+        [r#"ip Interface("cbr0")"#, r#"ip6 Interface("cbr0")"#]
+    );
+    assert_eq!(
+        graph.local_detector(Family::Ip6),
+        Some(&LocalDetector::Interface("cbr0".into()))
+    );
+    let config = Config {
+        detect_local_mode: LocalMode::InterfaceNamePrefix,
+        pod_interface_name_prefix: Some("veth".into()),
+        ..Config::default()
+    };
+    let (graph, _) = run_with(vec![], &config);
+    assert_eq!(
+        detectors(&graph),
+        [
+            r#"ip InterfacePrefix("veth")"#,
+            r#"ip6 InterfacePrefix("veth")"#
+        ]
+    );
+    // What `Config::check` refuses degrades here to no detector and a diagnostic.
+    let config = Config {
+        detect_local_mode: LocalMode::InterfaceNamePrefix,
+        pod_interface_name_prefix: Some("ve th".into()),
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![], &config);
+    assert!(graph.local_detectors.is_empty());
+    assert_eq!(diags.len(), 1);
+    assert!(
+        fields(&diags)[0].starts_with(
+            r#"Config /detect-local-mode pod-interface-name-prefix: "ve th" contains ' ': no local-traffic detector"#
+        ),
+        "{:?}",
+        fields(&diags)
+    );
 }
 
 #[test]
