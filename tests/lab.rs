@@ -83,8 +83,19 @@ impl Scene {
         Some(Scene { lab, snapshot })
     }
 
-    /// `kube-nft compile -f FILE FLAGS… EXTRA…` inside node-a; panics unless it succeeds.
+    /// `kube-nft compile -f FILE FLAGS… EXTRA…` inside node-a; panics unless it succeeds
+    /// without a warning.
     fn program(&self, file: &Path, extra: &[&str]) -> String {
+        let stderr = self.program_with_warnings(file, extra);
+        assert!(
+            !stderr.contains("warning"),
+            "unexpected warnings:\n{stderr}"
+        );
+        stderr
+    }
+
+    /// [`Scene::program`] for input that has diagnostics: returns stderr, warnings included.
+    fn program_with_warnings(&self, file: &Path, extra: &[&str]) -> String {
         let out = self
             .lab
             .command("node-a", env!("CARGO_BIN_EXE_kube-nft"))
@@ -100,10 +111,6 @@ impl Scene {
         assert!(
             out.status.success(),
             "kube-nft compile -f failed:\n{stderr}"
-        );
-        assert!(
-            !stderr.contains("warning"),
-            "unexpected warnings:\n{stderr}"
         );
         stderr
     }
@@ -674,6 +681,43 @@ fn detect_local_bridge_interface_trusts_the_pod_bridge() {
     let r = s.replies("hairpin-a1", tcp("172.30.0.21:80"), 5);
     assert_eq!(hosts(&r), set(&["hairpin-a1"]));
     s.assert_masqueraded(&r, "hairpin through the bridge");
+}
+
+// --- Diagnosed inputs, programmed as kube-proxy does -----------------------------------------
+
+#[test]
+fn an_endpoint_that_is_a_cluster_ip_is_refused() {
+    // Service `proxy` lists only the ClusterIP of Service `db` as its endpoint.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cluster.yaml");
+    let docs = [
+        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a"},"spec":{"podCIDRs":["10.0.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.2"}]}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"namespace":"lab","name":"db"},"spec":{"clusterIP":"172.30.3.1","selector":{"app":"db"},"ports":[{"name":"http","port":80,"targetPort":8080}]}}"#,
+        r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"namespace":"lab","name":"db-x","labels":{"kubernetes.io/service-name":"db"}},"addressType":"IPv4","endpoints":[{"addresses":["10.0.1.30"],"nodeName":"node-a","targetRef":{"kind":"Pod","name":"db-a"}}],"ports":[{"name":"http","port":8080}]}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"namespace":"lab","name":"proxy"},"spec":{"clusterIP":"172.30.3.2","ports":[{"name":"http","port":80}]}}"#,
+        r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"namespace":"lab","name":"proxy-x","labels":{"kubernetes.io/service-name":"proxy"}},"addressType":"IPv4","endpoints":[{"addresses":["172.30.3.1"],"nodeName":"node-a","targetRef":{"kind":"Pod","name":"not-a-pod"}}],"ports":[{"name":"http","port":80}]}"#,
+    ];
+    std::fs::write(&file, docs.join("\n---\n")).expect("write");
+    let Some(s) = Scene::build("cluster_ip_endpoint", &file) else {
+        return;
+    };
+    let stderr = s.program_with_warnings(&file, &[]);
+    assert!(
+        stderr.contains("endpoint 172.30.3.1 is the ClusterIP of Service lab/db"),
+        "{stderr}"
+    );
+    let r = s.replies("pod-client", tcp("172.30.3.1:80"), 3);
+    assert_eq!(hosts(&r), set(&["db-a"]));
+    // A connection is NATed once: DNATed to the ClusterIP, it is rejected, not balanced again.
+    // (The lab even puts a host `not-a-pod` with a server on 172.30.3.1:80 behind node-a, as the
+    // slice says; were the packet not rejected, it would answer.)
+    for from in ["pod-client", "client"] {
+        assert_eq!(
+            s.probe(from, tcp("172.30.3.2:80")),
+            Outcome::Refused,
+            "{from}"
+        );
+    }
 }
 
 // --- Updates under live traffic -------------------------------------------------------------

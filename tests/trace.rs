@@ -861,6 +861,66 @@ fn interface_modes_trust_the_interface_not_the_address() {
     }
 }
 
+// --- 9c. Inputs kube-proxy programs as written, with a diagnostic --------------------------------
+
+#[test]
+fn only_the_first_address_of_an_endpoint_gets_traffic() {
+    check(
+        "degraded/endpoint-several-addresses",
+        "pod",
+        "tcp 10.0.1.99:40000 -> 172.30.20.10:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.60:8080
+            1/2  dnat 10.0.2.60:8080"#]],
+    );
+}
+
+#[test]
+fn an_endpoint_that_is_a_cluster_ip_is_rejected_after_dnat() {
+    // The DNAT to 172.30.20.21 is final: cluster-ips-check rejects the ClusterIP destination.
+    for (from, src) in [("pod", "10.0.1.99"), ("host", "192.168.0.2")] {
+        let out = trace(
+            "degraded/endpoint-is-a-cluster-ip",
+            from,
+            &format!("tcp {src}:40000 -> 172.30.20.20:80"),
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{from}: {out}");
+        assert!(
+            lines[0].starts_with("1/2  dnat 10.0.2.70:80"),
+            "{from}: {out}"
+        );
+        assert_eq!(lines[1], "1/2  reject", "{from}: {out}");
+    }
+    // The ClusterIP itself, asked directly, is served.
+    check(
+        "degraded/endpoint-is-a-cluster-ip",
+        "pod",
+        "tcp 10.0.1.99:40000 -> 172.30.20.21:80",
+        expect!["1  dnat 10.0.1.70:8080"],
+    );
+}
+
+#[test]
+fn a_shared_external_ip_and_port_goes_to_the_first_service_with_endpoints() {
+    // alpha (no endpoints) and gamma come before/after beta; beta gets port 80.
+    check(
+        "degraded/shared-external-ip",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 198.51.100.40:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.91:8080  masquerade
+            1/2  dnat 10.0.2.91:8080  masquerade"#]],
+    );
+    // Port 443 of the same address is gamma's alone.
+    check(
+        "degraded/shared-external-ip",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 198.51.100.40:443",
+        expect!["1  dnat 10.0.1.92:8080  masquerade"],
+    );
+}
+
 // --- 10. Skipped services ------------------------------------------------------------------------
 
 #[test]

@@ -126,6 +126,12 @@ fn fields(diags: &[Diagnostic]) -> Vec<String> {
         .collect()
 }
 
+/// A ClusterIP of its own for a Service named by one letter (`a` is 10.96.0.97), so that tests
+/// with several Services do not share one (which is a diagnostic of its own).
+fn own_ip(name: &str) -> String {
+    format!("10.96.0.{}", name.bytes().next().unwrap_or(b'x'))
+}
+
 /// The diagnostics about objects of `kind` only.
 fn of_kind(diags: &[Diagnostic], kind: &str) -> Vec<Diagnostic> {
     diags.iter().filter(|d| d.kind == kind).cloned().collect()
@@ -851,7 +857,7 @@ fn scheduler_annotation() {
         with(
             svc(
                 name,
-                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}),
+                json!({"clusterIP": own_ip(name), "ports": [{"port": 80}]}),
             ),
             "metadata",
             meta(name, json!({}), json!({"kube-nft.io/scheduler": value})),
@@ -885,7 +891,7 @@ fn session_affinity_timeout() {
     let affinity = |name: &str, config: Value| {
         svc(
             name,
-            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+            json!({"clusterIP": own_ip(name), "ports": [{"port": 80}], "sessionAffinity": "ClientIP",
                    "sessionAffinityConfig": config}),
         )
     };
@@ -1202,6 +1208,148 @@ fn interface_detectors_serve_both_families() {
 }
 
 #[test]
+fn only_the_first_of_several_endpoint_addresses_is_used_and_that_is_said() {
+    let endpoint = json!({"addresses": ["10.0.0.1", "10.0.0.2", "10.0.0.3"]});
+    let (graph, diags) = run(vec![
+        web(),
+        slice("web-1", "web", "IPv4", json!([endpoint])),
+    ]);
+    assert_eq!(backends(&only_port(&graph).cluster), ["10.0.0.1:8080"]);
+    assert_eq!(
+        fields(&diags),
+        ["EndpointSlice ns/web-1 endpoints[0].addresses: 3 addresses; only the first, 10.0.0.1, \
+          is used (as kube-proxy does), the others get no traffic"]
+    );
+}
+
+#[test]
+fn an_endpoint_that_is_a_cluster_ip_is_reported_on_the_service_using_it() {
+    let db = svc(
+        "db",
+        json!({"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}]}),
+    );
+    let (graph, diags) = run(vec![
+        web(),
+        db,
+        slice(
+            "web-1",
+            "web",
+            "IPv4",
+            json!([ep("10.96.0.20", json!({})), ep("10.0.0.1", json!({}))]),
+        ),
+    ]);
+    // Programmed as written (kube-proxy does the same); only the diagnostic is new.
+    assert_eq!(
+        backends(&graph.services[1].ports[0].cluster),
+        ["10.0.0.1:8080", "10.96.0.20:8080"]
+    );
+    assert_eq!(
+        fields(&diags),
+        [
+            "Service ns/web endpoints: endpoint 10.96.0.20 is the ClusterIP of Service ns/db: a \
+          connection is NATed once, so traffic sent to it is not balanced again but rejected \
+          (cluster-ips-check), as with kube-proxy; list the pods' addresses"
+        ]
+    );
+}
+
+#[test]
+fn health_check_node_port_only_where_kube_proxy_serves_one() {
+    let with_hc = |name: &str, ty: &str, policy: &str| {
+        svc(
+            name,
+            json!({"type": ty, "clusterIP": own_ip(name), "externalTrafficPolicy": policy,
+                   "healthCheckNodePort": 32000, "ports": [{"port": 80, "nodePort": 30000 + u16::from(name.as_bytes()[0])}]}),
+        )
+    };
+    let (_, diags) = run(vec![
+        with_hc("a", "LoadBalancer", "Local"),
+        with_hc("b", "LoadBalancer", "Cluster"),
+        with_hc("c", "NodePort", "Local"),
+    ]);
+    assert_eq!(
+        fields(&of_kind(&diags, "Service")),
+        [
+            "Service ns/b spec.healthCheckNodePort: 32000 is ignored, as by kube-proxy: a \
+             health-check NodePort belongs to a LoadBalancer with externalTrafficPolicy Local, \
+             and its externalTrafficPolicy is Cluster",
+            "Service ns/c spec.healthCheckNodePort: 32000 is ignored, as by kube-proxy: a \
+             health-check NodePort belongs to a LoadBalancer with externalTrafficPolicy Local, \
+             and it is not of type LoadBalancer",
+        ]
+    );
+}
+
+#[test]
+fn a_shared_external_address_goes_to_the_first_service_with_endpoints() {
+    let shared = |name: &str| {
+        svc(
+            name,
+            json!({"clusterIP": own_ip(name), "externalIPs": ["192.0.2.7"],
+                   "ports": [{"name": "http", "port": 80}]}),
+        )
+    };
+    let lb = with(
+        svc(
+            "c",
+            json!({"type": "LoadBalancer", "clusterIP": own_ip("c"),
+                   "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}),
+        ),
+        "status",
+        json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}}),
+    );
+    // `a` has no endpoints, `b` and `c` have: `b` is the first that dispatches.
+    let objects = vec![
+        shared("a"),
+        shared("b"),
+        lb,
+        slice("b-1", "b", "IPv4", json!([ep("10.0.0.1", json!({}))])),
+        slice("c-1", "c", "IPv4", json!([ep("10.0.0.2", json!({}))])),
+    ];
+    let (_, diags) = run(objects.clone());
+    assert_eq!(
+        fields(&of_kind(&diags, "Service")),
+        [
+            "Service ns/a spec.externalIPs: 192.0.2.7 port 80/tcp (externalIP) is also claimed by \
+             Service ns/b (externalIP), which gets the traffic: the first Service in \
+             namespace/name order with endpoints for it. kube-proxy picks whichever it writes \
+             last, which can change from one sync to the next",
+            "Service ns/c status.loadBalancer.ingress: 192.0.2.7 port 80/tcp (LoadBalancer IP) is \
+             also claimed by Service ns/b (externalIP), which gets the traffic: the first Service \
+             in namespace/name order with endpoints for it. kube-proxy picks whichever it writes \
+             last, which can change from one sync to the next",
+        ]
+    );
+    // Without any endpoints, the first decides (its reject is what clients get).
+    let (_, diags) = run(objects[..3].to_vec());
+    let shared: Vec<String> = fields(&of_kind(&diags, "Service"));
+    assert_eq!(shared.len(), 2);
+    assert!(
+        shared[0].contains(
+            "claimed by Service ns/a (externalIP), which gets the traffic: no \
+                            claimant has endpoints"
+        ),
+        "{shared:?}"
+    );
+    // Another port on the same address is no conflict.
+    let other_port = with(
+        shared_service_on_port("d", 443),
+        "metadata",
+        json!({"name": "d", "namespace": "ns"}),
+    );
+    let (_, diags) = run(vec![shared_service_on_port("a", 80), other_port]);
+    assert_eq!(fields(&of_kind(&diags, "Service")), Vec::<String>::new());
+}
+
+fn shared_service_on_port(name: &str, port: u16) -> Value {
+    svc(
+        name,
+        json!({"clusterIP": own_ip(name), "externalIPs": ["192.0.2.7"],
+               "ports": [{"name": "http", "port": port}]}),
+    )
+}
+
+#[test]
 fn service_cidrs_are_parsed_sorted_and_deduplicated() {
     let cidr = |name: &str, cidrs: Value| {
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
@@ -1228,7 +1376,7 @@ fn services_are_sorted_and_duplicates_reported() {
     let plain = |name: &str| {
         svc(
             name,
-            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}),
+            json!({"clusterIP": own_ip(name), "ports": [{"port": 80}]}),
         )
     };
     let (graph, diags) = run(vec![plain("b"), plain("a"), plain("b")]);
