@@ -57,6 +57,14 @@ impl Family {
         }
     }
 
+    /// `IPv4` / `IPv6`, as Kubernetes names the families (messages, diagnostics).
+    pub fn ip_name(self) -> &'static str {
+        match self {
+            Family::Ip => "IPv4",
+            Family::Ip6 => "IPv6",
+        }
+    }
+
     /// The loopback prefix of this family, excluded from NodePort matching.
     pub fn loopback(self) -> IpNet {
         match self {

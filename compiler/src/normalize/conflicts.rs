@@ -12,8 +12,6 @@ use crate::graph::{Backend, Graph, Service};
 use crate::ir::{Family, L4Proto};
 use crate::Diagnostic;
 
-use super::node::family_name;
-
 /// How many Services a diagnostic that lists them names before it only counts.
 const LISTED: usize = 3;
 
@@ -54,7 +52,7 @@ fn unserved_node_ports(graph: &Graph, diags: &mut Vec<Diagnostic>) {
         if ports.is_empty() {
             continue;
         }
-        let family = family_name(family);
+        let family = family.ip_name();
         diags.push(Diagnostic::new(
             "Config",
             "",
@@ -231,10 +229,7 @@ fn shared_addresses_and_ports(graph: &Graph, diags: &mut Vec<Diagnostic>) {
         };
         let what = match addr {
             Some(addr) => format!("{addr} port {number}/{proto}"),
-            None => format!(
-                "{} NodePort {number}/{proto}",
-                super::node::family_name(family)
-            ),
+            None => format!("{} NodePort {number}/{proto}", family.ip_name()),
         };
         for loser in list.iter().filter(|c| !std::ptr::eq(c.svc, winner.svc)) {
             diags.push(Diagnostic::new(

@@ -191,11 +191,8 @@ pub(super) fn nodeport_addresses(
             String::new()
         } else {
             // kube-proxy's nftables mode ends up the same way: its nodeport-ips set is empty.
-            format!(
-                "; no other {} entry, so no {} address serves NodePorts",
-                family_name(family),
-                family_name(family)
-            )
+            let family = family.ip_name();
+            format!("; no other {family} entry, so no {family} address serves NodePorts")
         };
         diags.push(Diagnostic::new(
             "Config",
@@ -215,14 +212,6 @@ pub(super) fn nodeport_addresses(
         }
     }
     out.into_iter().collect()
-}
-
-/// `IPv4` / `IPv6`, for messages.
-pub(super) fn family_name(family: Family) -> &'static str {
-    match family {
-        Family::Ip => "IPv4",
-        Family::Ip6 => "IPv6",
-    }
 }
 
 /// The prefixes of every ServiceCIDR object.

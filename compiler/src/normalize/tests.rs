@@ -1341,6 +1341,27 @@ fn a_shared_external_address_goes_to_the_first_service_with_endpoints() {
     assert_eq!(fields(&of_kind(&diags, "Service")), Vec::<String>::new());
 }
 
+#[test]
+fn a_node_port_claimed_twice_is_reported_per_family() {
+    let node_port = |name: &str| {
+        svc(
+            name,
+            json!({"type": "NodePort", "clusterIP": own_ip(name),
+                   "ports": [{"name": "http", "port": 80, "nodePort": 30500}]}),
+        )
+    };
+    let (_, diags) = run(vec![node_port("a"), node_port("b")]);
+    assert_eq!(
+        fields(&of_kind(&diags, "Service")),
+        [
+            "Service ns/b spec.ports: IPv4 NodePort 30500/tcp (NodePort) is also claimed by \
+          Service ns/a (NodePort), which gets the traffic: no claimant has endpoints; the first \
+          in namespace/name order decides reject or drop. kube-proxy picks whichever it writes \
+          last, which can change from one sync to the next"
+        ]
+    );
+}
+
 fn shared_service_on_port(name: &str, port: u16) -> Value {
     svc(
         name,
