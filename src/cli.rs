@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use kube_nft_compiler::config::{self, NodePortAddress};
+use kube_nft_compiler::config::{self, LocalMode, NodePortAddress};
 
 /// The exit codes, shown at the end of every `--help`.
 macro_rules! exit_codes {
@@ -197,8 +197,8 @@ pub(crate) struct DemoArgs {
     #[arg(short = 'f', long = "filename", value_name = "PATH")]
     pub(crate) path: Option<PathBuf>,
     /// Node options as for `compile`. Without `--hostname-override` the first Node (by name)
-    /// is this node; without `--cluster-cidr` this node's `podCIDRs` are the pod range (like
-    /// kube-proxy's `--detect-local-mode=NodeCIDR`).
+    /// is this node; without `--cluster-cidr` (and another `--detect-local-mode`) the mode is
+    /// `NodeCIDR`: this node's `podCIDRs` are its pods.
     #[command(flatten)]
     pub(crate) node: NodeArgs,
 }
@@ -236,9 +236,18 @@ pub(crate) struct TraceArgs {
     pub(crate) node: NodeArgs,
     /// Where the packet comes from.
     ///
-    /// Default: `host` when the source address is one of the node's IPs, else `outside`.
+    /// Default: `host` when the source address is one of the node's own addresses (see
+    /// `--local-ip`) or loopback, else `outside`.
     #[arg(long, value_enum, value_name = "ORIGIN")]
     pub(crate) from: Option<PacketOrigin>,
+    /// Another address of this node (comma-separated or repeated): the tracer's `fib … type
+    /// local` is true for it, as the kernel's is for every address the node holds.
+    ///
+    /// Every InternalIP and ExternalIP of the Node object and `--node-ip` already count; this
+    /// adds the ones the Node object does not list (a secondary address inside
+    /// `--nodeport-addresses`, say).
+    #[arg(long, value_name = "IP", value_delimiter = ',')]
+    pub(crate) local_ip: Vec<IpAddr>,
     /// The packet: `PROTO SRC:PORT -> DST:PORT`, e.g. 'tcp 192.0.2.2:40000 -> 10.96.0.10:80'
     /// (IPv6 addresses in brackets: '[2001:db8::2]:40000').
     #[arg(value_name = "PACKET")]
@@ -250,7 +259,7 @@ pub(crate) struct TraceArgs {
 pub(crate) enum PacketOrigin {
     /// Arrives on a node interface from another machine (prerouting).
     Outside,
-    /// Sent by a pod on this node (prerouting, source in --cluster-cidr).
+    /// Sent by a pod on this node (prerouting, on a pod interface; give it a pod's address).
     Pod,
     /// Sent by a process in the host network namespace (output).
     Host,
@@ -305,6 +314,27 @@ pub(crate) struct NodeArgs {
     /// kube-proxy `--masquerade-all` / `nftables.masqueradeAll`.
     #[arg(long)]
     pub(crate) masquerade_all: bool,
+    /// How traffic from this node's pods is recognised: `ClusterCIDR`, `NodeCIDR`,
+    /// `BridgeInterface` or `InterfaceNamePrefix`.
+    ///
+    /// Default `ClusterCIDR` (the source is in `--cluster-cidr`). `NodeCIDR`: in this Node's
+    /// `spec.podCIDRs`. `BridgeInterface`: it arrives on `--pod-bridge-interface`.
+    /// `InterfaceNamePrefix`: on an interface named `--pod-interface-name-prefix`*. ClusterIP
+    /// traffic that is not from a pod is masqueraded; a family without a detector (no CIDR of
+    /// it) masquerades none. kube-proxy `--detect-local-mode` / `detectLocalMode`.
+    #[arg(long, value_name = "MODE", value_parser = parse_local_mode)]
+    pub(crate) detect_local_mode: Option<LocalMode>,
+    /// The bridge pods hang off, for `--detect-local-mode BridgeInterface` (e.g. `cbr0`).
+    ///
+    /// kube-proxy `--pod-bridge-interface` / `detectLocal.bridgeInterface`.
+    #[arg(long, value_name = "NAME", value_parser = parse_interface_name)]
+    pub(crate) pod_bridge_interface: Option<String>,
+    /// The name prefix of pods' host-side interfaces, for `--detect-local-mode
+    /// InterfaceNamePrefix` (e.g. `veth`, `cali`).
+    ///
+    /// kube-proxy `--pod-interface-name-prefix` / `detectLocal.interfaceNamePrefix`.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_interface_prefix)]
+    pub(crate) pod_interface_name_prefix: Option<String>,
     /// Only handle Services labelled `service.kubernetes.io/service-proxy-name=NAME`.
     ///
     /// Without it, only Services without that label are handled, as kube-proxy does.
@@ -313,7 +343,9 @@ pub(crate) struct NodeArgs {
     /// A kube-proxy `KubeProxyConfiguration` file (kubeproxy.config.k8s.io/v1alpha1).
     ///
     /// Read: hostnameOverride, bindAddress, clusterCIDR, nodePortAddresses,
-    /// nftables.masqueradeAll, nftables.masqueradeBit, mode (must be `nftables` or empty).
+    /// nftables.masqueradeAll, nftables.masqueradeBit, detectLocalMode,
+    /// detectLocal.bridgeInterface, detectLocal.interfaceNamePrefix, mode (must be `nftables`
+    /// or empty).
     /// Unknown fields are ignored with a warning. Flags on the command line win over the file.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
@@ -325,6 +357,18 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
 
 fn parse_node_port_address(text: &str) -> Result<NodePortAddress, String> {
     text.parse()
+}
+
+fn parse_local_mode(text: &str) -> Result<LocalMode, String> {
+    text.parse()
+}
+
+fn parse_interface_name(text: &str) -> Result<String, String> {
+    config::parse_interface_name(text)
+}
+
+fn parse_interface_prefix(text: &str) -> Result<String, String> {
+    config::parse_interface_prefix(text)
 }
 
 #[cfg(test)]

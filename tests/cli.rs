@@ -96,6 +96,17 @@ fn bad_flag_values_are_usage_errors() {
         (&["--cluster-cidr", "10.0.0.0/33"], "10.0.0.0/33"),
         (&["--cluster-cidr", "10.0.0.0/8,banana"], "banana"),
         (&["--nodeport-addresses", "everywhere"], "everywhere"),
+        (&["--detect-local-mode", "nodecidr"], "nodecidr"),
+        (&["--pod-bridge-interface", "eth:0"], "eth:0"),
+        (
+            &["--pod-interface-name-prefix", "a-name-too-long"],
+            "longer than 14 bytes",
+        ),
+        // Checked once flags are merged, as kube-proxy's validation does.
+        (
+            &["--detect-local-mode", "BridgeInterface"],
+            "--pod-bridge-interface",
+        ),
     ];
     for (flag_and_value, bad) in cases {
         let mut args = vec!["compile", "--dry-run", "-f", EXAMPLE];
@@ -289,6 +300,29 @@ fn unusable_config_file_exits_1_naming_it() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains(path_str(&config)), "{}", run.stderr);
     assert!(run.stderr.contains("nftables"), "{}", run.stderr);
+
+    // An interface mode without its interface, from the file: the file's error.
+    fs::write(
+        &config,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+         detectLocalMode: InterfaceNamePrefix\n",
+    )
+    .unwrap();
+    let run = kube_nft(&[
+        "compile",
+        "--dry-run",
+        "-f",
+        EXAMPLE,
+        "--config",
+        path_str(&config),
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains(path_str(&config)), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("detectLocal.interfaceNamePrefix"),
+        "{}",
+        run.stderr
+    );
 
     let missing = dir.path().join("missing.yaml");
     let run = kube_nft(&[

@@ -60,6 +60,11 @@ impl Scene {
 
     /// The lab with the pods, nodes and clients of `file`, nothing programmed yet.
     fn build(test: &str, file: &Path) -> Option<Scene> {
+        Scene::build_with(test, file, None)
+    }
+
+    /// [`Scene::build`], with node-a's pods on a bridge called `pod_bridge` if given.
+    fn build_with(test: &str, file: &Path, pod_bridge: Option<&str>) -> Option<Scene> {
         if !can_run(test) {
             return None;
         }
@@ -72,13 +77,25 @@ impl Scene {
         .snapshot;
         let mut clients = default_lan_clients();
         clients.extend(pod_client(&snapshot, "node-a"));
-        let lab = Lab::build(Topology::from_snapshot(&snapshot, "node-a", &clients))
-            .unwrap_or_else(|e| panic!("{test}: build the lab: {e}"));
+        let mut topology = Topology::from_snapshot(&snapshot, "node-a", &clients);
+        topology.pod_bridge = pod_bridge.map(str::to_owned);
+        let lab = Lab::build(topology).unwrap_or_else(|e| panic!("{test}: build the lab: {e}"));
         Some(Scene { lab, snapshot })
     }
 
-    /// `kube-nft compile -f FILE FLAGS… EXTRA…` inside node-a; panics unless it succeeds.
+    /// `kube-nft compile -f FILE FLAGS… EXTRA…` inside node-a; panics unless it succeeds
+    /// without a warning.
     fn program(&self, file: &Path, extra: &[&str]) -> String {
+        let stderr = self.program_with_warnings(file, extra);
+        assert!(
+            !stderr.contains("warning"),
+            "unexpected warnings:\n{stderr}"
+        );
+        stderr
+    }
+
+    /// [`Scene::program`] for input that has diagnostics: returns stderr, warnings included.
+    fn program_with_warnings(&self, file: &Path, extra: &[&str]) -> String {
         let out = self
             .lab
             .command("node-a", env!("CARGO_BIN_EXE_kube-nft"))
@@ -94,10 +111,6 @@ impl Scene {
         assert!(
             out.status.success(),
             "kube-nft compile -f failed:\n{stderr}"
-        );
-        assert!(
-            !stderr.contains("warning"),
-            "unexpected warnings:\n{stderr}"
         );
         stderr
     }
@@ -582,6 +595,129 @@ fn masquerade_all_masquerades_pod_traffic_too() {
     // eTP Local still preserves the client's address for external traffic.
     let r = s.replies("client", tcp("198.51.100.11:80"), 5);
     assert_eq!(sources(&r), BTreeSet::from([s.addr("client", true)]));
+}
+
+// --- Local-traffic detection (--detect-local-mode) ------------------------------------------
+
+/// The flags that make node-a trust only its own pods, per mode (the bridge is the lab's).
+const NODE_CIDR: [&str; 2] = ["--detect-local-mode", "NodeCIDR"];
+const PREFIX: [&str; 4] = [
+    "--detect-local-mode",
+    "InterfaceNamePrefix",
+    // The lab names node-a's side of each pod veth `v<n>`; its LAN port is `eth0`.
+    "--pod-interface-name-prefix",
+    "v",
+];
+const BRIDGE: [&str; 4] = [
+    "--detect-local-mode",
+    "BridgeInterface",
+    "--pod-bridge-interface",
+    "kbr0",
+];
+
+/// What a detector that trusts only node-a's pods does, with packets: `pod-client` (on node-a)
+/// keeps its address to a ClusterIP and short-circuits to every endpoint of the eTP Local
+/// LoadBalancer; `web-b1`, a pod of node-b whose traffic node-a routes, is inside
+/// `--cluster-cidr` (which the default ClusterCIDR mode would trust), yet it is masqueraded to a
+/// ClusterIP and gets only the local endpoint, with its own address, from the LoadBalancer.
+fn assert_only_node_a_pods_are_local(s: &Scene, what: &str) {
+    // 172.30.0.11 has web-a1 only, so every reply comes back through node-a either way.
+    let r = s.replies("pod-client", tcp("172.30.0.11:80"), 5);
+    let own = BTreeSet::from([s.addr("pod-client", true)]);
+    assert_eq!(sources(&r), own, "{what}: pod-client to a ClusterIP");
+    let r = s.replies("web-b1", tcp("172.30.0.11:80"), 5);
+    s.assert_masqueraded(&r, &format!("{what}: node-b's pod to a ClusterIP"));
+    // Behind [fd00:30::10] are pods of node-b too, web-b1 itself among them: only masquerade
+    // brings their replies back through node-a.
+    let r = s.replies("web-b1", tcp("[fd00:30::10]:80"), 20);
+    assert_eq!(hosts(&r), set(&WEB), "{what}");
+    s.assert_masqueraded(&r, &format!("{what}: node-b's pod to an IPv6 ClusterIP"));
+    let r = s.replies("pod-client", tcp("[fd00:30::10]:80"), 20);
+    let own6 = BTreeSet::from([s.addr("pod-client", false)]);
+    assert_eq!(sources(&r), own6, "{what}: pod-client to an IPv6 ClusterIP");
+    // eTP Local.
+    let r = s.replies("pod-client", tcp("198.51.100.11:80"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB), "{what}: pods short-circuit");
+    let r = s.replies("web-b1", tcp("198.51.100.11:80"), 10);
+    assert_eq!(
+        hosts(&r),
+        set(&["web-a1"]),
+        "{what}: node-b's pod is external"
+    );
+    let own = BTreeSet::from([s.addr("web-b1", true)]);
+    assert_eq!(sources(&r), own, "{what}: the client address is kept");
+}
+
+#[test]
+fn detect_local_node_cidr_trusts_only_this_nodes_pod_cidr() {
+    let Some(s) = Scene::new("detect_node_cidr", &cluster(), &[]) else {
+        return;
+    };
+    // ClusterCIDR (the default): node-b's pod, inside 10.0.0.0/16, keeps its address.
+    let r = s.replies("web-b1", tcp("172.30.0.11:80"), 5);
+    assert_eq!(sources(&r), BTreeSet::from([s.addr("web-b1", true)]));
+    s.program(&cluster(), &NODE_CIDR);
+    assert_only_node_a_pods_are_local(&s, "NodeCIDR");
+}
+
+#[test]
+fn detect_local_interface_name_prefix_trusts_pod_interfaces() {
+    let Some(s) = Scene::new("detect_prefix", &cluster(), &PREFIX) else {
+        return;
+    };
+    assert_only_node_a_pods_are_local(&s, "InterfaceNamePrefix");
+}
+
+#[test]
+fn detect_local_bridge_interface_trusts_the_pod_bridge() {
+    let Some(s) = Scene::build_with("detect_bridge", &cluster(), Some("kbr0")) else {
+        return;
+    };
+    s.program(&cluster(), &BRIDGE);
+    assert_only_node_a_pods_are_local(&s, "BridgeInterface");
+    // Everything else still works through the bridge: balancing, hairpin.
+    let r = s.replies("pod-client", tcp("172.30.0.10:80"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    let r = s.replies("hairpin-a1", tcp("172.30.0.21:80"), 5);
+    assert_eq!(hosts(&r), set(&["hairpin-a1"]));
+    s.assert_masqueraded(&r, "hairpin through the bridge");
+}
+
+// --- Diagnosed inputs, programmed as kube-proxy does -----------------------------------------
+
+#[test]
+fn an_endpoint_that_is_a_cluster_ip_is_refused() {
+    // Service `proxy` lists only the ClusterIP of Service `db` as its endpoint.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cluster.yaml");
+    let docs = [
+        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a"},"spec":{"podCIDRs":["10.0.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.2"}]}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"namespace":"lab","name":"db"},"spec":{"clusterIP":"172.30.3.1","selector":{"app":"db"},"ports":[{"name":"http","port":80,"targetPort":8080}]}}"#,
+        r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"namespace":"lab","name":"db-x","labels":{"kubernetes.io/service-name":"db"}},"addressType":"IPv4","endpoints":[{"addresses":["10.0.1.30"],"nodeName":"node-a","targetRef":{"kind":"Pod","name":"db-a"}}],"ports":[{"name":"http","port":8080}]}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"namespace":"lab","name":"proxy"},"spec":{"clusterIP":"172.30.3.2","ports":[{"name":"http","port":80}]}}"#,
+        r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"namespace":"lab","name":"proxy-x","labels":{"kubernetes.io/service-name":"proxy"}},"addressType":"IPv4","endpoints":[{"addresses":["172.30.3.1"],"nodeName":"node-a","targetRef":{"kind":"Pod","name":"not-a-pod"}}],"ports":[{"name":"http","port":80}]}"#,
+    ];
+    std::fs::write(&file, docs.join("\n---\n")).expect("write");
+    let Some(s) = Scene::build("cluster_ip_endpoint", &file) else {
+        return;
+    };
+    let stderr = s.program_with_warnings(&file, &[]);
+    assert!(
+        stderr.contains("endpoint 172.30.3.1 is the ClusterIP of Service lab/db"),
+        "{stderr}"
+    );
+    let r = s.replies("pod-client", tcp("172.30.3.1:80"), 3);
+    assert_eq!(hosts(&r), set(&["db-a"]));
+    // A connection is NATed once: DNATed to the ClusterIP, it is rejected, not balanced again.
+    // (The lab even puts a host `not-a-pod` with a server on 172.30.3.1:80 behind node-a, as the
+    // slice says; were the packet not rejected, it would answer.)
+    for from in ["pod-client", "client"] {
+        assert_eq!(
+            s.probe(from, tcp("172.30.3.2:80")),
+            Outcome::Refused,
+            "{from}"
+        );
+    }
 }
 
 // --- Updates under live traffic -------------------------------------------------------------

@@ -21,6 +21,11 @@ fn args_of(case: &Path) -> Vec<String> {
 
 /// Traces `packet` (sent `from` outside, pod or host) through the ruleset of `case`.
 fn trace(case: &str, from: &str, packet: &str) -> String {
+    trace_with(case, &[], from, packet)
+}
+
+/// [`trace`] with more `kube-nft trace` flags after the case's own.
+fn trace_with(case: &str, extra: &[&str], from: &str, packet: &str) -> String {
     let case = PathBuf::from("testdata/compile").join(format!("{case}.yaml"));
     let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
         .current_dir(repo_root())
@@ -28,6 +33,7 @@ fn trace(case: &str, from: &str, packet: &str) -> String {
         .arg("-f")
         .arg(&case)
         .args(args_of(&case))
+        .args(extra)
         .args(["--from", from, packet])
         .output()
         .expect("run kube-nft trace");
@@ -48,6 +54,32 @@ fn trace(case: &str, from: &str, packet: &str) -> String {
 
 fn check(case: &str, from: &str, packet: &str, expect: Expect) {
     expect.assert_eq(&trace(case, from, packet));
+}
+
+fn check_with(case: &str, extra: &[&str], from: &str, packet: &str, expect: Expect) {
+    expect.assert_eq(&trace_with(case, extra, from, packet));
+}
+
+/// The first line `kube-nft trace` prints (packet and origin), `--from` left to its default.
+fn trace_header(case: &str, extra: &[&str], packet: &str) -> String {
+    let case = PathBuf::from("testdata/compile").join(format!("{case}.yaml"));
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
+        .current_dir(repo_root())
+        .arg("trace")
+        .arg("-f")
+        .arg(&case)
+        .args(args_of(&case))
+        .args(extra)
+        .arg(packet)
+        .output()
+        .expect("run kube-nft trace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    stdout.lines().next().unwrap_or_default().to_owned()
 }
 
 // --- 1. ClusterIP, protocols, ports ---------------------------------------------------------
@@ -344,6 +376,139 @@ fn nodeport_on_localhost_is_not_served() {
 }
 
 #[test]
+fn nodeport_family_named_only_by_loopback_is_served_nowhere() {
+    // `--nodeport-addresses 127.0.0.0/8`: IPv4 NodePorts on no address (not on every one);
+    // IPv6, not named, on every local address.
+    check(
+        "nodeport/loopback-only-ipv4",
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30100"),
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/loopback-only-ipv4",
+        "host",
+        "tcp 127.0.0.1:40000 -> 127.0.0.1:30100",
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/loopback-only-ipv4",
+        "outside",
+        "tcp [2001:db8:1::9]:40000 -> [2001:db8::2]:30100",
+        expect![[r#"
+            1/2  dnat [fd00:10::1:dd]:8080  masquerade
+            1/2  dnat [fd00:10::2:dd]:8080  masquerade"#]],
+    );
+    // The same with the families swapped: `--nodeport-addresses ::1/128`.
+    check(
+        "nodeport/loopback-only-ipv6",
+        "outside",
+        "tcp [2001:db8:1::9]:40000 -> [2001:db8::2]:30100",
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/loopback-only-ipv6",
+        "host",
+        "tcp [::1]:40000 -> [::1]:30100",
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/loopback-only-ipv6",
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30100"),
+        expect![[r#"
+            1/2  dnat 10.0.1.221:8080  masquerade
+            1/2  dnat 10.0.2.221:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn primary_serves_no_node_port_in_a_family_the_node_object_has_no_address_of() {
+    // The machine holds 2001:db8::2 (`--local-ip`), but the Node object lists no IPv6
+    // address: `primary` selects nothing in IPv6, so the NodePort is not ours there.
+    check_with(
+        "nodeport/primary-without-ipv6-node-ip",
+        &["--local-ip", "2001:db8::2"],
+        "outside",
+        "tcp [2001:db8:1::9]:40000 -> [2001:db8::2]:30100",
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/primary-without-ipv6-node-ip",
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30100"),
+        expect![[r#"
+            1/2  dnat 10.0.1.221:8080  masquerade
+            1/2  dnat 10.0.2.221:8080  masquerade"#]],
+    );
+    // And the other way round: an IPv6-only Node object.
+    check_with(
+        "nodeport/primary-without-ipv4-node-ip",
+        &["--local-ip", NODE],
+        "outside",
+        &format!("tcp 203.0.113.2:40000 -> {NODE}:30100"),
+        expect!["1  accept (not a service)"],
+    );
+    check(
+        "nodeport/primary-without-ipv4-node-ip",
+        "outside",
+        "tcp [2001:db8:1::9]:40000 -> [2001:db8::2]:30100",
+        expect![[r#"
+            1/2  dnat [fd00:10::1:dd]:8080  masquerade
+            1/2  dnat [fd00:10::2:dd]:8080  masquerade"#]],
+    );
+}
+
+#[test]
+fn nodeport_on_every_address_of_the_node_object_inside_nodeport_addresses() {
+    // A secondary InternalIP inside --nodeport-addresses is local and serves the NodePort.
+    check(
+        "node/several-addresses",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 192.168.1.2:30081",
+        expect![[r#"
+            1/2  dnat 10.0.1.101:8080  masquerade
+            1/2  dnat 10.0.2.101:8080  masquerade"#]],
+    );
+    // The ExternalIP is local too, but outside the prefix.
+    check(
+        "node/several-addresses",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 198.51.100.2:30081",
+        expect!["1  accept (not a service)"],
+    );
+    // The node sending from a secondary address is `host` without --from.
+    assert_eq!(
+        trace_header(
+            "node/several-addresses",
+            &[],
+            "tcp 192.168.1.2:40000 -> 172.30.4.11:80"
+        ),
+        "tcp 192.168.1.2:40000 -> 172.30.4.11:80 (from this host)"
+    );
+}
+
+#[test]
+fn local_ip_adds_an_address_the_node_object_does_not_list() {
+    let packet = "tcp 203.0.113.2:40000 -> 192.168.7.7:30081";
+    check(
+        "nodeport/nodeport-addresses-cidr",
+        "outside",
+        packet,
+        expect!["1  accept (not a service)"],
+    );
+    check_with(
+        "nodeport/nodeport-addresses-cidr",
+        &["--local-ip", "192.168.7.7"],
+        "outside",
+        packet,
+        expect![[r#"
+            1/2  dnat 10.0.1.101:8080  masquerade
+            1/2  dnat 10.0.2.101:8080  masquerade"#]],
+    );
+}
+
+#[test]
 fn nodeport_on_a_foreign_address_is_not_a_service() {
     check(
         "nodeport/nodeport-addresses-cidr",
@@ -585,6 +750,174 @@ fn hairpin_is_masqueraded_only_when_the_endpoint_reaches_itself() {
         expect![[r#"
             1/2  dnat 10.0.1.203:8080  masquerade
             1/2  dnat 10.0.2.203:8080"#]],
+    );
+}
+
+// --- 9b. Local-traffic detection (--detect-local-mode) -------------------------------------------
+
+/// The two endpoints of `shop/web` in the detect-local goldens, not masqueraded / masqueraded.
+const BOTH: &str = "1/2  dnat 10.0.1.221:8080\n1/2  dnat 10.0.2.221:8080";
+const BOTH_MASQUERADED: &str =
+    "1/2  dnat 10.0.1.221:8080  masquerade\n1/2  dnat 10.0.2.221:8080  masquerade";
+
+#[test]
+fn node_cidr_trusts_only_this_nodes_pod_cidr() {
+    let case = "masquerade/detect-node-cidr";
+    // A pod of node-a (10.0.1.0/24) keeps its address; a pod of node-b routed through node-a
+    // is inside --cluster-cidr but not node-a's podCIDR: masqueraded.
+    assert_eq!(
+        trace(case, "pod", "tcp 10.0.1.99:40000 -> 172.30.10.11:80"),
+        BOTH
+    );
+    assert_eq!(
+        trace(case, "outside", "tcp 10.0.2.99:40000 -> 172.30.10.11:80"),
+        BOTH_MASQUERADED
+    );
+    assert_eq!(
+        trace(
+            case,
+            "pod",
+            "tcp [fd00:10::1:99]:40000 -> [fd00:10:96::b]:80"
+        ),
+        "1/2  dnat [fd00:10::1:dd]:8080\n1/2  dnat [fd00:10::2:dd]:8080"
+    );
+    // eTP Local: this node's pods short-circuit to every endpoint; node-b's pod is external
+    // traffic and gets the local endpoint with its own address.
+    assert_eq!(
+        trace(case, "pod", "tcp 10.0.1.99:40000 -> 192.168.0.2:30100"),
+        BOTH
+    );
+    check(
+        case,
+        "outside",
+        "tcp 10.0.2.99:40000 -> 192.168.0.2:30100",
+        expect!["1  dnat 10.0.1.221:8080"],
+    );
+}
+
+#[test]
+fn node_cidr_without_pod_cidrs_has_no_detector() {
+    let case = "masquerade/detect-node-cidr-without-pod-cidr";
+    // As kube-proxy without a detector: nothing is masqueraded for being "not from a pod"…
+    assert_eq!(
+        trace(case, "outside", "tcp 203.0.113.2:40000 -> 172.30.10.11:80"),
+        BOTH
+    );
+    // …and pods reach the eTP Local NodePort through the local endpoint only.
+    check(
+        case,
+        "pod",
+        "tcp 10.0.1.99:40000 -> 192.168.0.2:30100",
+        expect!["1  dnat 10.0.1.221:8080"],
+    );
+}
+
+#[test]
+fn interface_modes_trust_the_interface_not_the_address() {
+    for case in [
+        "masquerade/detect-bridge-interface",
+        "masquerade/detect-interface-name-prefix",
+        "config/detect-local-config",
+    ] {
+        // From a pod interface: kept, whatever the address.
+        assert_eq!(
+            trace(case, "pod", "tcp 10.0.1.99:40000 -> 172.30.10.11:80"),
+            BOTH,
+            "{case}"
+        );
+        assert_eq!(
+            trace(case, "pod", "tcp 198.18.0.9:40000 -> 172.30.10.11:80"),
+            BOTH,
+            "{case}"
+        );
+        // A pod-range address arriving from elsewhere, and the node itself: masqueraded.
+        assert_eq!(
+            trace(case, "outside", "tcp 10.0.1.99:40000 -> 172.30.10.11:80"),
+            BOTH_MASQUERADED,
+            "{case}"
+        );
+        assert_eq!(
+            trace(case, "host", "tcp 192.168.0.2:40000 -> 172.30.10.11:80"),
+            BOTH_MASQUERADED,
+            "{case}"
+        );
+        // Both families alike.
+        assert_eq!(
+            trace(case, "outside", "tcp [fd00:10::1:99]:40000 -> [fd00:10:96::b]:80"),
+            "1/2  dnat [fd00:10::1:dd]:8080  masquerade\n1/2  dnat [fd00:10::2:dd]:8080  masquerade",
+            "{case}"
+        );
+        // eTP Local: pods short-circuit to every endpoint, the outside gets the local one.
+        assert_eq!(
+            trace(case, "pod", "tcp 10.0.1.99:40000 -> 192.168.0.2:30100"),
+            BOTH,
+            "{case}"
+        );
+        assert_eq!(
+            trace(case, "outside", "tcp 10.0.1.99:40000 -> 192.168.0.2:30100"),
+            "1  dnat 10.0.1.221:8080",
+            "{case}"
+        );
+    }
+}
+
+// --- 9c. Inputs kube-proxy programs as written, with a diagnostic --------------------------------
+
+#[test]
+fn only_the_first_address_of_an_endpoint_gets_traffic() {
+    check(
+        "degraded/endpoint-several-addresses",
+        "pod",
+        "tcp 10.0.1.99:40000 -> 172.30.20.10:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.60:8080
+            1/2  dnat 10.0.2.60:8080"#]],
+    );
+}
+
+#[test]
+fn an_endpoint_that_is_a_cluster_ip_is_rejected_after_dnat() {
+    // The DNAT to 172.30.20.21 is final: cluster-ips-check rejects the ClusterIP destination.
+    for (from, src) in [("pod", "10.0.1.99"), ("host", "192.168.0.2")] {
+        let out = trace(
+            "degraded/endpoint-is-a-cluster-ip",
+            from,
+            &format!("tcp {src}:40000 -> 172.30.20.20:80"),
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{from}: {out}");
+        assert!(
+            lines[0].starts_with("1/2  dnat 10.0.2.70:80"),
+            "{from}: {out}"
+        );
+        assert_eq!(lines[1], "1/2  reject", "{from}: {out}");
+    }
+    // The ClusterIP itself, asked directly, is served.
+    check(
+        "degraded/endpoint-is-a-cluster-ip",
+        "pod",
+        "tcp 10.0.1.99:40000 -> 172.30.20.21:80",
+        expect!["1  dnat 10.0.1.70:8080"],
+    );
+}
+
+#[test]
+fn a_shared_external_ip_and_port_goes_to_the_first_service_with_endpoints() {
+    // alpha (no endpoints) and gamma come before/after beta; beta gets port 80.
+    check(
+        "degraded/shared-external-ip",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 198.51.100.40:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.91:8080  masquerade
+            1/2  dnat 10.0.2.91:8080  masquerade"#]],
+    );
+    // Port 443 of the same address is gamma's alone.
+    check(
+        "degraded/shared-external-ip",
+        "outside",
+        "tcp 203.0.113.2:40000 -> 198.51.100.40:443",
+        expect!["1  dnat 10.0.1.92:8080  masquerade"],
     );
 }
 

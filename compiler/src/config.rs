@@ -1,7 +1,8 @@
 //! Node context: which node we are, its addresses, and kube-proxy's knobs that change the
 //! ruleset. Flag names and meanings follow kube-proxy (`--hostname-override`, `--node-ip`,
-//! `--cluster-cidr`, `--nodeport-addresses`, `--masquerade-all`, `--service-proxy-name`), and
-//! so does [`KubeProxyConfiguration`], the subset of kube-proxy's config file that kube-nft reads.
+//! `--cluster-cidr`, `--nodeport-addresses`, `--masquerade-all`, `--service-proxy-name`,
+//! `--detect-local-mode`, `--pod-bridge-interface`, `--pod-interface-name-prefix`), and so does
+//! [`KubeProxyConfiguration`], the subset of kube-proxy's config file that kube-nft reads.
 //! Parsing is here, not in the binary, so it is unit-tested; reading files is the binary's job.
 
 use std::net::IpAddr;
@@ -30,6 +31,13 @@ pub struct Config {
     /// `--service-proxy-name`: only Services labelled `service.kubernetes.io/service-proxy-name`
     /// with this value are ours; `None` means only Services without that label.
     pub service_proxy_name: Option<String>,
+    /// `--detect-local-mode`: how traffic from this node's pods is told apart from the rest.
+    pub detect_local_mode: LocalMode,
+    /// `--pod-bridge-interface`: the bridge pods hang off (for [`LocalMode::BridgeInterface`]).
+    pub pod_bridge_interface: Option<String>,
+    /// `--pod-interface-name-prefix`: what pods' host-side interfaces are named like (for
+    /// [`LocalMode::InterfaceNamePrefix`]).
+    pub pod_interface_name_prefix: Option<String>,
 }
 
 impl Default for Config {
@@ -42,6 +50,9 @@ impl Default for Config {
             masquerade_all: false,
             masquerade_bit: 14,
             service_proxy_name: None,
+            detect_local_mode: LocalMode::ClusterCidr,
+            pod_bridge_interface: None,
+            pod_interface_name_prefix: None,
         }
     }
 }
@@ -50,6 +61,115 @@ impl Config {
     /// The masquerade mark (`1 << masquerade_bit`).
     pub fn masquerade_mark(&self) -> u32 {
         1u32 << self.masquerade_bit
+    }
+
+    /// What kube-proxy's validation refuses at startup, once flags and file are merged: an
+    /// interface mode without its interface name (or with one the kernel cannot have). The
+    /// compiler itself copes (no detector, and a diagnostic), but a proxy should not start so.
+    pub fn check(&self) -> Result<(), String> {
+        let (flag, field, value) = match self.detect_local_mode {
+            LocalMode::BridgeInterface => (
+                "--pod-bridge-interface",
+                "detectLocal.bridgeInterface",
+                &self.pod_bridge_interface,
+            ),
+            LocalMode::InterfaceNamePrefix => (
+                "--pod-interface-name-prefix",
+                "detectLocal.interfaceNamePrefix",
+                &self.pod_interface_name_prefix,
+            ),
+            LocalMode::ClusterCidr | LocalMode::NodeCidr => return Ok(()),
+        };
+        let mode = self.detect_local_mode;
+        match value {
+            None => Err(format!(
+                "--detect-local-mode {mode} needs {flag} ({field} in a config file)"
+            )),
+            Some(name) => {
+                let prefix = mode == LocalMode::InterfaceNamePrefix;
+                match crate::ir::ifname_problem(name, prefix) {
+                    Some(problem) => Err(format!("{flag} {name:?}: {problem}")),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// kube-proxy's local-traffic detectors (`--detect-local-mode`, `detectLocalMode`): what makes
+/// a packet "from a pod on this node". ClusterIP traffic that is not is masqueraded, and pods
+/// reaching an `externalTrafficPolicy: Local` Service's external address are sent to every
+/// endpoint instead of only the local ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LocalMode {
+    /// `ClusterCIDR` (the default): the source is in the family's first `--cluster-cidr`.
+    #[default]
+    ClusterCidr,
+    /// `NodeCIDR`: the source is in the family's first `spec.podCIDRs` entry of this Node.
+    NodeCidr,
+    /// `BridgeInterface`: the packet arrives on `--pod-bridge-interface` (`iifname "cbr0"`).
+    BridgeInterface,
+    /// `InterfaceNamePrefix`: the packet arrives on an interface whose name starts with
+    /// `--pod-interface-name-prefix` (`iifname "veth*"`).
+    InterfaceNamePrefix,
+}
+
+impl LocalMode {
+    /// kube-proxy's spelling, as the flag and the config file take it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalMode::ClusterCidr => "ClusterCIDR",
+            LocalMode::NodeCidr => "NodeCIDR",
+            LocalMode::BridgeInterface => "BridgeInterface",
+            LocalMode::InterfaceNamePrefix => "InterfaceNamePrefix",
+        }
+    }
+}
+
+impl std::fmt::Display for LocalMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for LocalMode {
+    type Err = String;
+
+    /// kube-proxy's names, case-sensitive as kube-proxy compares them; blank means the default
+    /// (`ClusterCIDR`), as in kube-proxy.
+    fn from_str(text: &str) -> Result<LocalMode, String> {
+        let all = [
+            LocalMode::ClusterCidr,
+            LocalMode::NodeCidr,
+            LocalMode::BridgeInterface,
+            LocalMode::InterfaceNamePrefix,
+        ];
+        if text.trim().is_empty() {
+            return Ok(LocalMode::ClusterCidr);
+        }
+        all.into_iter().find(|m| m.name() == text).ok_or_else(|| {
+            format!(
+                "unknown mode {text:?} (expected ClusterCIDR, NodeCIDR, BridgeInterface or \
+                 InterfaceNamePrefix)"
+            )
+        })
+    }
+}
+
+/// Parses `--pod-bridge-interface`: a name the kernel accepts for an interface.
+pub fn parse_interface_name(text: &str) -> Result<String, String> {
+    match crate::ir::ifname_problem(text, false) {
+        Some(problem) => Err(format!("interface name {text:?} {problem}")),
+        None => Ok(text.to_owned()),
+    }
+}
+
+/// Parses `--pod-interface-name-prefix`: the start of an interface name (at most 14 bytes, as
+/// nft's `"prefix*"` takes it).
+pub fn parse_interface_prefix(text: &str) -> Result<String, String> {
+    match crate::ir::ifname_problem(text, true) {
+        Some(problem) => Err(format!("interface name prefix {text:?} {problem}")),
+        None => Ok(text.to_owned()),
     }
 }
 
@@ -112,6 +232,12 @@ pub struct KubeProxyConfiguration {
     pub masquerade_all: Option<bool>,
     /// `nftables.masqueradeBit`.
     pub masquerade_bit: Option<u8>,
+    /// `detectLocalMode` (blank: not set).
+    pub detect_local_mode: Option<LocalMode>,
+    /// `detectLocal.bridgeInterface` (blank: not set).
+    pub bridge_interface: Option<String>,
+    /// `detectLocal.interfaceNamePrefix` (blank: not set).
+    pub interface_name_prefix: Option<String>,
     /// The daemon's settings (`kube-nft run`); they do not shape the ruleset.
     pub daemon: DaemonSettings,
 }
@@ -152,6 +278,15 @@ impl KubeProxyConfiguration {
         }
         if let Some(bit) = self.masquerade_bit {
             config.masquerade_bit = bit;
+        }
+        if let Some(mode) = self.detect_local_mode {
+            config.detect_local_mode = mode;
+        }
+        if let Some(name) = &self.bridge_interface {
+            config.pod_bridge_interface = Some(name.clone());
+        }
+        if let Some(prefix) = &self.interface_name_prefix {
+            config.pod_interface_name_prefix = Some(prefix.clone());
         }
     }
 }
@@ -223,6 +358,9 @@ const KNOWN_TOP_LEVEL_FIELDS: &[&str] = &[
     "minSyncPeriod",
 ];
 
+/// Every field of v1alpha1's `DetectLocalConfiguration`.
+const KNOWN_DETECT_LOCAL_FIELDS: &[&str] = &["bridgeInterface", "interfaceNamePrefix"];
+
 /// Every field of v1alpha1's `KubeProxyNFTablesConfiguration`.
 const KNOWN_NFTABLES_FIELDS: &[&str] = &[
     "masqueradeBit",
@@ -250,6 +388,15 @@ struct RawKubeProxyConfiguration {
     healthz_bind_address: Option<String>,
     metrics_bind_address: Option<String>,
     client_connection: RawClientConnection,
+    detect_local_mode: String,
+    detect_local: RawDetectLocalConfiguration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct RawDetectLocalConfiguration {
+    bridge_interface: String,
+    interface_name_prefix: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -347,6 +494,16 @@ pub fn parse_kube_proxy_configuration(
         (None, None) => None,
         (top, nft) => Some(top.unwrap_or(false) || nft.unwrap_or(false)),
     };
+    let detect_local_mode = match raw.detect_local_mode.trim() {
+        "" => None,
+        text => Some(
+            LocalMode::from_str(text)
+                .map_err(|message| invalid("detectLocalMode".into(), message))?,
+        ),
+    };
+    // Names are checked where they are used (`Config::check`): kube-proxy ignores the one its
+    // mode does not need.
+    let non_blank = |text: String| (!text.trim().is_empty()).then_some(text);
 
     // kube-proxy 1.31 moved the periods to the top level; the per-mode fields still work.
     let period = |top: &Option<String>, nft: &Option<String>, field: &str| {
@@ -380,6 +537,9 @@ pub fn parse_kube_proxy_configuration(
         masquerade_all,
         masquerade_bit,
         daemon,
+        detect_local_mode,
+        bridge_interface: non_blank(raw.detect_local.bridge_interface),
+        interface_name_prefix: non_blank(raw.detect_local.interface_name_prefix),
     };
     Ok((config, warnings))
 }
@@ -430,8 +590,8 @@ fn syntax_error(err: serde_saphyr::Error) -> ConfigError {
     }
 }
 
-/// JSON paths of the fields of `tree` that v1alpha1 does not define (top level and
-/// `nftables`), in file order.
+/// JSON paths of the fields of `tree` that v1alpha1 does not define (top level, `nftables`
+/// and `detectLocal`), in file order.
 fn unknown_fields(tree: &serde_json::Value) -> Vec<String> {
     let mut unknown = Vec::new();
     let Some(top) = tree.as_object() else {
@@ -440,10 +600,14 @@ fn unknown_fields(tree: &serde_json::Value) -> Vec<String> {
     for (key, value) in top {
         if !KNOWN_TOP_LEVEL_FIELDS.contains(&key.as_str()) {
             unknown.push(key.clone());
-        } else if key == "nftables" {
+        } else if let Some(known) = match key.as_str() {
+            "nftables" => Some(KNOWN_NFTABLES_FIELDS),
+            "detectLocal" => Some(KNOWN_DETECT_LOCAL_FIELDS),
+            _ => None,
+        } {
             for nested in value.as_object().into_iter().flat_map(|map| map.keys()) {
-                if !KNOWN_NFTABLES_FIELDS.contains(&nested.as_str()) {
-                    unknown.push(format!("nftables.{nested}"));
+                if !known.contains(&nested.as_str()) {
+                    unknown.push(format!("{key}.{nested}"));
                 }
             }
         }
@@ -488,6 +652,9 @@ mod tests {
                     sync_period: Some(Duration::from_secs(30)),
                     ..DaemonSettings::default()
                 },
+                detect_local_mode: None,
+                bridge_interface: None,
+                interface_name_prefix: None,
             }
         );
     }
@@ -519,6 +686,40 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_local_traffic_detector() {
+        let text = format!(
+            "{HEADER}detectLocalMode: BridgeInterface\ndetectLocal:\n  bridgeInterface: cbr0\n  \
+             interfaceNamePrefix: ''\n  clusterCIDRs: [10.0.0.0/8]\n"
+        );
+        let (file, warnings) = parse(&text).unwrap();
+        assert_eq!(file.detect_local_mode, Some(LocalMode::BridgeInterface));
+        assert_eq!(file.bridge_interface.as_deref(), Some("cbr0"));
+        assert_eq!(file.interface_name_prefix, None);
+        // v1alpha2's detectLocal.clusterCIDRs is not a v1alpha1 field.
+        assert_eq!(
+            warnings,
+            [
+                "unknown fields ignored (decoded leniently, as kube-proxy does): \
+              detectLocal.clusterCIDRs"
+            ]
+        );
+        let mut config = Config::default();
+        file.apply_to(&mut config);
+        assert_eq!(config.detect_local_mode, LocalMode::BridgeInterface);
+        assert_eq!(config.check(), Ok(()));
+
+        // Blank is the default; kube-proxy's names are case-sensitive.
+        let (file, _) = parse(&format!("{HEADER}detectLocalMode: ''\n")).unwrap();
+        assert_eq!(file.detect_local_mode, None);
+        let err = parse(&format!("{HEADER}detectLocalMode: nodecidr\n")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("detectLocalMode: unknown mode \"nodecidr\""),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn go_durations() {
         for (text, ms) in [
             ("30s", 30_000),
@@ -537,6 +738,46 @@ mod tests {
         for text in ["", "10", "5x", "-1s", "s"] {
             assert!(parse_go_duration(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn interface_modes_need_a_valid_interface_name() {
+        let mode = |detect_local_mode, bridge: Option<&str>, prefix: Option<&str>| Config {
+            detect_local_mode,
+            pod_bridge_interface: bridge.map(str::to_owned),
+            pod_interface_name_prefix: prefix.map(str::to_owned),
+            ..Config::default()
+        };
+        assert_eq!(
+            mode(LocalMode::BridgeInterface, None, Some("veth")).check(),
+            Err(
+                "--detect-local-mode BridgeInterface needs --pod-bridge-interface \
+                 (detectLocal.bridgeInterface in a config file)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            mode(
+                LocalMode::InterfaceNamePrefix,
+                None,
+                Some("a-name-too-long")
+            )
+            .check(),
+            Err("--pod-interface-name-prefix \"a-name-too-long\": is longer than 14 bytes".into())
+        );
+        // The name the mode does not use is not looked at, as in kube-proxy.
+        assert_eq!(
+            mode(LocalMode::NodeCidr, Some("bad name"), None).check(),
+            Ok(())
+        );
+        assert_eq!("NodeCIDR".parse(), Ok(LocalMode::NodeCidr));
+        assert_eq!(" ".parse(), Ok(LocalMode::ClusterCidr));
+        assert!(parse_interface_name("cni0").is_ok());
+        assert_eq!(
+            parse_interface_name("eth:0"),
+            Err("interface name \"eth:0\" contains ':'".into())
+        );
+        assert!(parse_interface_prefix("veth").is_ok());
     }
 
     #[test]

@@ -15,12 +15,18 @@ use crate::ir::{Family, L4Proto};
 pub struct Graph {
     /// This node.
     pub node: NodeInfo,
-    /// NodePort addresses after resolving `primary` and filtering by family: a zero-length
-    /// prefix (`0.0.0.0/0`, `::/0`) means every local address of that family. A family with no
-    /// entry also means every local address (kube-proxy's rule).
+    /// NodePort addresses after resolving `primary` and dropping loopback: a zero-length prefix
+    /// (`0.0.0.0/0`, `::/0`) means every local address of that family (what kube-proxy does for
+    /// a family `--nodeport-addresses` does not name), and a family with no prefix here serves
+    /// no NodePort at all.
     pub nodeport_addresses: Vec<IpNet>,
     /// Prefixes of known ServiceCIDR objects (traffic to unallocated IPs in them is dropped).
     pub service_cidrs: Vec<IpNet>,
+    /// The local-traffic detector of each family that has one, in family order. A family
+    /// without one has no detector, which kube-proxy handles by never masquerading ClusterIP
+    /// traffic for being "not from a pod" and by not short-circuiting pods to
+    /// `externalTrafficPolicy: Local` Services.
+    pub local_detectors: Vec<(Family, LocalDetector)>,
     /// Services with at least one port to program, sorted by (namespace, name).
     pub services: Vec<Service>,
 }
@@ -34,6 +40,49 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// Primary node IPs, at most one per family (from `--node-ip` or the Node's InternalIPs).
     pub ips: Vec<IpAddr>,
+    /// Every address the node is known to own, sorted: the primary IPs and every InternalIP
+    /// and ExternalIP of the Node object. (`trace` counts them as local; the kernel's `fib`
+    /// knows the real list.)
+    pub addresses: Vec<IpAddr>,
+    /// The Node's `spec.podCIDRs` (or the older `spec.podCIDR`), in the order written.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+impl Graph {
+    /// The local-traffic detector of a family, if it has one.
+    pub fn local_detector(&self, family: Family) -> Option<&LocalDetector> {
+        self.local_detectors
+            .iter()
+            .find(|(f, _)| *f == family)
+            .map(|(_, d)| d)
+    }
+}
+
+/// kube-proxy's local-traffic detector in one family (`--detect-local-mode`): what makes a
+/// packet "from a pod on this node", one variant per mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalDetector {
+    /// `ClusterCIDR`: the source is inside the family's first `--cluster-cidr`.
+    ClusterCidr(IpNet),
+    /// `NodeCIDR`: the source is inside the family's first pod CIDR of this Node.
+    NodeCidr(IpNet),
+    /// `BridgeInterface`: the packet arrives on this interface (`iifname "cbr0"`).
+    Interface(String),
+    /// `InterfaceNamePrefix`: the packet arrives on an interface whose name starts with this
+    /// (`iifname "veth*"`).
+    InterfacePrefix(String),
+}
+
+impl LocalDetector {
+    /// Whether a packet that arrives on interface `name` counts as a pod's, for the interface
+    /// detectors (`None` for the address ones).
+    pub fn matches_interface(&self, name: &str) -> Option<bool> {
+        match self {
+            LocalDetector::Interface(iface) => Some(name == iface),
+            LocalDetector::InterfacePrefix(prefix) => Some(name.starts_with(prefix.as_str())),
+            LocalDetector::ClusterCidr(_) | LocalDetector::NodeCidr(_) => None,
+        }
+    }
 }
 
 impl NodeInfo {

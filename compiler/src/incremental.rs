@@ -39,6 +39,8 @@ type ElemId = (u8, u8, Vec<crate::ir::Value>);
 #[derive(Debug)]
 struct Lowered {
     key: Arc<Key>,
+    /// The Service as assembled for this node (for the checks across Services).
+    service: Option<crate::graph::Service>,
     fragments: [Stored; 2],
     diags: Vec<Diagnostic>,
     /// Service ports with a Local policy and no local endpoint: (external, internal).
@@ -97,6 +99,8 @@ pub struct Incremental {
     quarantined: BTreeMap<Key, String>,
     /// Services to recompute at the next sync for reasons of our own (a quarantine).
     requeued: BTreeSet<Key>,
+    /// The Services the last sync recomputed.
+    last_changed: Vec<Key>,
 }
 
 impl Incremental {
@@ -119,6 +123,7 @@ impl Incremental {
             rebuild: true,
             quarantined: BTreeMap::new(),
             requeued: BTreeSet::new(),
+            last_changed: Vec::new(),
         };
         this.rebuild_skeletons();
         this
@@ -153,6 +158,7 @@ impl Incremental {
             self.quarantined.remove(key);
         }
         changes.services.append(&mut self.requeued);
+        self.last_changed = changes.services.iter().cloned().collect();
         if changes.context {
             let (context, diags) = self.inputs.context();
             self.context_diags = diags;
@@ -262,6 +268,7 @@ impl Incremental {
         }
         Some(Lowered {
             key: Arc::new(key.clone()),
+            service,
             fragments,
             diags,
             no_local,
@@ -463,12 +470,34 @@ impl Incremental {
         })
     }
 
-    /// Every current diagnostic, sorted and deduplicated.
+    /// Every current diagnostic, sorted and deduplicated, including the checks across
+    /// Services (shared addresses, endpoints that are ClusterIPs): what `compile` reports for
+    /// the same objects. O(Services); see [`Incremental::changed_diagnostics`] for a sync's own.
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
         let mut diags = self.context_diags.clone();
         for lowered in self.services.values() {
             diags.extend(lowered.diags.iter().cloned());
         }
+        let services: Vec<&crate::graph::Service> = self
+            .services
+            .values()
+            .filter_map(|l| l.service.as_ref())
+            .collect();
+        diags.extend(crate::normalize::cross_checks(&self.context, &services));
+        diags.sort();
+        diags.dedup();
+        diags
+    }
+
+    /// The diagnostics of the Services the last sync recomputed (their objects and slices;
+    /// not the checks across Services, which [`Incremental::diagnostics`] runs).
+    pub fn changed_diagnostics(&self) -> Vec<Diagnostic> {
+        let mut diags: Vec<Diagnostic> = self
+            .last_changed
+            .iter()
+            .filter_map(|key| self.services.get(key))
+            .flat_map(|l| l.diags.iter().cloned())
+            .collect();
         diags.sort();
         diags.dedup();
         diags

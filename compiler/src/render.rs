@@ -347,6 +347,7 @@ impl Display for ExprText<'_> {
             Expr::CtStatus => f.write_str("ct status"),
             Expr::FibType(FibAddr::Saddr) => f.write_str("fib saddr type"),
             Expr::FibType(FibAddr::Daddr) => f.write_str("fib daddr type"),
+            Expr::Iifname => f.write_str("iifname"),
             Expr::Numgen { mode, modulus } => {
                 let mode = match mode {
                     NumgenMode::Random => "random",
@@ -394,6 +395,9 @@ impl Display for ValueText<'_> {
             Value::FibLocal => f.write_str("local"),
             Value::CtNew => f.write_str("new"),
             Value::CtDnat => f.write_str("dnat"),
+            // Names are checked by `ir::ifname_problem` (the verifier), so they need no escaping.
+            Value::Iface(name) => write!(f, "\"{name}\""),
+            Value::IfacePrefix(prefix) => write!(f, "\"{prefix}*\""),
         }
     }
 }
@@ -520,6 +524,14 @@ mod tests {
         check_stmt(
             m(Expr::FibType(FibAddr::Daddr), CmpOp::Ne, Value::FibLocal),
             expect!["fib daddr type != local"],
+        );
+        check_stmt(
+            m(Expr::Iifname, CmpOp::Eq, Value::Iface("cni0".into())),
+            expect![[r#"iifname "cni0""#]],
+        );
+        check_stmt(
+            m(Expr::Iifname, CmpOp::Ne, Value::IfacePrefix("veth".into())),
+            expect![[r#"iifname != "veth*""#]],
         );
     }
 

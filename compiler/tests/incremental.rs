@@ -166,6 +166,40 @@ fn one_endpoint_change_relowers_one_service() {
     assert_eq!(kernel, compile(&second, &config).ruleset);
 }
 
+/// Two Services claiming the same externalIP and port: the first in namespace/name order owns
+/// the dispatch element; when it goes, the other one takes over in the same delta.
+#[test]
+fn contested_elements_change_hands() {
+    let svc = |name: &str, cluster_ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"namespace": "ns", "name": name},
+               "spec": {"clusterIP": cluster_ip, "externalIPs": ["192.0.2.7"],
+                        "selector": {"app": name},
+                        "ports": [{"name": "http", "port": 80}]}})
+    };
+    let slice = |name: &str, ip: &str| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"namespace": "ns", "name": format!("{name}-x"),
+                            "labels": {"kubernetes.io/service-name": name}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": [{"addresses": [ip], "nodeName": "node-b"},
+                             {"addresses": ["10.1.0.99"], "nodeName": "node-b"}]})
+    };
+    let both = snapshot_of(vec![
+        svc("a", "172.30.0.1"),
+        slice("a", "10.1.0.1"),
+        svc("b", "172.30.0.2"),
+        slice("b", "10.1.0.2"),
+    ]);
+    let only_b = snapshot_of(vec![svc("b", "172.30.0.2"), slice("b", "10.1.0.2")]);
+    let empty = Snapshot::default();
+    run(
+        &[both.clone(), only_b.clone(), both, empty, only_b],
+        &config(),
+    );
+}
+
 /// A Node change that moves the node-wide part (its InternalIP, hence NodePort addresses)
 /// makes the next sync a full one; a Node update that changes nothing we read does not.
 #[test]

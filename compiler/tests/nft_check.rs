@@ -247,6 +247,11 @@ fn every_form(family: Family) -> Table {
             vec![
                 Rule::new(vec![verdict(jump("services"))]),
                 Rule::new(vec![
+                    m(Expr::Iifname, CmpOp::Eq, Value::Iface("cni0".into())),
+                    m(Expr::Iifname, CmpOp::Ne, Value::IfacePrefix("veth".into())),
+                    verdict(Verdict::Return),
+                ]),
+                Rule::new(vec![
                     Stmt::Lookup {
                         left: daddr.clone(),
                         set: "nodeport-ips".into(),
@@ -620,7 +625,14 @@ fn every_form(family: Family) -> Table {
             None,
         )],
     );
+    let interfaces = set(
+        "pod-interfaces",
+        vec![DataType::Ifname],
+        vec![],
+        vec![element(vec![Value::Iface("cni0".into())], None, None)],
+    );
     for s in [
+        interfaces,
         cluster_ips,
         service_ips,
         no_endpoints,

@@ -17,7 +17,9 @@
 //! works: LAN hosts reach each other directly, clients and other nodes route everything else
 //! through this node, this node routes other nodes' pods through them, and pods use their
 //! node as default gateway (169.254.1.1 and fe80::1 on the node's side of each pod veth, as
-//! Calico does).
+//! Calico does). With [`Topology::pod_bridge`], this node's pod veths are ports of that bridge
+//! instead, and the gateway addresses and pod routes are on the bridge (the `bridge` CNI
+//! plugin's shape): routed pod traffic then arrives on the bridge, as `iifname` sees it.
 
 pub mod demo;
 mod echo;
@@ -151,6 +153,16 @@ impl Lab {
 
         let this = &hosts[0];
         let mut batches: Vec<String> = vec![String::from("link set lo up\n"); hosts.len()];
+        let bridge = self.topology.pod_bridge.as_deref();
+        if let Some(bridge) = bridge {
+            let _ = writeln!(batches[0], "link add {bridge} type bridge");
+            let _ = writeln!(
+                batches[0],
+                "addr add 169.254.1.1/32 dev {bridge} scope link"
+            );
+            let _ = writeln!(batches[0], "addr add fe80::1/64 dev {bridge} nodad");
+            let _ = writeln!(batches[0], "link set {bridge} up");
+        }
         let mut switch = String::new();
         let mut pods_of: Vec<usize> = vec![0; hosts.len()];
         for (i, host) in hosts.iter().enumerate() {
@@ -173,11 +185,25 @@ impl Lab {
                         ),
                     )?;
                     let nb = &mut batches[node];
-                    let _ = writeln!(nb, "addr add 169.254.1.1/32 dev {port} scope link");
-                    let _ = writeln!(nb, "addr add fe80::1/64 dev {port} nodad");
-                    let _ = writeln!(nb, "link set {port} up");
+                    // This node's pods on the bridge: the veth is a port, the bridge routes.
+                    // Hairpin mode, as the bridge CNI plugin sets it: with br_netfilter, a DNAT
+                    // back to a pod on the same bridge is bridged out of the port the packet
+                    // came in on (a pod reaching itself through its Service).
+                    let dev = match bridge.filter(|_| node == 0) {
+                        Some(bridge) => {
+                            let _ = writeln!(nb, "link set {port} master {bridge} up");
+                            let _ = writeln!(nb, "link set {port} type bridge_slave hairpin on");
+                            bridge.to_owned()
+                        }
+                        None => {
+                            let _ = writeln!(nb, "addr add 169.254.1.1/32 dev {port} scope link");
+                            let _ = writeln!(nb, "addr add fe80::1/64 dev {port} nodad");
+                            let _ = writeln!(nb, "link set {port} up");
+                            port
+                        }
+                    };
                     for a in &host.addrs {
-                        let _ = writeln!(nb, "route add {a} dev {port}");
+                        let _ = writeln!(nb, "route add {a} dev {dev}");
                     }
                     let _ = writeln!(b, "route add 169.254.1.1 dev eth0 scope link");
                     let _ = writeln!(b, "route add 0.0.0.0/0 via 169.254.1.1 dev eth0");

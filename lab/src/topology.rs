@@ -104,6 +104,9 @@ pub struct ClientSpec {
 pub struct Topology {
     /// Every host; nodes come first, this node at index 0.
     pub hosts: Vec<Host>,
+    /// `Some(name)`: this node's pods hang off a bridge of that name (as with the `bridge` CNI
+    /// plugin, for `--detect-local-mode BridgeInterface`) instead of one routed veth each.
+    pub pod_bridge: Option<String>,
 }
 
 /// Addresses of the default LAN clients: `client` (ten addresses per family, for source-hash
@@ -295,7 +298,10 @@ impl Topology {
             });
         }
         hosts.retain(|h| !h.addrs.is_empty());
-        Topology { hosts }
+        Topology {
+            hosts,
+            pod_bridge: None,
+        }
     }
 
     /// The host called `name`.

@@ -96,13 +96,10 @@ pub enum Error {
 fn required(source: &Source) -> Vec<Resource> {
     match source {
         // kube-proxy waits for Services and EndpointSlices, and for its Node (whose addresses
-        // and labels shape the ruleset); ServiceCIDRs arrive as empty when the API lacks them.
-        Source::Api { .. } => vec![
-            Resource::Services,
-            Resource::EndpointSlices,
-            Resource::Node,
-            Resource::ServiceCidrs,
-        ],
+        // and labels shape the ruleset). Not for ServiceCIDRs: an API server without them
+        // answers 404 (handled), but RBAC without them answers 403 forever, and that must not
+        // keep every Service unprogrammed; they are folded in when they arrive.
+        Source::Api { .. } => vec![Resource::Services, Resource::EndpointSlices, Resource::Node],
         // The manifests source lists every resource at once, legacy Endpoints included.
         Source::Manifests { .. } => Resource::ALL.to_vec(),
     }
@@ -392,14 +389,28 @@ fn record(
                     "synced"
                 );
             }
-            let diagnostics = engine.diagnostics();
+            // Every round reports what is new about the Services it recomputed; rounds that
+            // read the kernel back (rare, and O(cluster) anyway) also run the checks across
+            // Services and refresh the gauge.
+            let full = outcome.kind != SyncKind::Partial;
+            let diagnostics = if full {
+                engine.diagnostics()
+            } else {
+                engine.changed_diagnostics()
+            };
             for diagnostic in &diagnostics {
                 if reported.binary_search(diagnostic).is_err() {
                     warn!(%diagnostic, "bad input (the rest is programmed)");
                 }
             }
-            metrics.set_diagnostics(&diagnostics);
-            *reported = diagnostics;
+            if full {
+                metrics.set_diagnostics(&diagnostics);
+                *reported = diagnostics;
+            } else {
+                reported.extend(diagnostics);
+                reported.sort();
+                reported.dedup();
+            }
             true
         }
         Err(err) => {

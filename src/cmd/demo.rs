@@ -3,9 +3,10 @@
 //! as a table. The lab is dropped, and every namespace with it, before this returns.
 
 use anyhow::Context;
+use kube_nft_compiler::config::LocalMode;
 use kube_nft_compiler::model::{self, Snapshot, Source};
 use kube_nft_lab::demo::{tour, Row};
-use kube_nft_lab::topology::{default_lan_clients, pod_cidrs, pod_client};
+use kube_nft_lab::topology::{default_lan_clients, pod_client};
 use kube_nft_lab::{Lab, Role, Topology};
 
 use super::{compile::program, node_config, print_stdout, read_sources};
@@ -33,11 +34,10 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .hostname
         .clone()
         .context("no --hostname-override and no Node object to choose this node from")?;
-    if config.cluster_cidrs.is_empty() {
-        config.cluster_cidrs = pod_cidrs(&snapshot, &node)
-            .iter()
-            .filter_map(|c| c.parse().ok())
-            .collect();
+    // Without a pod range, this node's own podCIDRs tell its pods apart (kube-proxy's
+    // NodeCIDR mode), which is what the lab's pod client uses.
+    if config.cluster_cidrs.is_empty() && config.detect_local_mode == LocalMode::ClusterCidr {
+        config.detect_local_mode = LocalMode::NodeCidr;
     }
     let compiled = kube_nft_compiler::compile(&snapshot, &config);
     for diagnostic in loaded.diagnostics.iter().chain(&compiled.diagnostics) {

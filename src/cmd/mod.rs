@@ -12,7 +12,7 @@ mod trace;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use kube_nft_compiler::config::{
@@ -20,6 +20,7 @@ use kube_nft_compiler::config::{
 };
 use kube_nft_compiler::model::{self, Source};
 use kube_nft_compiler::{Compiled, Config};
+use kube_nft_runtime::sources::manifests::manifest_files;
 
 use crate::cli::{Cli, Command, InputArgs, NodeArgs};
 
@@ -102,6 +103,26 @@ fn node_config_and_file(
     if let Some(name) = &node.service_proxy_name {
         config.service_proxy_name = Some(name.clone());
     }
+    if let Some(mode) = node.detect_local_mode {
+        config.detect_local_mode = mode;
+    }
+    if let Some(name) = &node.pod_bridge_interface {
+        config.pod_bridge_interface = Some(name.clone());
+    }
+    if let Some(prefix) = &node.pod_interface_name_prefix {
+        config.pod_interface_name_prefix = Some(prefix.clone());
+    }
+    // What kube-proxy refuses to start with: a usage error when the flags chose the mode or
+    // the interface, else the config file's.
+    if let Err(message) = config.check() {
+        let flags = node.detect_local_mode.is_some()
+            || node.pod_bridge_interface.is_some()
+            || node.pod_interface_name_prefix.is_some();
+        match &node.config {
+            Some(path) if !flags => bail!("config file {}: {message}", path.display()),
+            _ => bail!(UsageError(message)),
+        }
+    }
     Ok((config, read))
 }
 
@@ -138,15 +159,14 @@ fn read_sources(path: &Path) -> anyhow::Result<Vec<Source>> {
     }
     let metadata = fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
     let files = if metadata.is_dir() {
-        let mut files = Vec::new();
-        collect_manifests(path, &mut files)?;
+        // The daemon's `--manifests` walk: the same files in the same order.
+        let files = manifest_files(path)?;
         if files.is_empty() {
             bail!(
                 "no *.yaml, *.yml or *.json files under directory {}",
                 path.display()
             );
         }
-        files.sort();
         files
     } else {
         vec![path.to_path_buf()]
@@ -162,32 +182,6 @@ fn read_sources(path: &Path) -> anyhow::Result<Vec<Source>> {
             })
         })
         .collect()
-}
-
-/// Collects manifest files below `dir`. Symlinked directories are not followed (no cycles);
-/// symlinked files are.
-fn collect_manifests(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let entries = fs::read_dir(dir).with_context(|| format!("read directory {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("read directory {}", dir.display()))?;
-        let path = entry.path();
-        let file_type = entry
-            .file_type()
-            .with_context(|| format!("read {}", path.display()))?;
-        if file_type.is_dir() {
-            collect_manifests(&path, files)?;
-        } else if is_manifest(&path) && path.is_file() {
-            files.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn is_manifest(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|ext| ext.to_str()),
-        Some("yaml" | "yml" | "json")
-    )
 }
 
 /// Writes command output to stdout. A closed pipe (`| head`) is not an error.

@@ -14,15 +14,19 @@ pub(super) fn run(args: &TraceArgs) -> anyhow::Result<()> {
         .parse()
         .map_err(|err| UsageError(format!("invalid packet {:?}: {err}", args.packet)))?;
     let compiled = load_and_compile(&args.input, &args.node)?;
+    let mut env = Env::from_graph(&compiled.graph);
+    env.local_addrs.extend(&args.local_ip);
+    env.local_addrs.sort();
+    env.local_addrs.dedup();
     let origin = match args.from {
         Some(PacketOrigin::Outside) => Origin::Outside,
         Some(PacketOrigin::Pod) => Origin::LocalPod,
         Some(PacketOrigin::Host) => Origin::Host,
-        None if compiled.graph.node.ips.contains(&packet.saddr) => Origin::Host,
+        // Only this host sends from its own (or a loopback) address.
+        None if env.is_local(packet.saddr) => Origin::Host,
         None => Origin::Outside,
     };
     let packet = packet.with_origin(origin);
-    let env = Env::from_graph(&compiled.graph);
     let trace = trace::trace(&compiled.ruleset, &env, &packet);
     print_stdout(&trace.to_string())
 }

@@ -72,6 +72,22 @@ pub fn every_form(family: Family) -> ir::Table {
                     jump("to-endpoints"),
                 ])
                 .with_comment("prefix forms"),
+                Rule::new(vec![
+                    m(Expr::Iifname, CmpOp::Eq, Value::Iface("cni0".into())),
+                    m(
+                        Expr::Iifname,
+                        CmpOp::Ne,
+                        Value::Iface("abcdefghijklmno".into()),
+                    ),
+                    m(Expr::Iifname, CmpOp::Eq, Value::IfacePrefix("veth".into())),
+                    m(
+                        Expr::Iifname,
+                        CmpOp::Ne,
+                        Value::IfacePrefix("abcdefghijklmn".into()),
+                    ),
+                    jump("to-endpoints"),
+                ])
+                .with_comment("interface names"),
                 Rule::new(vec![Stmt::Vmap {
                     left: key.clone(),
                     map: "services".into(),

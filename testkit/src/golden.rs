@@ -115,6 +115,11 @@ pub fn case_config(text: &str) -> Config {
             }
             "--masquerade-all" => config.masquerade_all = true,
             "--service-proxy-name" => config.service_proxy_name = Some(v.to_owned()),
+            "--detect-local-mode" => {
+                config.detect_local_mode = v.parse().expect("detect-local-mode")
+            }
+            "--pod-bridge-interface" => config.pod_bridge_interface = Some(v.to_owned()),
+            "--pod-interface-name-prefix" => config.pod_interface_name_prefix = Some(v.to_owned()),
             other => panic!("case uses flag {other}, which this test does not parse yet"),
         }
     }

@@ -57,6 +57,14 @@ impl Family {
         }
     }
 
+    /// `IPv4` / `IPv6`, as Kubernetes names the families (messages, diagnostics).
+    pub fn ip_name(self) -> &'static str {
+        match self {
+            Family::Ip => "IPv4",
+            Family::Ip6 => "IPv6",
+        }
+    }
+
     /// The loopback prefix of this family, excluded from NodePort matching.
     pub fn loopback(self) -> IpNet {
         match self {
@@ -353,6 +361,9 @@ pub enum Expr {
     CtStatus,
     /// `fib saddr type` / `fib daddr type`.
     FibType(FibAddr),
+    /// `meta iifname`: the name of the interface the packet came in on (empty in the output
+    /// hook, where a packet has no input interface).
+    Iifname,
     /// `numgen random mod N` / `numgen inc mod N`.
     Numgen {
         /// random or inc.
@@ -384,6 +395,7 @@ impl Expr {
             Expr::CtState => vec![DataType::CtState],
             Expr::CtStatus => vec![DataType::CtStatus],
             Expr::FibType(_) => vec![DataType::FibAddrType],
+            Expr::Iifname => vec![DataType::Ifname],
             Expr::Numgen { .. } | Expr::JhashSaddr { .. } => vec![DataType::Integer],
             Expr::Concat(parts) => parts.iter().flat_map(|p| p.data_types()).collect(),
         }
@@ -464,6 +476,11 @@ pub enum Value {
     CtNew,
     /// `ct status dnat`.
     CtDnat,
+    /// An interface name, `"cni0"`: equal to the whole name.
+    Iface(String),
+    /// An interface name prefix, `"veth*"`: the name starts with it (nft compares only the
+    /// prefix's bytes).
+    IfacePrefix(String),
 }
 
 impl Value {
@@ -498,6 +515,8 @@ pub enum DataType {
     CtStatus,
     /// `fib_addrtype`.
     FibAddrType,
+    /// `ifname`: an interface name, `IFNAMSIZ` (16) bytes padded with zeros.
+    Ifname,
     /// `integer` (numgen and jhash results).
     Integer,
     /// `verdict` (map data only).
@@ -516,9 +535,41 @@ impl DataType {
             DataType::CtState => "ct_state",
             DataType::CtStatus => "ct_status",
             DataType::FibAddrType => "fib_addrtype",
+            DataType::Ifname => "ifname",
             DataType::Integer => "integer",
             DataType::Verdict => "verdict",
         }
+    }
+}
+
+/// The longest interface name the kernel accepts (`IFNAMSIZ` 16, less the terminating zero).
+pub const IFNAME_MAX: usize = 15;
+
+/// The longest `iifname "prefix*"` prefix nft accepts: it counts the `*` and the terminating
+/// zero against the 16 bytes of an interface name.
+pub const IFNAME_PREFIX_MAX: usize = 14;
+
+/// Why `name` cannot be an interface name (or, with `prefix`, the start of one): the kernel's
+/// `dev_valid_name` rules (not empty, not `.` or `..`, no `/`, `:` or whitespace, at most
+/// [`IFNAME_MAX`] bytes), plus what the nft script cannot carry inside its quotes (`"`, `\`) and
+/// `*`, which nft reads as the wildcard.
+pub fn ifname_problem(name: &str, prefix: bool) -> Option<String> {
+    let max = if prefix {
+        IFNAME_PREFIX_MAX
+    } else {
+        IFNAME_MAX
+    };
+    let bad = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | ':' | '"' | '\\' | '*'));
+    if name.is_empty() {
+        Some("is empty".to_string())
+    } else if name.len() > max {
+        Some(format!("is longer than {max} bytes"))
+    } else if !prefix && (name == "." || name == "..") {
+        Some(format!("{name:?} is not an interface name"))
+    } else {
+        bad.map(|c| format!("contains {c:?}"))
     }
 }
 

@@ -60,6 +60,20 @@ pub fn external_chain(id: &ServicePortId<'_>) -> String {
     hashed("external", &id.body())
 }
 
+/// Whether `name` is one of a service port's own chains (`service-`, `local-`, `external-`
+/// followed by a hash). Such a chain may legitimately be unreachable: when two Services claim
+/// one address and port, the dispatch element goes to one of them and the other's entry chain
+/// stays in the table, unused, until the claim is resolved.
+pub fn is_service_port_chain(name: &str) -> bool {
+    ["service-", "local-", "external-"].iter().any(|prefix| {
+        name.strip_prefix(prefix).is_some_and(|rest| {
+            rest.len() > 9
+                && rest.as_bytes()[8] == b'-'
+                && rest[..8].bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+    })
+}
+
 /// Per (service port, endpoint) ClientIP affinity set.
 pub fn affinity_set(id: &ServicePortId<'_>, addr: IpAddr, port: u16) -> String {
     let addr = addr.to_string().replace(':', ".");

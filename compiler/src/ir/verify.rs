@@ -22,8 +22,8 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 use super::{
-    names, ChainKind, DataType, ElemData, Expr, Family, Hook, NatTarget, Ruleset, Set, Stmt, Table,
-    Value, Verdict,
+    ifname_problem, names, ChainKind, DataType, ElemData, Expr, Family, Hook, NatTarget, Ruleset,
+    Set, Stmt, Table, Value, Verdict,
 };
 
 /// The deepest a chain may sit below its base chain, counted in jumps (a `goto` or a verdict
@@ -502,10 +502,15 @@ impl<'a> TableCheck<'a, '_> {
 
         for (name, chain) in &table.chains {
             let Some(reached) = contexts.get(name.as_str()) else {
-                self.err(
-                    &format!("chain {}", name),
-                    "not reachable from any base chain",
-                );
+                // A service port's chain whose dispatch element went to another Service
+                // claiming the same address and port is unused, not wrong (normalize reports
+                // the claim); every other chain must be reachable.
+                if !crate::ir::names::is_service_port_chain(name) {
+                    self.err(
+                        &format!("chain {}", name),
+                        "not reachable from any base chain",
+                    );
+                }
                 continue;
             };
             for (rule_idx, rule) in chain.rules.iter().enumerate() {
@@ -696,6 +701,8 @@ fn value_text(value: &Value) -> String {
         Value::FibLocal => "local".to_string(),
         Value::CtNew => "new".to_string(),
         Value::CtDnat => "dnat".to_string(),
+        Value::Iface(name) => format!("{name:?}"),
+        Value::IfacePrefix(prefix) => format!("\"{prefix}*\""),
     }
 }
 
@@ -746,6 +753,18 @@ fn value_fits(value: &Value, ty: DataType, interval: bool) -> Result<(), String>
         | (DataType::CtState, Value::CtNew)
         | (DataType::CtStatus, Value::CtDnat)
         | (DataType::FibAddrType, Value::FibLocal) => true,
+        (DataType::Ifname, Value::Iface(name)) => {
+            if let Some(problem) = ifname_problem(name, false) {
+                return Err(format!("interface name {name:?} {problem}"));
+            }
+            true
+        }
+        (DataType::Ifname, Value::IfacePrefix(prefix)) => {
+            if let Some(problem) = ifname_problem(prefix, true) {
+                return Err(format!("interface name prefix {prefix:?} {problem}"));
+            }
+            true
+        }
         (DataType::Ipv4Addr, Value::Prefix(net @ IpNet::V4(_)))
         | (DataType::Ipv6Addr, Value::Prefix(net @ IpNet::V6(_))) => {
             if !interval {
@@ -1301,6 +1320,15 @@ mod tests {
                             Value::Prefix("10.0.0.1/8".parse().unwrap()),
                         ),
                         m(Expr::CtState, Value::CtDnat),
+                        m(Expr::Iifname, Value::Iface("".into())),
+                        // The longest name and prefix there are: no error.
+                        m(Expr::Iifname, Value::Iface("exactly-15-byte".into())),
+                        m(Expr::Iifname, Value::IfacePrefix("exactly-14-byt".into())),
+                        m(Expr::Iifname, Value::IfacePrefix("a-name-too-long".into())),
+                        m(Expr::Iifname, Value::Iface("eth 0".into())),
+                        m(Expr::Iifname, Value::IfacePrefix("veth*".into())),
+                        m(Expr::Iifname, Value::Iface("\"".into())),
+                        m(Expr::Dport, Value::Iface("eth0".into())),
                     ],
                 );
             },
@@ -1312,6 +1340,12 @@ mod tests {
                 ip kube-nft: chain services rule 1: statement 4: 0x00004001 has bits outside the mask 0x00004000
                 ip kube-nft: chain services rule 1: statement 5: prefix 10.0.0.1/8 has host bits set
                 ip kube-nft: chain services rule 1: statement 6: `dnat` is not of type ct_state
+                ip kube-nft: chain services rule 1: statement 7: interface name "" is empty
+                ip kube-nft: chain services rule 1: statement 10: interface name prefix "a-name-too-long" is longer than 14 bytes
+                ip kube-nft: chain services rule 1: statement 11: interface name "eth 0" contains ' '
+                ip kube-nft: chain services rule 1: statement 12: interface name prefix "veth*" contains '*'
+                ip kube-nft: chain services rule 1: statement 13: interface name "\"" contains '"'
+                ip kube-nft: chain services rule 1: statement 14: `"eth0"` is not of type inet_service
             "#]],
         );
     }

@@ -3,8 +3,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-
+use crate::graph::LocalDetector;
 use crate::ir::{
     BaseChain, Chain, CmpOp, ElemData, Element, Expr, Family, Set, Stmt, Table, Value, Verdict,
 };
@@ -39,12 +38,23 @@ pub(crate) fn match_daddr(addr: IpAddr) -> Stmt {
     match_eq(Expr::Daddr(Family::of(addr)), Value::Addr(addr))
 }
 
-pub(crate) fn match_saddr_in(net: IpNet) -> Stmt {
-    match_eq(Expr::Saddr(Family::of_net(&net)), Value::net(net))
-}
-
-pub(crate) fn match_saddr_not_in(net: IpNet) -> Stmt {
-    match_ne(Expr::Saddr(Family::of_net(&net)), Value::net(net))
+/// kube-proxy's `IfLocal` (`local`) or `IfNotLocal` match for a local-traffic detector: the
+/// source prefix for the address modes, `iifname` for the interface modes.
+pub(crate) fn from_local_pod(detector: &LocalDetector, local: bool) -> Stmt {
+    let (left, right) = match detector {
+        LocalDetector::ClusterCidr(net) | LocalDetector::NodeCidr(net) => {
+            (Expr::Saddr(Family::of_net(net)), Value::net(*net))
+        }
+        LocalDetector::Interface(name) => (Expr::Iifname, Value::Iface(name.clone())),
+        LocalDetector::InterfacePrefix(prefix) => {
+            (Expr::Iifname, Value::IfacePrefix(prefix.clone()))
+        }
+    };
+    if local {
+        match_eq(left, right)
+    } else {
+        match_ne(left, right)
+    }
 }
 
 pub(crate) fn ct_state_new() -> Stmt {

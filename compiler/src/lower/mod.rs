@@ -12,9 +12,7 @@ mod skeleton;
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-
-use crate::graph::{Graph, Service};
+use crate::graph::{Graph, LocalDetector, Service};
 use crate::ir::{names, Chain, Element, Family, Ruleset, Set, Table};
 use crate::Config;
 
@@ -33,9 +31,8 @@ pub(crate) struct FamilyCtx<'a> {
     pub(crate) family: Family,
     pub(crate) mark: u32,
     pub(crate) masquerade_all: bool,
-    /// The local-pod detector: the first `--cluster-cidr` of this family (kube-proxy's
-    /// ClusterCIDR mode uses only the first one).
-    pub(crate) pod_cidr: Option<IpNet>,
+    /// This family's local-traffic detector (`--detect-local-mode`), if it has one.
+    pub(crate) local: Option<&'a LocalDetector>,
     /// This family's primary node IP.
     pub(crate) node_ip: Option<IpAddr>,
     pub(crate) graph: &'a Graph,
@@ -47,11 +44,7 @@ pub(crate) fn family_ctx<'a>(graph: &'a Graph, config: &Config, family: Family) 
         family,
         mark: config.masquerade_mark(),
         masquerade_all: config.masquerade_all,
-        pod_cidr: config
-            .cluster_cidrs
-            .iter()
-            .copied()
-            .find(|net| Family::of_net(net) == family),
+        local: graph.local_detector(family),
         node_ip: graph.node.ip(family),
         graph,
     }

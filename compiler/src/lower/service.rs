@@ -7,15 +7,14 @@
 
 use std::net::IpAddr;
 
-use crate::graph::{Backend, Scheduler, Service, ServicePort};
+use crate::graph::{Backend, LocalDetector, Scheduler, Service, ServicePort};
 use crate::ir::names::{self, ServicePortId};
 use crate::ir::{
     ElemData, Expr, Family, NatTarget, NumgenMode, Rule, Set, SetFlags, Stmt, Table, Value, Verdict,
 };
 
 use super::build::{
-    add_element, chain, fib_saddr_local, goto, insert_chain, jump, match_daddr, match_saddr_in,
-    match_saddr_not_in,
+    add_element, chain, fib_saddr_local, from_local_pod, goto, insert_chain, jump, match_daddr,
 };
 use super::skeleton::{
     CLUSTER_IPS, FIREWALL_ALLOW, FIREWALL_IPS, HAIRPIN, MARK_FOR_MASQUERADE, NO_ENDPOINT_NODEPORTS,
@@ -265,14 +264,21 @@ fn cluster_ip_masquerade(ctx: &FamilyCtx<'_>, cluster_ip: IpAddr) -> Option<Rule
         ]));
     }
     // Without a local-pod detector kube-proxy masquerades no ClusterIP traffic; so do we.
-    let pod_cidr = ctx.pod_cidr?;
+    let detector = ctx.local?;
+    let comment = match detector {
+        LocalDetector::ClusterCidr(_) => "masquerade traffic from outside the cluster network",
+        LocalDetector::NodeCidr(_) => "masquerade traffic from outside this node's pod network",
+        LocalDetector::Interface(_) | LocalDetector::InterfacePrefix(_) => {
+            "masquerade traffic not from a pod interface"
+        }
+    };
     Some(
         Rule::new(vec![
             match_daddr(cluster_ip),
-            match_saddr_not_in(pod_cidr),
+            from_local_pod(detector, false),
             jump(MARK_FOR_MASQUERADE),
         ])
-        .with_comment("masquerade traffic from outside the cluster network"),
+        .with_comment(comment),
     )
 }
 
@@ -293,9 +299,9 @@ fn external_rules(
         ];
     }
     let mut rules = Vec::new();
-    if let Some(pod_cidr) = ctx.pod_cidr {
+    if let Some(detector) = ctx.local {
         rules.push(
-            Rule::new(vec![match_saddr_in(pod_cidr), goto(service_chain)])
+            Rule::new(vec![from_local_pod(detector, true), goto(service_chain)])
                 .with_comment("short-circuit pod traffic"),
         );
     }

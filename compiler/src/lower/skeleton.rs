@@ -236,7 +236,9 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
     ];
     insert_chain(table, masq);
 
-    // NodePort addresses: a family with no entry serves NodePorts on every local address.
+    // NodePort addresses exactly as `normalize` resolved them: a zero-length prefix where the
+    // family serves every local address, nothing where it serves none (the lookup then never
+    // matches, and NodePorts of this family are not ours to handle).
     let nodeport_nets: Vec<_> = ctx
         .graph
         .nodeport_addresses
@@ -245,14 +247,7 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
         .copied()
         .collect();
     // Interval sets refuse overlapping prefixes, so merge them first.
-    let mut nodeport_nets = ipnet::IpNet::aggregate(&nodeport_nets);
-    if nodeport_nets.is_empty() {
-        nodeport_nets.push(match family {
-            Family::Ip => "0.0.0.0/0".parse().expect("valid prefix"),
-            Family::Ip6 => "::/0".parse().expect("valid prefix"),
-        });
-    }
-    for net in nodeport_nets {
+    for net in ipnet::IpNet::aggregate(&nodeport_nets) {
         let key = Value::net(net);
         super::build::add_element(table, NODEPORT_IPS, vec![key], None, None);
     }

@@ -107,6 +107,18 @@ pub(super) fn read_slice(slice: &EndpointSlice, diags: &mut Vec<Diagnostic>) -> 
             ));
             continue;
         };
+        if ep.addresses.len() > 1 {
+            // The API says the addresses are fungible and consumers may use only the first;
+            // kube-proxy does, so the others never get traffic.
+            diags.push(obj.diag(
+                format!("endpoints[{i}].addresses"),
+                format!(
+                    "{} addresses; only the first, {text}, is used (as kube-proxy does), the \
+                     others get no traffic",
+                    ep.addresses.len()
+                ),
+            ));
+        }
         let field = format!("endpoints[{i}].addresses[0]");
         let Some(addr) = endpoint_addr(text, Some(family), &field, &obj, diags) else {
             continue;

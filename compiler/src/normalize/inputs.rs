@@ -15,7 +15,7 @@ use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 use super::endpoints::{self, Slice, SERVICE_NAME_LABEL};
 use super::service::{self, ServiceIn};
-use super::{namespace_of, node, Obj};
+use super::{conflicts, detect, namespace_of, node, Obj};
 use crate::graph::{Graph, Service};
 use crate::model::Snapshot;
 use crate::{Config, Diagnostic};
@@ -427,11 +427,13 @@ impl Inputs {
         let mut diags = Vec::new();
         let node = node::node_info(self.node.as_slice(), &self.config, &mut diags);
         let nodeport_addresses = node::nodeport_addresses(&node, &self.config, &mut diags);
+        let local_detectors = detect::local_detectors(&node, &self.config, &mut diags);
         let service_cidrs = node::service_cidrs(self.service_cidrs.values(), &mut diags);
         let graph = Graph {
             node,
             nodeport_addresses,
             service_cidrs,
+            local_detectors,
             services: Vec::new(),
         };
         (graph, diags)
@@ -478,6 +480,7 @@ impl Inputs {
             diags.extend(service_diags);
             graph.services.extend(service);
         }
+        diags.extend(conflicts::check(&graph));
         diags.sort();
         diags.dedup();
         (graph, diags)

@@ -5,6 +5,8 @@
 //! never stops the rest; the output is sorted so the same snapshot always yields the same graph.
 
 mod address;
+mod conflicts;
+mod detect;
 mod endpoints;
 mod inputs;
 mod node;
@@ -27,6 +29,13 @@ use crate::{Config, Diagnostic};
 /// exactly what this returns.
 pub fn normalize(snapshot: &Snapshot, config: &Config) -> (Graph, Vec<Diagnostic>) {
     Inputs::from_snapshot(snapshot, config).graph()
+}
+
+/// The checks across objects (two Services claiming one address and port, an endpoint that is
+/// a ClusterIP, NodePorts no address serves) over the node-wide part of a graph and Services
+/// held elsewhere; `normalize` runs them over its whole graph.
+pub fn cross_checks(context: &Graph, services: &[&crate::graph::Service]) -> Vec<Diagnostic> {
+    conflicts::check_services(context, services)
 }
 
 /// The identity of one input object, for naming it in diagnostics.

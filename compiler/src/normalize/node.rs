@@ -69,7 +69,68 @@ pub(super) fn node_info(nodes: &[Node], config: &Config, diags: &mut Vec<Diagnos
     }
     ips.sort();
 
-    NodeInfo { name, zone, ips }
+    let mut addresses: BTreeSet<IpAddr> = ips.iter().copied().collect();
+    if let Some(node) = node {
+        let obj = Obj::cluster("Node", &node.metadata);
+        let listed = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+        for (i, address) in listed.into_iter().flatten().enumerate() {
+            if !matches!(address.type_.as_str(), "InternalIP" | "ExternalIP") {
+                continue;
+            }
+            match parse_ip(&address.address) {
+                Some(ip) => {
+                    addresses.insert(ip.value);
+                }
+                None => diags.push(obj.diag(
+                    format!("status.addresses[{i}].address"),
+                    "invalid IP address; skipped",
+                )),
+            }
+        }
+    }
+    let addresses = addresses.into_iter().collect();
+
+    // `spec.podCIDRs`, or the older single `spec.podCIDR` (what kube-proxy's NodeCIDR detector
+    // reads); order matters, the first of each family is the one used.
+    let mut pod_cidrs = Vec::new();
+    if let Some(node) = node {
+        let obj = Obj::cluster("Node", &node.metadata);
+        let spec = node.spec.as_ref();
+        let (texts, field): (Vec<&String>, &str) = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+            Some(list) if !list.is_empty() => (list.iter().collect(), "spec.podCIDRs"),
+            _ => (
+                spec.and_then(|s| s.pod_cidr.as_ref()).into_iter().collect(),
+                "spec.podCIDR",
+            ),
+        };
+        for (i, text) in texts.into_iter().enumerate() {
+            let field = if field == "spec.podCIDRs" {
+                format!("{field}[{i}]")
+            } else {
+                field.to_owned()
+            };
+            match parse_cidr(text, false) {
+                Some(net) => {
+                    if net.sloppy {
+                        diags.push(obj.diag(
+                            &field,
+                            format!("leading zeros in IPv4 prefix; read as {}", net.value),
+                        ));
+                    }
+                    pod_cidrs.push(net.value);
+                }
+                None => diags.push(obj.diag(field, format!("invalid CIDR {text:?}; skipped"))),
+            }
+        }
+    }
+
+    NodeInfo {
+        name,
+        zone,
+        ips,
+        addresses,
+        pod_cidrs,
+    }
 }
 
 fn push_first_of_family(ips: &mut Vec<IpAddr>, ip: IpAddr) {
@@ -79,6 +140,13 @@ fn push_first_of_family(ips: &mut Vec<IpAddr>, ip: IpAddr) {
 }
 
 /// `--nodeport-addresses` resolved against the node IPs, without loopback prefixes.
+///
+/// Whether a family serves NodePorts on every local address is decided from what the operator
+/// wrote, never from what is left after filtering: only a family that no entry names gets the
+/// zero-length prefix (kube-proxy's "match all"). `primary` names both families; a family whose
+/// entries all resolve to nothing (loopback only, or `primary` on a node without an address of
+/// the family) serves no NodePort at all, where a fallback to "every address" would open them
+/// exactly where the operator restricted them.
 pub(super) fn nodeport_addresses(
     node: &NodeInfo,
     config: &Config,
@@ -91,24 +159,52 @@ pub(super) fn nodeport_addresses(
         &config.nodeport_addresses
     };
     let mut out = BTreeSet::new();
+    let mut named = BTreeSet::new();
+    let mut loopback = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let nets: Vec<IpNet> = match entry {
-            NodePortAddress::Primary => node.ips.iter().map(|ip| IpNet::from(*ip)).collect(),
-            NodePortAddress::Cidr(net) => vec![*net],
+            NodePortAddress::Primary => {
+                named.extend([Family::Ip, Family::Ip6]);
+                node.ips.iter().map(|ip| IpNet::from(*ip)).collect()
+            }
+            NodePortAddress::Cidr(net) => {
+                named.insert(Family::of_net(net));
+                vec![*net]
+            }
         };
         for net in nets {
             // NodePorts are never served on localhost (kube-proxy logs and ignores these).
             if Family::of_net(&net).loopback().contains(&net) {
-                diags.push(Diagnostic::new(
-                    "Config",
-                    "",
-                    "nodeport-addresses",
-                    format!("[{i}]"),
-                    format!("{net} is loopback, where NodePorts are not served; skipped"),
-                ));
+                loopback.push((i, net));
                 continue;
             }
             out.insert(net);
+        }
+    }
+    for (i, net) in loopback {
+        let family = Family::of_net(&net);
+        let left = if out.iter().any(|n| Family::of_net(n) == family) {
+            String::new()
+        } else {
+            // kube-proxy's nftables mode ends up the same way: its nodeport-ips set is empty.
+            let family = family.ip_name();
+            format!("; no other {family} entry, so no {family} address serves NodePorts")
+        };
+        diags.push(Diagnostic::new(
+            "Config",
+            "",
+            "nodeport-addresses",
+            format!("[{i}]"),
+            format!("{net} is loopback, where NodePorts are not served; skipped{left}"),
+        ));
+    }
+    for family in [Family::Ip, Family::Ip6] {
+        if !named.contains(&family) {
+            let any: IpAddr = match family {
+                Family::Ip => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                Family::Ip6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            };
+            out.insert(IpNet::new(any, 0).expect("a zero-length prefix is valid"));
         }
     }
     out.into_iter().collect()

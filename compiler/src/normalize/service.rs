@@ -117,6 +117,24 @@ pub(super) fn read(
     let external_local =
         spec.external_traffic_policy.as_deref() == Some("Local") && externally_reachable;
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    // kube-proxy reads healthCheckNodePort only where it serves the health check
+    // (`apiservice.NeedsHealthCheck`): a LoadBalancer with externalTrafficPolicy Local.
+    if let Some(port) = spec.health_check_node_port.filter(|p| *p != 0) {
+        if !(ty == Type::LoadBalancer && external_local) {
+            let why = if ty == Type::LoadBalancer {
+                "its externalTrafficPolicy is Cluster"
+            } else {
+                "it is not of type LoadBalancer"
+            };
+            diags.push(obj.diag(
+                "spec.healthCheckNodePort",
+                format!(
+                    "{port} is ignored, as by kube-proxy: a health-check NodePort belongs to a \
+                     LoadBalancer with externalTrafficPolicy Local, and {why}"
+                ),
+            ));
+        }
+    }
     let selectorless = spec.selector.as_ref().is_none_or(|s| s.is_empty());
 
     let ports = ports(spec, ty, obj, diags);

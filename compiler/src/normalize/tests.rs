@@ -5,9 +5,9 @@ use std::net::IpAddr;
 use serde_json::{json, Value};
 
 use super::normalize;
-use crate::config::NodePortAddress;
-use crate::graph::{Backend, Graph, Scheduler, Service, ServicePort};
-use crate::ir::L4Proto;
+use crate::config::{LocalMode, NodePortAddress};
+use crate::graph::{Backend, Graph, LocalDetector, Scheduler, Service, ServicePort};
+use crate::ir::{Family, L4Proto};
 use crate::model::Snapshot;
 use crate::{Config, Diagnostic};
 
@@ -124,6 +124,17 @@ fn fields(diags: &[Diagnostic]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A ClusterIP of its own for a Service named by one letter (`a` is 10.96.0.97), so that tests
+/// with several Services do not share one (which is a diagnostic of its own).
+fn own_ip(name: &str) -> String {
+    format!("10.96.0.{}", name.bytes().next().unwrap_or(b'x'))
+}
+
+/// The diagnostics about objects of `kind` only.
+fn of_kind(diags: &[Diagnostic], kind: &str) -> Vec<Diagnostic> {
+    diags.iter().filter(|d| d.kind == kind).cloned().collect()
 }
 
 fn no_diags(diags: &[Diagnostic]) {
@@ -713,8 +724,9 @@ fn load_balancer_ingress_ip_modes() {
         ips(&only_service(&graph).lb_ips),
         ["203.0.113.10", "203.0.113.11"]
     );
+    // (No node IP either: the NodePort not served is a `Config` diagnostic.)
     assert_eq!(
-        fields(&diags),
+        fields(&of_kind(&diags, "Service")),
         [r#"Service ns/lb status.loadBalancer.ingress[4].ip: invalid IP address "bogus"; skipped"#]
     );
 }
@@ -744,7 +756,7 @@ fn source_ranges_are_trimmed_and_bare_ips_are_single_addresses() {
         .collect();
     assert_eq!(ranges, ["10.0.0.0/8", "192.0.2.7/32", "fd00::/64"]);
     assert_eq!(
-        fields(&diags),
+        fields(&of_kind(&diags, "Service")),
         [r#"Service ns/lb spec.loadBalancerSourceRanges[3]: invalid CIDR "nope/1"; skipped"#]
     );
 }
@@ -845,7 +857,7 @@ fn scheduler_annotation() {
         with(
             svc(
                 name,
-                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}),
+                json!({"clusterIP": own_ip(name), "ports": [{"port": 80}]}),
             ),
             "metadata",
             meta(name, json!({}), json!({"kube-nft.io/scheduler": value})),
@@ -879,7 +891,7 @@ fn session_affinity_timeout() {
     let affinity = |name: &str, config: Value| {
         svc(
             name,
-            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+            json!({"clusterIP": own_ip(name), "ports": [{"port": 80}], "sessionAffinity": "ClientIP",
                    "sessionAffinityConfig": config}),
         )
     };
@@ -911,6 +923,31 @@ fn node_info_from_the_node_object() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(nodeports, ["192.168.0.10/32", "fd00::a/128"]);
+}
+
+#[test]
+fn node_addresses_are_every_internal_and_external_ip() {
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+                      "status": {"addresses": [
+                          {"type": "Hostname", "address": "node-a"},
+                          {"type": "ExternalIP", "address": "198.51.100.2"},
+                          {"type": "InternalIP", "address": "192.168.1.2"},
+                          {"type": "InternalIP", "address": "192.168.0.2"},
+                          {"type": "ExternalIP", "address": "bogus"}]}});
+    let config = Config {
+        node_ips: vec!["10.9.9.9".parse().expect("ip")],
+        ..node_config("node-a")
+    };
+    let (graph, diags) = run_with(vec![node], &config);
+    assert_eq!(ips(&graph.node.ips), ["10.9.9.9"]);
+    assert_eq!(
+        ips(&graph.node.addresses),
+        ["10.9.9.9", "192.168.0.2", "192.168.1.2", "198.51.100.2"]
+    );
+    assert_eq!(
+        fields(&diags),
+        ["Node /node-a status.addresses[4].address: invalid IP address; skipped"]
+    );
 }
 
 #[test]
@@ -963,6 +1000,376 @@ fn nodeport_addresses_drop_loopback() {
     );
 }
 
+fn nodeport_nets(graph: &Graph) -> Vec<String> {
+    graph
+        .nodeport_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn cidr(text: &str) -> NodePortAddress {
+    NodePortAddress::Cidr(text.parse().expect("net"))
+}
+
+/// A dual-stack NodePort Service, so that a family without NodePort addresses is noticed.
+fn dual_stack_node_port() -> Value {
+    svc(
+        "np",
+        json!({"type": "NodePort", "clusterIPs": ["10.96.0.7", "fd00:96::7"],
+               "ports": [{"port": 80, "nodePort": 30080}]}),
+    )
+}
+
+#[test]
+fn a_family_named_only_by_loopback_serves_no_node_port() {
+    // Whether a family matches every address is decided by what was written, not by what
+    // survives filtering: IPv4 was named (by loopback only), IPv6 was not.
+    let config = Config {
+        nodeport_addresses: vec![cidr("127.0.0.0/8")],
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![dual_stack_node_port()], &config);
+    assert_eq!(nodeport_nets(&graph), ["::/0"]);
+    assert_eq!(
+        fields(&diags),
+        [
+            "Config /nodeport-addresses IPv4: no IPv4 address of this node is selected (the IPv4 \
+             entries are loopback, or `primary` and the node has no IPv4 address), so IPv4 \
+             NodePorts are not served: ns/np 30080/tcp",
+            "Config /nodeport-addresses [0]: 127.0.0.0/8 is loopback, where NodePorts are not \
+             served; skipped; no other IPv4 entry, so no IPv4 address serves NodePorts",
+        ]
+    );
+
+    let config = Config {
+        nodeport_addresses: vec![cidr("::1/128")],
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![dual_stack_node_port()], &config);
+    assert_eq!(nodeport_nets(&graph), ["0.0.0.0/0"]);
+    assert_eq!(diags.len(), 2, "{:#?}", fields(&diags));
+    assert!(diags[0]
+        .message
+        .contains("IPv6 NodePorts are not served: ns/np"));
+}
+
+#[test]
+fn primary_names_both_families_even_without_an_address_of_one() {
+    // node-a has an IPv4 InternalIP only: `primary` serves IPv4 on it and IPv6 nowhere.
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+                      "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.10"}]}});
+    let (graph, diags) = run_with(vec![node, dual_stack_node_port()], &node_config("node-a"));
+    assert_eq!(nodeport_nets(&graph), ["192.168.0.10/32"]);
+    assert_eq!(
+        fields(&diags),
+        [
+            "Config /nodeport-addresses IPv6: no IPv6 address of this node is selected (the IPv6 \
+          entries are loopback, or `primary` and the node has no IPv6 address), so IPv6 \
+          NodePorts are not served: ns/np 30080/tcp"
+        ]
+    );
+    // No node at all: no NodePort anywhere (never every address).
+    let (graph, diags) = run(vec![dual_stack_node_port()]);
+    assert_eq!(nodeport_nets(&graph), Vec::<String>::new());
+    assert_eq!(diags.len(), 2, "{:#?}", fields(&diags));
+    // Explicit CIDRs of one family leave the other family matching everything.
+    let config = Config {
+        nodeport_addresses: vec![cidr("192.168.0.0/16")],
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![dual_stack_node_port()], &config);
+    assert_eq!(nodeport_nets(&graph), ["192.168.0.0/16", "::/0"]);
+    no_diags(&diags);
+}
+
+fn pod_cidr_node(spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}, "spec": spec})
+}
+
+fn detectors(graph: &Graph) -> Vec<String> {
+    graph
+        .local_detectors
+        .iter()
+        .map(|(family, d)| format!("{family} {d:?}"))
+        .collect()
+}
+
+#[test]
+fn cluster_cidr_detector_is_the_first_cluster_cidr_of_each_family() {
+    let config = Config {
+        cluster_cidrs: vec![
+            "10.0.0.0/16".parse().expect("net"),
+            "10.1.0.0/16".parse().expect("net"),
+            "fd00:10::/64".parse().expect("net"),
+        ],
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![], &config);
+    no_diags(&diags);
+    assert_eq!(
+        detectors(&graph),
+        [
+            "ip ClusterCidr(10.0.0.0/16)",
+            "ip6 ClusterCidr(fd00:10::/64)"
+        ]
+    );
+    // No --cluster-cidr: no detector, silently (kube-proxy only logs it).
+    let (graph, diags) = run(vec![]);
+    no_diags(&diags);
+    assert!(graph.local_detectors.is_empty());
+}
+
+#[test]
+fn node_cidr_detector_is_the_first_pod_cidr_of_each_family() {
+    let config = Config {
+        detect_local_mode: LocalMode::NodeCidr,
+        cluster_cidrs: vec!["10.0.0.0/8".parse().expect("net")],
+        ..node_config("node-a")
+    };
+    let node = pod_cidr_node(json!({"podCIDR": "10.0.1.0/24",
+        "podCIDRs": ["10.0.1.0/24", "fd00:10:1::/64", "10.0.9.0/24", "nope"]}));
+    let (graph, diags) = run_with(vec![node], &config);
+    assert_eq!(
+        detectors(&graph),
+        ["ip NodeCidr(10.0.1.0/24)", "ip6 NodeCidr(fd00:10:1::/64)"]
+    );
+    assert_eq!(
+        fields(&diags),
+        [r#"Node /node-a spec.podCIDRs[3]: invalid CIDR "nope"; skipped"#]
+    );
+    // The older single field when the list is empty; a single-stack node is no news.
+    let node = pod_cidr_node(json!({"podCIDR": "010.0.1.0/24"}));
+    let (graph, diags) = run_with(vec![node], &config);
+    assert_eq!(detectors(&graph), ["ip NodeCidr(10.0.1.0/24)"]);
+    assert_eq!(
+        fields(&diags),
+        ["Node /node-a spec.podCIDR: leading zeros in IPv4 prefix; read as 10.0.1.0/24"]
+    );
+    // None at all: no detector, and the operator is told what that means.
+    let (graph, diags) = run_with(vec![pod_cidr_node(json!({}))], &config);
+    assert!(graph.local_detectors.is_empty());
+    assert_eq!(
+        fields(&diags),
+        ["Node /node-a spec.podCIDRs: no pod CIDR, which --detect-local-mode NodeCIDR needs: no \
+          local-traffic detector, so ClusterIP traffic is not masqueraded for coming from \
+          outside the pods, and pods reach externalTrafficPolicy: Local Services through local \
+          endpoints only (as kube-proxy without a detector)"]
+    );
+}
+
+#[test]
+fn interface_detectors_serve_both_families() {
+    let config = Config {
+        detect_local_mode: LocalMode::BridgeInterface,
+        pod_bridge_interface: Some("cbr0".into()),
+        pod_interface_name_prefix: Some("unused".into()),
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![], &config);
+    no_diags(&diags);
+    assert_eq!(
+        detectors(&graph),
+        [r#"ip Interface("cbr0")"#, r#"ip6 Interface("cbr0")"#]
+    );
+    assert_eq!(
+        graph.local_detector(Family::Ip6),
+        Some(&LocalDetector::Interface("cbr0".into()))
+    );
+    let config = Config {
+        detect_local_mode: LocalMode::InterfaceNamePrefix,
+        pod_interface_name_prefix: Some("veth".into()),
+        ..Config::default()
+    };
+    let (graph, _) = run_with(vec![], &config);
+    assert_eq!(
+        detectors(&graph),
+        [
+            r#"ip InterfacePrefix("veth")"#,
+            r#"ip6 InterfacePrefix("veth")"#
+        ]
+    );
+    // What `Config::check` refuses degrades here to no detector and a diagnostic.
+    let config = Config {
+        detect_local_mode: LocalMode::InterfaceNamePrefix,
+        pod_interface_name_prefix: Some("ve th".into()),
+        ..Config::default()
+    };
+    let (graph, diags) = run_with(vec![], &config);
+    assert!(graph.local_detectors.is_empty());
+    assert_eq!(diags.len(), 1);
+    assert!(
+        fields(&diags)[0].starts_with(
+            r#"Config /detect-local-mode pod-interface-name-prefix: "ve th" contains ' ': no local-traffic detector"#
+        ),
+        "{:?}",
+        fields(&diags)
+    );
+}
+
+#[test]
+fn only_the_first_of_several_endpoint_addresses_is_used_and_that_is_said() {
+    let endpoint = json!({"addresses": ["10.0.0.1", "10.0.0.2", "10.0.0.3"]});
+    let (graph, diags) = run(vec![
+        web(),
+        slice("web-1", "web", "IPv4", json!([endpoint])),
+    ]);
+    assert_eq!(backends(&only_port(&graph).cluster), ["10.0.0.1:8080"]);
+    assert_eq!(
+        fields(&diags),
+        ["EndpointSlice ns/web-1 endpoints[0].addresses: 3 addresses; only the first, 10.0.0.1, \
+          is used (as kube-proxy does), the others get no traffic"]
+    );
+}
+
+#[test]
+fn an_endpoint_that_is_a_cluster_ip_is_reported_on_the_service_using_it() {
+    let db = svc(
+        "db",
+        json!({"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}]}),
+    );
+    let (graph, diags) = run(vec![
+        web(),
+        db,
+        slice(
+            "web-1",
+            "web",
+            "IPv4",
+            json!([ep("10.96.0.20", json!({})), ep("10.0.0.1", json!({}))]),
+        ),
+    ]);
+    // Programmed as written (kube-proxy does the same); only the diagnostic is new.
+    assert_eq!(
+        backends(&graph.services[1].ports[0].cluster),
+        ["10.0.0.1:8080", "10.96.0.20:8080"]
+    );
+    assert_eq!(
+        fields(&diags),
+        [
+            "Service ns/web endpoints: endpoint 10.96.0.20 is the ClusterIP of Service ns/db: a \
+          connection is NATed once, so traffic sent to it is not balanced again but rejected \
+          (cluster-ips-check), as with kube-proxy; list the pods' addresses"
+        ]
+    );
+}
+
+#[test]
+fn health_check_node_port_only_where_kube_proxy_serves_one() {
+    let with_hc = |name: &str, ty: &str, policy: &str| {
+        svc(
+            name,
+            json!({"type": ty, "clusterIP": own_ip(name), "externalTrafficPolicy": policy,
+                   "healthCheckNodePort": 32000, "ports": [{"port": 80, "nodePort": 30000 + u16::from(name.as_bytes()[0])}]}),
+        )
+    };
+    let (_, diags) = run(vec![
+        with_hc("a", "LoadBalancer", "Local"),
+        with_hc("b", "LoadBalancer", "Cluster"),
+        with_hc("c", "NodePort", "Local"),
+    ]);
+    assert_eq!(
+        fields(&of_kind(&diags, "Service")),
+        [
+            "Service ns/b spec.healthCheckNodePort: 32000 is ignored, as by kube-proxy: a \
+             health-check NodePort belongs to a LoadBalancer with externalTrafficPolicy Local, \
+             and its externalTrafficPolicy is Cluster",
+            "Service ns/c spec.healthCheckNodePort: 32000 is ignored, as by kube-proxy: a \
+             health-check NodePort belongs to a LoadBalancer with externalTrafficPolicy Local, \
+             and it is not of type LoadBalancer",
+        ]
+    );
+}
+
+#[test]
+fn a_shared_external_address_goes_to_the_first_service_with_endpoints() {
+    let shared = |name: &str| {
+        svc(
+            name,
+            json!({"clusterIP": own_ip(name), "externalIPs": ["192.0.2.7"],
+                   "ports": [{"name": "http", "port": 80}]}),
+        )
+    };
+    let lb = with(
+        svc(
+            "c",
+            json!({"type": "LoadBalancer", "clusterIP": own_ip("c"),
+                   "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}),
+        ),
+        "status",
+        json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}}),
+    );
+    // `a` has no endpoints, `b` and `c` have: `b` is the first that dispatches.
+    let objects = vec![
+        shared("a"),
+        shared("b"),
+        lb,
+        slice("b-1", "b", "IPv4", json!([ep("10.0.0.1", json!({}))])),
+        slice("c-1", "c", "IPv4", json!([ep("10.0.0.2", json!({}))])),
+    ];
+    let (_, diags) = run(objects.clone());
+    assert_eq!(
+        fields(&of_kind(&diags, "Service")),
+        [
+            "Service ns/a spec.externalIPs: 192.0.2.7 port 80/tcp (externalIP) is also claimed by \
+             Service ns/b (externalIP), which gets the traffic: the first Service in \
+             namespace/name order with endpoints for it. kube-proxy picks whichever it writes \
+             last, which can change from one sync to the next",
+            "Service ns/c status.loadBalancer.ingress: 192.0.2.7 port 80/tcp (LoadBalancer IP) is \
+             also claimed by Service ns/b (externalIP), which gets the traffic: the first Service \
+             in namespace/name order with endpoints for it. kube-proxy picks whichever it writes \
+             last, which can change from one sync to the next",
+        ]
+    );
+    // Without any endpoints, the first decides (its reject is what clients get).
+    let (_, diags) = run(objects[..3].to_vec());
+    let shared: Vec<String> = fields(&of_kind(&diags, "Service"));
+    assert_eq!(shared.len(), 2);
+    assert!(
+        shared[0].contains(
+            "claimed by Service ns/a (externalIP), which gets the traffic: no \
+                            claimant has endpoints"
+        ),
+        "{shared:?}"
+    );
+    // Another port on the same address is no conflict.
+    let other_port = with(
+        shared_service_on_port("d", 443),
+        "metadata",
+        json!({"name": "d", "namespace": "ns"}),
+    );
+    let (_, diags) = run(vec![shared_service_on_port("a", 80), other_port]);
+    assert_eq!(fields(&of_kind(&diags, "Service")), Vec::<String>::new());
+}
+
+#[test]
+fn a_node_port_claimed_twice_is_reported_per_family() {
+    let node_port = |name: &str| {
+        svc(
+            name,
+            json!({"type": "NodePort", "clusterIP": own_ip(name),
+                   "ports": [{"name": "http", "port": 80, "nodePort": 30500}]}),
+        )
+    };
+    let (_, diags) = run(vec![node_port("a"), node_port("b")]);
+    assert_eq!(
+        fields(&of_kind(&diags, "Service")),
+        [
+            "Service ns/b spec.ports: IPv4 NodePort 30500/tcp (NodePort) is also claimed by \
+          Service ns/a (NodePort), which gets the traffic: no claimant has endpoints; the first \
+          in namespace/name order decides reject or drop. kube-proxy picks whichever it writes \
+          last, which can change from one sync to the next"
+        ]
+    );
+}
+
+fn shared_service_on_port(name: &str, port: u16) -> Value {
+    svc(
+        name,
+        json!({"clusterIP": own_ip(name), "externalIPs": ["192.0.2.7"],
+               "ports": [{"name": "http", "port": port}]}),
+    )
+}
+
 #[test]
 fn service_cidrs_are_parsed_sorted_and_deduplicated() {
     let cidr = |name: &str, cidrs: Value| {
@@ -990,7 +1397,7 @@ fn services_are_sorted_and_duplicates_reported() {
     let plain = |name: &str| {
         svc(
             name,
-            json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]}),
+            json!({"clusterIP": own_ip(name), "ports": [{"port": 80}]}),
         )
     };
     let (graph, diags) = run(vec![plain("b"), plain("a"), plain("b")]);

@@ -85,6 +85,7 @@ enum Val {
     Fib { local: bool },
     CtNew,
     CtStatus { dnat: bool },
+    Ifname(String),
 }
 
 /// The values an expression can take (one part per concatenation member), with probabilities.
@@ -479,6 +480,7 @@ impl Interp<'_> {
                     local: self.env.is_local(addr),
                 })
             }
+            Expr::Iifname => certain(Val::Ifname(self.env.iifname(self.packet.origin).to_owned())),
             // `random` is reciprocal_scale(prandom, N): uniform. `inc` is a round-robin
             // counter: uniform over a full cycle, which is what a first-packet trace can say.
             Expr::Numgen { modulus, .. } => {
@@ -619,6 +621,8 @@ fn matches(v: &Val, k: &Value, prefixes: bool) -> Result<bool, String> {
         (Val::Fib { local }, Value::FibLocal) => *local,
         (Val::CtNew, Value::CtNew) => true,
         (Val::CtStatus { dnat }, Value::CtDnat) => *dnat,
+        (Val::Ifname(name), Value::Iface(x)) => name == x,
+        (Val::Ifname(name), Value::IfacePrefix(prefix)) => name.starts_with(prefix.as_str()),
         (v, k) => return Err(format!("cannot compare {v:?} with {k:?}")),
     })
 }

@@ -399,6 +399,7 @@ fn fixture() -> Ruleset {
 fn env() -> Env {
     Env {
         local_addrs: vec![ip("192.168.0.2")],
+        ..Env::default()
     }
 }
 
@@ -802,6 +803,78 @@ fn host_traffic_goes_through_output() {
 }
 
 #[test]
+fn iifname_is_the_pod_interface_the_outside_interface_or_empty_for_the_host() {
+    // A service chain whose masquerade rule trusts the pod interfaces `veth*`, and a separate
+    // exact match on `cni0` that drops: which rules fire depends only on the origin.
+    let mut rs = fixture();
+    chain_mut(&mut rs, SVC_A).rules[0] = rule(vec![
+        daddr_is("172.30.0.41"),
+        ne(Expr::Iifname, Value::IfacePrefix("veth".into())),
+        jump("mark-for-masquerade"),
+    ]);
+    chain_mut(&mut rs, "filter-prerouting-pre-dnat")
+        .rules
+        .push(rule(vec![
+            eq(Expr::Iifname, Value::Iface("cni0".into())),
+            Stmt::Verdict(Verdict::Drop),
+        ]));
+    let env = Env {
+        local_addrs: vec![ip("192.168.0.2")],
+        pod_iifname: "veth1a2b".into(),
+        outside_iifname: "eth0".into(),
+    };
+    let masqueraded = |packet: &str, origin| {
+        let t = trace(&rs, &env, &pkt(packet).with_origin(origin));
+        t.outcomes
+            .iter()
+            .map(|o| {
+                matches!(
+                    o.fate,
+                    Fate::Accept {
+                        masquerade: true,
+                        ..
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // Whatever the source address: the interface decides.
+    assert_eq!(
+        masqueraded("tcp 203.0.113.9:1 -> 172.30.0.41:80", Origin::LocalPod),
+        [false; 3]
+    );
+    assert_eq!(
+        masqueraded("tcp 10.0.0.5:1 -> 172.30.0.41:80", Origin::Outside),
+        [true; 3]
+    );
+    assert_eq!(
+        masqueraded("tcp 192.168.0.2:1 -> 172.30.0.41:80", Origin::Host),
+        [true; 3]
+    );
+    // The exact name matches only itself, not a name it is a prefix of.
+    let bridged = Env {
+        pod_iifname: "cni0".into(),
+        ..env.clone()
+    };
+    let t = trace(
+        &rs,
+        &bridged,
+        &pkt("tcp 10.0.0.5:1 -> 172.30.0.41:80").with_origin(Origin::LocalPod),
+    );
+    assert!(t.is_certain(&Fate::Drop));
+    let longer = Env {
+        pod_iifname: "cni01".into(),
+        ..env
+    };
+    let t = trace(
+        &rs,
+        &longer,
+        &pkt("tcp 10.0.0.5:1 -> 172.30.0.41:80").with_origin(Origin::LocalPod),
+    );
+    assert_eq!(t.targets().len(), 3);
+}
+
+#[test]
 fn dnat_to_a_node_address_is_delivered_through_input() {
     let mut rs = fixture();
     // Evidence that the input hook saw the rewritten destination.
@@ -1053,16 +1126,19 @@ fn rejects_malformed_packets() {
 }
 
 #[test]
-fn env_from_graph_uses_the_node_ips() {
+fn env_from_graph_uses_every_node_address() {
     let graph = Graph {
         node: NodeInfo {
             ips: vec![ip("192.168.0.2"), ip("2001:db8::1")],
+            addresses: vec![ip("192.168.0.2"), ip("192.168.1.2"), ip("2001:db8::1")],
             ..NodeInfo::default()
         },
         ..Graph::default()
     };
     let env = Env::from_graph(&graph);
     assert!(env.is_local(ip("2001:db8::1")));
+    // A secondary address of the Node object is local too, not only the primary IPs.
+    assert!(env.is_local(ip("192.168.1.2")));
     assert!(env.is_local(ip("127.0.0.53")));
     assert!(env.is_local(ip("::1")));
     assert!(!env.is_local(ip("192.168.0.3")));

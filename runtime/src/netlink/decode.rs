@@ -405,7 +405,7 @@ pub fn set(msg: &Message<'_>) -> Result<DecodedSet, Error> {
 }
 
 /// Every IR data type that can be a key or data part.
-const TYPES: [DataType; 9] = [
+const TYPES: [DataType; 10] = [
     DataType::Ipv4Addr,
     DataType::Ipv6Addr,
     DataType::InetProto,
@@ -414,6 +414,7 @@ const TYPES: [DataType; 9] = [
     DataType::CtState,
     DataType::CtStatus,
     DataType::FibAddrType,
+    DataType::Ifname,
     DataType::Integer,
 ];
 
@@ -712,6 +713,14 @@ pub(crate) fn value_of(bytes: &[u8], ty: DataType) -> Result<Value, Error> {
         DataType::FibAddrType if host32()? == 2 => Value::FibLocal,
         DataType::CtState if host32()? == 8 => Value::CtNew,
         DataType::CtStatus if host32()? == 0x20 => Value::CtDnat,
+        // A whole interface name: IFNAMSIZ bytes, the name then zeros (at least one).
+        DataType::Ifname if bytes.len() == super::encode::IFNAMSIZ as usize => {
+            let end = bytes.iter().position(|b| *b == 0).ok_or_else(bad)?;
+            if bytes[end..].iter().any(|b| *b != 0) {
+                return Err(bad());
+            }
+            Value::Iface(String::from_utf8(bytes[..end].to_vec()).map_err(|_| bad())?)
+        }
         _ => return Err(bad()),
     })
 }

@@ -918,6 +918,7 @@ pub(crate) fn type_id(ty: DataType) -> u32 {
         DataType::CtState => 26,
         DataType::CtStatus => 28,
         DataType::FibAddrType => 38,
+        DataType::Ifname => 41,
     }
 }
 
@@ -933,9 +934,13 @@ pub(crate) fn type_len(ty: DataType) -> u32 {
         | DataType::CtStatus
         | DataType::FibAddrType
         | DataType::Integer => 4,
+        DataType::Ifname => IFNAMSIZ,
         DataType::Verdict => 0,
     }
 }
+
+/// The size of an interface name (`ifname`, `meta iifname`), terminating zero included.
+pub(crate) const IFNAMSIZ: u32 = 16;
 
 /// nft's byte order of a data type, written to set user data: `nft list` byte-swaps keys of
 /// host-order types before printing them (without it a numgen map prints `16777216` for `1`).
@@ -946,6 +951,7 @@ fn type_byteorder(ty: DataType) -> u32 {
         | DataType::CtState
         | DataType::CtStatus
         | DataType::FibAddrType
+        | DataType::Ifname
         | DataType::Integer => BYTEORDER_HOST_ENDIAN,
         // A single byte has no order; nft leaves it invalid, as for verdicts.
         DataType::InetProto | DataType::Verdict => BYTEORDER_INVALID,
@@ -1071,6 +1077,12 @@ pub(crate) fn value_bytes(value: &Value, ty: DataType) -> Result<Vec<u8>, ErrorK
         (DataType::CtState, Value::CtNew) => 8u32.to_ne_bytes().to_vec(),
         // IPS_DST_NAT.
         (DataType::CtStatus, Value::CtDnat) => 0x20u32.to_ne_bytes().to_vec(),
+        // The whole name, zero-padded to IFNAMSIZ: equality with the name, not a prefix.
+        (DataType::Ifname, Value::Iface(name)) if name.len() < IFNAMSIZ as usize => {
+            let mut bytes = name.as_bytes().to_vec();
+            bytes.resize(IFNAMSIZ as usize, 0);
+            bytes
+        }
         _ => {
             return Err(ErrorKind::Value {
                 value: format!("{value:?}"),
@@ -1392,7 +1404,10 @@ mod tests {
             let word = |i: usize| u32::from_ne_bytes(bytes[at + i..at + i + 4].try_into().unwrap());
             let half = |i: usize| u16::from_ne_bytes(bytes[at + i..at + i + 2].try_into().unwrap());
             let len = word(0) as usize;
-            assert!(len >= 20 && len.is_multiple_of(4), "bad message length {len}");
+            assert!(
+                len >= 20 && len.is_multiple_of(4),
+                "bad message length {len}"
+            );
             out.push(Msg {
                 ty: half(4),
                 flags: half(6),

@@ -240,6 +240,13 @@ fn put_match(
             }
             Ok(())
         }
+        // `iifname "veth*"`: nft compares only the prefix's bytes (no terminating zero), so
+        // any name that starts with them matches; a whole name is compared zero-padded.
+        (Expr::Iifname, Value::IfacePrefix(prefix)) => {
+            load(buf, ctx, left, BASE, false)?;
+            cmp(buf, BASE, cmp_op, prefix.as_bytes());
+            Ok(())
+        }
         (Expr::Concat(_), _) => Err(ErrorKind::Unsupported(
             "comparing a concatenation with a constant".into(),
         )),
@@ -300,6 +307,10 @@ fn load(
             meta(buf, slot, NFT_META_MARK);
             bitwise(buf, slot, &mask.to_ne_bytes(), &[0; 4]);
             4
+        }
+        Expr::Iifname => {
+            meta(buf, slot, NFT_META_IIFNAME);
+            super::encode::IFNAMSIZ
         }
         Expr::CtState | Expr::CtStatus => {
             let key = if *source == Expr::CtState {

@@ -144,6 +144,7 @@ pub(crate) const NFTA_META_DREG: u16 = 1;
 pub(crate) const NFTA_META_KEY: u16 = 2;
 pub(crate) const NFTA_META_SREG: u16 = 3;
 pub(crate) const NFT_META_MARK: u32 = 3;
+pub(crate) const NFT_META_IIFNAME: u32 = 6;
 pub(crate) const NFT_META_L4PROTO: u32 = 16;
 pub(crate) const NFTA_BITWISE_SREG: u16 = 1;
 pub(crate) const NFTA_BITWISE_DREG: u16 = 2;

@@ -590,9 +590,19 @@ mod tests {
         futures::stream::iter(items).chain(futures::stream::pending())
     }
 
-    /// Runs a forwarder over the scripted watchers (one per restart) for `period`.
+    fn text(update: Update) -> String {
+        match update.event {
+            Event::Apply(object) => format!("Apply {}", object.namespace_name().1),
+            Event::Error(message) => format!("Error {message}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// Runs a forwarder over the scripted watchers (one per restart) for `period`, or until
+    /// `until` updates other than `Alive` arrived. `Some(true)` when it ended as not served.
     async fn forwarded(
         period: Duration,
+        until: usize,
         absence: bool,
         scripts: Vec<Vec<Item>>,
     ) -> (Option<bool>, Vec<String>) {
@@ -604,24 +614,33 @@ mod tests {
         };
         let mut forwarder = Forwarder::new(Resource::Services, &tx, Object::service);
         forwarder.not_found_is_absence = absence;
-        let end = tokio::time::timeout(period, forwarder.run(make)).await;
-        let not_served = end.ok().map(|end| matches!(end, End::NotServed));
-        drop(tx);
         let mut seen = Vec::new();
-        while let Some(update) = rx.recv().await {
-            seen.push(match update.event {
-                Event::Apply(object) => format!("Apply {}", object.namespace_name().1),
-                Event::Error(message) => format!("Error {message}"),
-                other => format!("{other:?}"),
-            });
+        let end = {
+            let collect = async {
+                while seen.iter().filter(|s| *s != "Alive").count() < until {
+                    match rx.recv().await {
+                        Some(update) => seen.push(text(update)),
+                        None => break,
+                    }
+                }
+            };
+            tokio::select! {
+                end = forwarder.run(make) => Some(matches!(end, End::NotServed)),
+                () = collect => None,
+                () = tokio::time::sleep(period) => None,
+            }
+        };
+        while let Ok(update) = rx.try_recv() {
+            seen.push(text(update));
         }
-        (not_served, seen)
+        (end, seen)
     }
 
     #[tokio::test]
     async fn a_failed_list_is_an_error_alone_and_alive_follows_the_first_object() {
         let (end, seen) = forwarded(
             Duration::from_millis(200),
+            usize::MAX,
             false,
             vec![vec![
                 Ok(watcher::Event::Init),
@@ -653,7 +672,8 @@ mod tests {
     async fn an_http_410_on_a_watch_request_restarts_the_watcher_which_relists() {
         // kube-rs would retry the same stale resourceVersion forever (kube-rs#1042).
         let (_, seen) = forwarded(
-            Duration::from_secs(4),
+            Duration::from_secs(5),
+            7,
             false,
             vec![
                 vec![
@@ -694,10 +714,12 @@ mod tests {
                 Err(watcher::Error::InitialListFailed(api_error(404))),
             ]]
         };
-        let (end, seen) = forwarded(Duration::from_millis(200), true, not_found()).await;
+        let (end, seen) =
+            forwarded(Duration::from_millis(200), usize::MAX, true, not_found()).await;
         assert_eq!(end, Some(true));
         assert!(seen.is_empty(), "{seen:?}");
-        let (end, seen) = forwarded(Duration::from_millis(200), false, not_found()).await;
+        let (end, seen) =
+            forwarded(Duration::from_millis(200), usize::MAX, false, not_found()).await;
         assert_eq!(end, None);
         assert_eq!(seen, ["Error list failed: 404 Injected injected"]);
     }

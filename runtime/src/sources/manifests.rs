@@ -92,8 +92,10 @@ pub fn is_manifest(path: &Path) -> bool {
 }
 
 /// Every manifest file below `dir`, in path order (the order in which duplicates are
-/// resolved). Symlinked directories are not followed (no cycles); symlinked files are. An empty
-/// tree is not an error here: a caller that needs files says so.
+/// resolved). Symlinked directories are not followed (no cycles); symlinked files are. Entries
+/// whose name starts with `.` are skipped: editors' swap files, and a ConfigMap volume's
+/// `..data` and `..2024_…` directories, which hold a second copy of every file. An empty tree
+/// is not an error here: a caller that needs files says so.
 pub fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let mut files = Vec::new();
     collect(dir, true, &mut files)?;
@@ -113,6 +115,9 @@ fn collect(dir: &Path, root: bool, files: &mut Vec<PathBuf>) -> Result<(), Error
     };
     for entry in entries {
         let entry = entry.map_err(read_dir_error)?;
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
         let path = entry.path();
         let file_type = match entry.file_type() {
             Ok(file_type) => file_type,
@@ -599,8 +604,8 @@ mod tests {
 
     #[test]
     fn walk_finds_manifests_in_path_order_and_skips_symlinked_directories() {
-        let dir = std::env::temp_dir().join(format!("kube-nft-walk-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tmp.path();
         let sub = dir.join("b");
         fs::create_dir_all(&sub).unwrap_or_else(|e| panic!("mkdir: {e}"));
         for file in ["z.yaml", "a.json", "notes.txt", "b/c.yml"] {
@@ -608,11 +613,11 @@ mod tests {
         }
         std::os::unix::fs::symlink(&sub, dir.join("link"))
             .unwrap_or_else(|e| panic!("symlink: {e}"));
-        let files = manifest_files(&dir).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+        let files = manifest_files(dir).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
         let names: Vec<_> = files
             .iter()
             .map(|f| {
-                f.strip_prefix(&dir)
+                f.strip_prefix(dir)
                     .map(Path::to_path_buf)
                     .unwrap_or_default()
             })
@@ -627,6 +632,5 @@ mod tests {
         );
         let missing = manifest_files(&dir.join("nope"));
         assert!(matches!(missing, Err(Error::ReadDir { .. })));
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -6,8 +6,8 @@
 //! objects as [`Event::Apply`], and closes with [`Event::Synced`]; the consumer converts each
 //! object as it arrives and, at `Synced`, drops what the relist did not mention. That is the only
 //! way to learn of deletions missed while a watch was down (kube-rs's watcher sends no `Delete`
-//! for objects that vanished before a 410-triggered relist), and it keeps peak memory at one
-//! converted copy of the cluster instead of two.
+//! for objects that vanished before a 410-triggered relist), and no source keeps a second copy
+//! of a list for the consumer's sake (kube-rs holds the list response it is iterating over).
 
 pub mod kube;
 pub mod manifests;
@@ -26,8 +26,8 @@ pub enum Resource {
     Services,
     /// `discovery.k8s.io/v1 EndpointSlice`.
     EndpointSlices,
-    /// `v1 Endpoints`, the legacy API: only the manifests source delivers these (the API server's
-    /// EndpointSlice mirroring controller already turns them into slices).
+    /// `v1 Endpoints`, the legacy API: only the manifests source delivers these (in a cluster,
+    /// the EndpointSliceMirroring controller already turns custom Endpoints into slices).
     Endpoints,
     /// `v1 Node`: the node kube-nft runs on (the API source watches only that one).
     Node,

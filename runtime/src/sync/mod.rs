@@ -241,9 +241,14 @@ impl<K: Kernel> Engine<K> {
         self.verify_next = true;
     }
 
-    /// Every current diagnostic.
+    /// Every current diagnostic, the checks across Services included (O(Services)).
     pub fn diagnostics(&self) -> Vec<Diagnostic> {
         self.compiler.diagnostics()
+    }
+
+    /// The diagnostics of the Services the last round recomputed.
+    pub fn changed_diagnostics(&self) -> Vec<Diagnostic> {
+        self.compiler.changed_diagnostics()
     }
 
     /// The whole desired ruleset.

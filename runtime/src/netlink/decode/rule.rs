@@ -14,7 +14,7 @@ use kube_nft_compiler::ir::{
     self, CmpOp, DataType, Expr, Family, FibAddr, NatTarget, NumgenMode, Stmt, Value, Verdict,
 };
 
-use super::super::encode::{padded, type_len};
+use super::super::encode::{padded, type_len, IFNAMSIZ};
 use super::super::sys::*;
 use super::{required, udata_comment, value_of, verdict_of, Attrs, Error, Message};
 use super::{NFTA_RULE_HANDLE, NF_NAT_RANGE_MAP_IPS};
@@ -781,6 +781,21 @@ impl<'a> Cursor<'a> {
                     }
                 }
             }
+            // Fewer bytes than a whole name, none of them zero: a prefix (`iifname "veth*"`).
+            Expr::Iifname => {
+                let (op, data) = cmp(self.next()?).ok_or_else(|| expected("cmp"))?;
+                let right = if data.len() < len as usize {
+                    match String::from_utf8(data) {
+                        Ok(prefix) if !prefix.is_empty() && !prefix.contains('\0') => {
+                            Value::IfacePrefix(prefix)
+                        }
+                        _ => return miss("interface name prefix"),
+                    }
+                } else {
+                    value_of(&data, DataType::Ifname).map_err(|e| Miss(e.to_string()))?
+                };
+                Ok(Stmt::Match { left, op, right })
+            }
             _ => {
                 let ty = left.data_types()[0];
                 let (op, data) = cmp(self.next()?).ok_or_else(|| expected("cmp"))?;
@@ -858,6 +873,11 @@ impl<'a> Cursor<'a> {
                 dreg: Some(dreg),
                 sreg: None,
             } if *dreg == slot => Ok((Expr::L4Proto, 1)),
+            Ex::Meta {
+                key: NFT_META_IIFNAME,
+                dreg: Some(dreg),
+                sreg: None,
+            } if *dreg == slot => Ok((Expr::Iifname, IFNAMSIZ)),
             Ex::Meta {
                 key: NFT_META_MARK,
                 dreg: Some(dreg),
