@@ -269,7 +269,7 @@ pub(crate) enum PacketOrigin {
 #[derive(Debug, Args)]
 pub(crate) struct InputArgs {
     /// A file, a directory (every *.yaml, *.yml and *.json file below it, recursively, in path
-    /// order) or `-` for stdin.
+    /// order, skipping names that start with `.`) or `-` for stdin.
     ///
     /// Files hold Services, EndpointSlices, Endpoints, Nodes and ServiceCIDRs as YAML or JSON,
     /// several documents per file and `kind: List` (what `kubectl get -o yaml` prints) allowed.
@@ -345,7 +345,8 @@ pub(crate) struct NodeArgs {
     /// Read: hostnameOverride, bindAddress, clusterCIDR, nodePortAddresses,
     /// nftables.masqueradeAll, nftables.masqueradeBit, detectLocalMode,
     /// detectLocal.bridgeInterface, detectLocal.interfaceNamePrefix, mode (must be `nftables`
-    /// or empty).
+    /// or empty); for `run` also syncPeriod, minSyncPeriod (or nftables.*), healthzBindAddress,
+    /// metricsBindAddress and clientConnection.kubeconfig.
     /// Unknown fields are ignored with a warning. Flags on the command line win over the file.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,

@@ -385,7 +385,7 @@ fn record(
                     services = outcome.services,
                     transactions = outcome.report.transactions,
                     bytes = outcome.report.bytes,
-                    duration_ms = outcome.elapsed.as_secs_f64() * 1e3,
+                    duration = ?outcome.elapsed,
                     "synced"
                 );
             }
