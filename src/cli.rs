@@ -165,6 +165,12 @@ pub(crate) struct RunArgs {
     /// [default: 127.0.0.1:10249]
     #[arg(long, value_name = "IP:PORT")]
     pub(crate) metrics_bind_address: Option<String>,
+    /// kube-nft only: how long the watch of this Node may stay silent before health counts it
+    /// as a failure (the kubelet updates its Node at least every 5 minutes, so a longer silence
+    /// means a hung watch and a stale view; /livez then fails after 2 x --sync-period more and
+    /// the kubelet restarts the daemon). `0s` disables. [default: 11m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) watch_silence_timeout: Option<Duration>,
     /// Log format on stderr: `text` (one line per event) or `json` (one object per line, for
     /// log pipelines). kube-proxy `--logging-format`.
     #[arg(long, alias = "logging-format", value_enum, default_value = "text")]

@@ -351,3 +351,42 @@ fn malformed_objects_from_the_api_are_reported_and_the_rest_synced() {
         assert!(d.try_wait().is_none(), "the daemon keeps running");
     });
 }
+
+#[test]
+fn a_silent_node_watch_counts_against_health() {
+    if !can_run("a_silent_node_watch_counts_against_health") {
+        return;
+    }
+    in_netns(|_| {
+        loopback_up();
+        let docs = manifests(&uniform(2));
+        let server = server(&docs);
+        let mut d = daemon(
+            &server,
+            &["--watch-silence-timeout", "1s", "--sync-period", "1s"],
+        );
+        converges(&server, "initial sync");
+        let status = |path| http_get(addr(HEALTHZ), path).expect("health").status;
+        assert_eq!(status("/livez"), 200);
+        // The Node does not change: after the silence timeout plus the health timeout
+        // (2 x --sync-period), /livez fails although every sync succeeds.
+        let failing = wait_until(CONVERGE, Duration::from_millis(100), || {
+            status("/livez") == 503
+        });
+        assert!(failing.is_some(), "a silent Node watch must fail /livez");
+        d.wait_log("nothing heard from the Node's watch", 1, CONVERGE)
+            .expect("logged");
+        // The kubelet updates its Node: heard again, healthy again.
+        let mut node = docs
+            .iter()
+            .find(|d| d["kind"] == "Node")
+            .expect("node")
+            .clone();
+        node["metadata"]["annotations"] = json!({"heartbeat": "1"});
+        server.apply(node).expect("apply");
+        let healthy = wait_until(CONVERGE, Duration::from_millis(100), || {
+            status("/livez") == 200
+        });
+        assert!(healthy.is_some(), "healthy again once the Node is heard");
+    });
+}

@@ -65,6 +65,9 @@ pub struct Options {
     pub metrics: Option<SocketAddr>,
     /// The `/configz` document.
     pub configz: String,
+    /// How long the Node's watch may stay silent before it counts against health (the kubelet
+    /// updates its Node at least every 5 minutes); `None` for sources without a heartbeat.
+    pub watch_silence: Option<Duration>,
 }
 
 /// Why the daemon could not run.
@@ -162,6 +165,11 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
     let mut reported: Vec<Diagnostic> = Vec::new();
     let mut relisted: std::collections::BTreeSet<Resource> = Default::default();
     let mut drift_pending = false;
+    // The Node's watch is the one with a heartbeat: kube-rs does not surface bookmarks, and
+    // Services or slices may legitimately be quiet for hours.
+    let mut node_heard = Instant::now();
+    let mut node_silent = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     info!(
         node = %options.node_name,
         min_sync_period = ?options.min_sync_period,
@@ -192,10 +200,32 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                     }
                 };
                 let engine = engine.as_mut().expect("engine is home between rounds");
+                let mut heard = |update: &Update| {
+                    if update.resource == Resource::Node && !matches!(update.event, Event::Error(_)) {
+                        node_heard = Instant::now();
+                    }
+                };
+                heard(&update);
                 fold(engine, update, &metrics, &health, &mut runner, &mut relisted);
                 // Drain what else is queued without yielding, so a burst is one round.
                 while let Ok(update) = rx.try_recv() {
+                    heard(&update);
                     fold(engine, update, &metrics, &health, &mut runner, &mut relisted);
+                }
+            }
+            _ = tick.tick(), if options.watch_silence.is_some() => {
+                let limit = options.watch_silence.expect("guarded");
+                let silent = node_heard.elapsed() > limit;
+                if silent != node_silent {
+                    node_silent = silent;
+                    if silent {
+                        warn!(silence = ?limit, "nothing heard from the Node's watch; the view of the cluster may be stale");
+                        let since = Timestamp::now();
+                        health.set_watch_silent(Some(since));
+                    } else {
+                        info!("the Node's watch is heard again");
+                        health.set_watch_silent(None);
+                    }
                 }
             }
             Some(event) = drift_rx.recv() => {

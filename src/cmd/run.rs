@@ -20,6 +20,9 @@ use crate::cli::{LogFormat, RunArgs};
 const MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
 /// kube-proxy's `--sync-period` default.
 const SYNC_PERIOD: Duration = Duration::from_secs(30);
+/// `--watch-silence-timeout`'s default: more than twice the kubelet's 5-minute Node status
+/// report interval.
+const WATCH_SILENCE: Duration = Duration::from_secs(11 * 60);
 /// Full rescan of `--manifests`, behind inotify.
 const MANIFESTS_RESCAN: Duration = Duration::from_secs(30);
 
@@ -91,6 +94,12 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<u8> {
     })
     .to_string();
 
+    // A folder of manifests has no heartbeat.
+    let watch_silence = match (&source, args.watch_silence_timeout) {
+        (Source::Manifests { .. }, _) => None,
+        (_, Some(d)) if d.is_zero() => None,
+        (_, d) => Some(d.unwrap_or(WATCH_SILENCE)),
+    };
     let options = Options {
         config,
         node_name,
@@ -100,6 +109,7 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<u8> {
         healthz,
         metrics,
         configz,
+        watch_silence,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

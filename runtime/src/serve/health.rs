@@ -90,6 +90,8 @@ struct State {
     last_updated: Option<Timestamp>,
     oldest_pending: Option<Timestamp>,
     node_eligible: bool,
+    /// Since when a watch that should have been heard from has been silent.
+    silent_since: Option<Timestamp>,
 }
 
 impl ProxyHealth {
@@ -110,6 +112,7 @@ impl ProxyHealth {
                 last_updated: None,
                 oldest_pending: None,
                 node_eligible: false,
+                silent_since: None,
             })),
         }
     }
@@ -149,6 +152,15 @@ impl ProxyHealth {
         self.set_node_eligible(node.is_some_and(node_eligible));
     }
 
+    /// A watch that is expected to deliver something regularly (the Node's, which the kubelet
+    /// updates at least every 5 minutes) has been silent since `since` (`None`: heard again).
+    /// Like a change that waits, it counts against health once it lasts the health timeout: a
+    /// hung watch leaves the rules stale without any error, and restarting the proxy (what a
+    /// failing `/livez` makes the kubelet do) re-establishes it. kube-proxy has no such check.
+    pub fn set_watch_silent(&self, since: Option<Timestamp>) {
+        self.lock().silent_since = since;
+    }
+
     /// `2 × syncPeriod`.
     pub fn health_timeout(&self) -> Duration {
         self.lock().health_timeout
@@ -165,9 +177,10 @@ impl ProxyHealth {
             (None, _) => Some(state.started),
         };
         // kube-proxy: unhealthy once `currentTime.Sub(oldestPending) >= healthTimeout`.
-        let overdue = pending_since.is_some_and(|since| {
-            now.mono.saturating_duration_since(since.mono) >= state.health_timeout
-        });
+        let overdue = pending_since
+            .into_iter()
+            .chain(state.silent_since)
+            .any(|since| now.mono.saturating_duration_since(since.mono) >= state.health_timeout);
         Status {
             current_time: now.wall,
             last_updated: state.last_updated.map(|t| t.wall),
@@ -524,6 +537,21 @@ mod tests {
         health.updated(at(t0, 71.0));
         let status = health.health(at(t0, 71.0));
         assert_eq!((status.healthz_code(), status.livez_code()), (200, 200));
+    }
+
+    #[test]
+    fn a_silent_watch_is_unhealthy_after_the_timeout_whatever_the_syncs() {
+        let t0 = origin();
+        let health = eligible_proxy(t0);
+        health.updated(at(t0, 1.0));
+        health.set_watch_silent(Some(at(t0, 5.0)));
+        assert_eq!(health.health(at(t0, 60.0)).livez_code(), 200);
+        // Syncs keep succeeding (nothing changes), but the view may be stale.
+        health.updated(at(t0, 64.0));
+        let status = health.health(at(t0, 65.0));
+        assert_eq!((status.healthz_code(), status.livez_code()), (503, 503));
+        health.set_watch_silent(None);
+        assert_eq!(health.health(at(t0, 66.0)).livez_code(), 200);
     }
 
     #[test]
