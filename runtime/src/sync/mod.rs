@@ -365,37 +365,29 @@ impl<K: Kernel> Engine<K> {
 
     fn converge_once(&mut self, kind: SyncKind) -> Result<Outcome, Error> {
         let desired = self.compiler.ruleset();
-        let current = match self.kernel.read() {
-            Ok(current) => current,
+        let (counts, result) = match self.kernel.read() {
+            Ok(current) => {
+                let tx = plan::plan(&current, &desired);
+                if tx.is_empty() {
+                    return Ok(self.outcome(kind, tx.counts(), None, 0));
+                }
+                (tx.counts(), self.kernel.apply(&current, &tx))
+            }
             // Someone put rules we did not write into our tables: planning against them is
             // impossible, so replace both tables in one atomic transaction.
             Err(readback::Error::UnrecognisedRule { .. }) => {
                 let counts = plan::plan(&Ruleset::default(), &desired).counts();
-                return match self.kernel.replace(&desired) {
-                    Ok(report) => Ok(self.outcome(kind, counts, Some(report), 0)),
-                    Err(source) => {
-                        self.compiler.force_full();
-                        Err(Error::Apply {
-                            kind,
-                            counts,
-                            source,
-                        })
-                    }
-                };
+                (counts, self.kernel.replace(&desired))
             }
             Err(err) => {
                 self.compiler.force_full();
                 return Err(err.into());
             }
         };
-        let tx = plan::plan(&current, &desired);
-        let counts = tx.counts();
-        if tx.is_empty() {
-            return Ok(self.outcome(kind, counts, None, 0));
-        }
-        match self.kernel.apply(&current, &tx) {
+        match result {
             Ok(report) => Ok(self.outcome(kind, counts, Some(report), 0)),
             Err(source) => {
+                // Nothing of the transaction was applied; the next round reads back again.
                 self.compiler.force_full();
                 Err(Error::Apply {
                     kind,
