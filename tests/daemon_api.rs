@@ -74,12 +74,25 @@ fn converges(server: &FakeApiServer, what: &str) {
     );
 }
 
-fn daemon(server: &FakeApiServer, extra: &[&str]) -> Daemon {
-    let kubeconfig = std::env::temp_dir().join(format!(
-        "kube-nft-daemon-api-{}-{:?}.kubeconfig",
-        std::process::id(),
-        std::thread::current().id()
-    ));
+/// The daemon and the folder holding its kubeconfig (removed with it).
+struct Running(Daemon, tempfile::TempDir);
+
+impl std::ops::Deref for Running {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
+}
+
+fn daemon(server: &FakeApiServer, extra: &[&str]) -> Running {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     let kubeconfig = kubeconfig.to_str().expect("utf-8").to_owned();
     let mut args = vec![
@@ -97,7 +110,7 @@ fn daemon(server: &FakeApiServer, extra: &[&str]) -> Daemon {
         METRICS,
     ];
     args.extend(extra);
-    Daemon::spawn(Path::new(BIN), &args)
+    Running(Daemon::spawn(Path::new(BIN), &args), dir)
 }
 
 fn addr(text: &str) -> SocketAddr {
