@@ -74,8 +74,8 @@ fn converges(server: &FakeApiServer, what: &str) {
     );
 }
 
-/// The daemon and the folder holding its kubeconfig (removed with it).
-struct Running(Daemon, tempfile::TempDir);
+/// The daemon and the folder holding its kubeconfig (kept, then removed, with it).
+struct Running(Daemon, #[allow(dead_code)] tempfile::TempDir);
 
 impl std::ops::Deref for Running {
     type Target = Daemon;

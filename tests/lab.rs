@@ -11,9 +11,11 @@
 //! `stranger` (192.0.2.10, outside it), node-a itself, and pods that are endpoints (hairpin).
 //! Needs root and iproute2; under `CI=true` a machine that cannot run it fails the test.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,8 +25,9 @@ use kube_nft_compiler::{compile, Config};
 use kube_nft_lab::probe::DROP_TIMEOUT;
 use kube_nft_lab::topology::{default_lan_clients, pod_client};
 use kube_nft_lab::{Lab, Outcome, Probe, Proto, Reply, Topology};
-use kube_nft_testkit::golden::repo_root;
 use kube_nft_testkit::netns::can_run;
+
+use common::*;
 
 /// node-a's flags for the lab cluster.
 const FLAGS: [&str; 4] = [
@@ -33,14 +36,6 @@ const FLAGS: [&str; 4] = [
     "--cluster-cidr",
     "10.0.0.0/16,fd00:10::/32",
 ];
-
-/// Probes per balancing check: the chance that one of three equally likely endpoints is never
-/// chosen in this many tries is 3·(2/3)^60 ≈ 10⁻¹⁰.
-const DRAWS: usize = 60;
-
-fn cluster() -> PathBuf {
-    repo_root().join("testdata/lab/cluster.yaml")
-}
 
 /// A lab built from a cluster file, node-a programmed from it.
 struct Scene {
@@ -152,35 +147,6 @@ impl Scene {
             .expect("an address of the family")
     }
 }
-
-fn tcp(dst: &str) -> Probe {
-    Probe::new(Proto::Tcp, dst.parse().expect("socket address"))
-}
-
-fn udp(dst: &str) -> Probe {
-    Probe::new(Proto::Udp, dst.parse().expect("socket address"))
-}
-
-/// The set of endpoints (pod names) that answered.
-fn hosts(replies: &[Reply]) -> BTreeSet<&str> {
-    replies.iter().map(|r| r.host.as_str()).collect()
-}
-
-fn set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
-    names.iter().copied().collect()
-}
-
-/// The ports the endpoints were reached on.
-fn ports(replies: &[Reply]) -> BTreeSet<u16> {
-    replies.iter().map(|r| r.local.port()).collect()
-}
-
-/// The sources the endpoints saw.
-fn sources(replies: &[Reply]) -> BTreeSet<IpAddr> {
-    replies.iter().map(|r| r.peer.ip()).collect()
-}
-
-const WEB: [&str; 3] = ["web-a1", "web-b1", "web-b2"];
 
 // --- ClusterIP ------------------------------------------------------------------------------
 
@@ -721,64 +687,6 @@ fn an_endpoint_that_is_a_cluster_ip_is_refused() {
 }
 
 // --- Updates under live traffic -------------------------------------------------------------
-
-/// A cluster for the live-update test: Service `live` (172.30.1.1:80) with the endpoints
-/// `live-<i>` for `i` in `endpoints` (pods 10.0.1.<10+i> on node-a for even i, 10.0.2.<10+i>
-/// on node-b for odd i), plus `others` unrelated Services `other-<j>`, each with one endpoint.
-fn live_cluster(endpoints: &[u8], others: &[u8]) -> String {
-    let mut docs = vec![
-        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a"},"spec":{"podCIDRs":["10.0.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.2"}]}}"#.to_owned(),
-        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-b"},"spec":{"podCIDRs":["10.0.2.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.3"}]}}"#.to_owned(),
-    ];
-    let service = |name: &str, ip: &str, eps: Vec<(String, String, &str)>| {
-        let endpoints: Vec<String> = eps
-            .iter()
-            .map(|(pod, addr, node)| {
-                format!(
-                    r#"{{"addresses":["{addr}"],"nodeName":"{node}","conditions":{{"ready":true}},"targetRef":{{"kind":"Pod","name":"{pod}"}}}}"#
-                )
-            })
-            .collect();
-        vec![
-            format!(
-                r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"namespace":"lab","name":"{name}"}},"spec":{{"clusterIP":"{ip}","selector":{{"app":"{name}"}},"ports":[{{"name":"http","port":80,"targetPort":8080}}]}}}}"#
-            ),
-            format!(
-                r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"namespace":"lab","name":"{name}-x","labels":{{"kubernetes.io/service-name":"{name}"}}}},"addressType":"IPv4","endpoints":[{}],"ports":[{{"name":"http","port":8080}}]}}"#,
-                endpoints.join(",")
-            ),
-        ]
-    };
-    let live_pod = |i: u8| {
-        let (subnet, node) = if i.is_multiple_of(2) {
-            (1, "node-a")
-        } else {
-            (2, "node-b")
-        };
-        (
-            format!("live-{i}"),
-            format!("10.0.{subnet}.{}", 10 + i),
-            node,
-        )
-    };
-    docs.extend(service(
-        "live",
-        "172.30.1.1",
-        endpoints.iter().map(|&i| live_pod(i)).collect(),
-    ));
-    for &j in others {
-        docs.extend(service(
-            &format!("other-{j}"),
-            &format!("172.30.2.{j}"),
-            vec![(
-                format!("other-{j}"),
-                format!("10.0.1.{}", 100 + j),
-                "node-a",
-            )],
-        ));
-    }
-    docs.join("\n---\n")
-}
 
 #[test]
 fn updates_under_live_traffic_never_break_a_connection() {

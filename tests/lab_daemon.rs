@@ -16,6 +16,8 @@
 //! controller would make of them (the daemon, like kube-proxy, watches only slices).
 //! Needs root and iproute2; under `CI=true` a machine that cannot run it fails the tests.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -32,10 +34,11 @@ use kube_nft_lab::{Lab, Outcome, Probe, Proto, Reply, Topology};
 use kube_nft_runtime::readback;
 use kube_nft_testkit::apiserver::FakeApiServer;
 use kube_nft_testkit::daemon::{http_get, metric, wait_until, Daemon, Response};
-use kube_nft_testkit::golden::repo_root;
 use kube_nft_testkit::listing;
 use kube_nft_testkit::netns::can_run;
 use serde_json::{json, Value};
+
+use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-nft");
 /// node-a's flags for the lab cluster (as `tests/lab.rs`).
@@ -55,9 +58,6 @@ const CONVERGE: Duration = Duration::from_secs(10);
 const LOOP_BOUND: Duration = Duration::from_secs(120);
 /// Pause between two connections of a client loop.
 const LOOP_PAUSE: Duration = Duration::from_millis(5);
-/// Probes per balancing check: the chance that one of three equally likely endpoints is never
-/// chosen in this many tries is 3·(2/3)^60 ≈ 10⁻¹⁰.
-const DRAWS: usize = 60;
 /// The one line each sync round logs (`kube_nft_runtime::daemon`'s target, message `synced`).
 const SYNCED: &str = "daemon: synced";
 const SIGKILL: i32 = 9;
@@ -69,12 +69,6 @@ const KINDS: [(&str, &str); 4] = [
     ("networking.k8s.io/v1", "ServiceCIDR"),
     ("v1", "Node"),
 ];
-const WEB: [&str; 3] = ["web-a1", "web-b1", "web-b2"];
-
-fn cluster() -> PathBuf {
-    repo_root().join("testdata/lab/cluster.yaml")
-}
-
 /// node-a's config, the same as `FLAGS`.
 fn config() -> Config {
     Config {
@@ -396,33 +390,6 @@ fn first_sync(daemon: &Daemon) -> String {
         .to_owned()
 }
 
-fn tcp(dst: &str) -> Probe {
-    Probe::new(Proto::Tcp, dst.parse().expect("socket address"))
-}
-
-fn udp(dst: &str) -> Probe {
-    Probe::new(Proto::Udp, dst.parse().expect("socket address"))
-}
-
-/// The set of endpoints (pod names) that answered.
-fn hosts(replies: &[Reply]) -> BTreeSet<&str> {
-    replies.iter().map(|r| r.host.as_str()).collect()
-}
-
-fn set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
-    names.iter().copied().collect()
-}
-
-/// The ports the endpoints were reached on.
-fn ports(replies: &[Reply]) -> BTreeSet<u16> {
-    replies.iter().map(|r| r.local.port()).collect()
-}
-
-/// The sources the endpoints saw.
-fn sources(replies: &[Reply]) -> BTreeSet<IpAddr> {
-    replies.iter().map(|r| r.peer.ip()).collect()
-}
-
 /// What client loops saw.
 struct Traffic {
     replies: Vec<Reply>,
@@ -648,65 +615,6 @@ fn daemon_programs_node_a_like_compile_and_the_lab_scenarios_pass() {
 }
 
 // --- Changes under live traffic --------------------------------------------------------------
-
-/// `tests/lab.rs`'s cluster for its live-update test: Service `live` (172.30.1.1:80) with the
-/// endpoints `live-<i>` for `i` in `endpoints` (pods 10.0.1.<10+i> on node-a for even i,
-/// 10.0.2.<10+i> on node-b for odd i), plus `others` unrelated Services `other-<j>`
-/// (172.30.2.<j>), each with one endpoint.
-fn live_cluster(endpoints: &[u8], others: &[u8]) -> String {
-    let mut docs = vec![
-        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-a"},"spec":{"podCIDRs":["10.0.1.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.2"}]}}"#.to_owned(),
-        r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"node-b"},"spec":{"podCIDRs":["10.0.2.0/24"]},"status":{"addresses":[{"type":"InternalIP","address":"192.168.0.3"}]}}"#.to_owned(),
-    ];
-    let service = |name: &str, ip: &str, eps: Vec<(String, String, &str)>| {
-        let endpoints: Vec<String> = eps
-            .iter()
-            .map(|(pod, addr, node)| {
-                format!(
-                    r#"{{"addresses":["{addr}"],"nodeName":"{node}","conditions":{{"ready":true}},"targetRef":{{"kind":"Pod","name":"{pod}"}}}}"#
-                )
-            })
-            .collect();
-        vec![
-            format!(
-                r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"namespace":"lab","name":"{name}"}},"spec":{{"clusterIP":"{ip}","selector":{{"app":"{name}"}},"ports":[{{"name":"http","port":80,"targetPort":8080}}]}}}}"#
-            ),
-            format!(
-                r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"namespace":"lab","name":"{name}-x","labels":{{"kubernetes.io/service-name":"{name}"}}}},"addressType":"IPv4","endpoints":[{}],"ports":[{{"name":"http","port":8080}}]}}"#,
-                endpoints.join(",")
-            ),
-        ]
-    };
-    let live_pod = |i: u8| {
-        let (subnet, node) = if i.is_multiple_of(2) {
-            (1, "node-a")
-        } else {
-            (2, "node-b")
-        };
-        (
-            format!("live-{i}"),
-            format!("10.0.{subnet}.{}", 10 + i),
-            node,
-        )
-    };
-    docs.extend(service(
-        "live",
-        "172.30.1.1",
-        endpoints.iter().map(|&i| live_pod(i)).collect(),
-    ));
-    for &j in others {
-        docs.extend(service(
-            &format!("other-{j}"),
-            &format!("172.30.2.{j}"),
-            vec![(
-                format!("other-{j}"),
-                format!("10.0.1.{}", 100 + j),
-                "node-a",
-            )],
-        ));
-    }
-    docs.join("\n---\n")
-}
 
 fn live_objects(endpoints: &[u8], others: &[u8]) -> Vec<Value> {
     api_objects(&snapshot_of("live", live_cluster(endpoints, others)))
