@@ -5,12 +5,13 @@
 //! a kubeconfig, as a child process in the namespace. Measured:
 //!
 //! - start: spawn to the initial full sync committed (the daemon's `synced kind=full` log
-//!   line), the sync round alone (its `duration_ms`), and the CPU the daemon used up to then;
+//!   line), the sync round alone (the duration it logs), and the CPU the daemon used up to then;
 //! - RSS (`VmRSS`, and the peak `VmHWM`) after the initial sync and after the changes;
 //! - event-to-commit latency: the time from just before a write into the fake API server to the
 //!   commit of the transaction the daemon makes of it, which an nf_tables monitor in the same
 //!   namespace sees as a NEWGEN (the monitor reports commits of other processes, so every
-//!   commit to our tables it reports is the daemon's). It includes the watch delivery over
+//!   commit to our tables it reports is the daemon's; it subscribes after the initial sync,
+//!   whose commits it would slow down). It includes the watch delivery over
 //!   HTTP, the decoding, the daemon's queueing and its sync round; the sync round alone comes
 //!   from the daemon's log. Three kinds: one endpoint of a random Service replaced (its
 //!   EndpointSlice rewritten), a random Service's port changed, and a new Service added (its
@@ -57,8 +58,8 @@ const SYNC_PERIOD: &str = "1h";
 /// After the initial sync, before anything is measured (later first-list events may still
 /// request a round, which the rate limit holds for up to a second).
 const SETTLE: Duration = Duration::from_secs(2);
-/// The window in which the idle CPU rate is measured.
-const IDLE: Duration = Duration::from_secs(3);
+/// The window in which the idle CPU rate is measured (CPU time is counted in 10 ms ticks).
+const IDLE: Duration = Duration::from_secs(10);
 /// Seed of the choices of Services to change.
 const CHANGE_SEED: u64 = 0x6461_656d_6f6e;
 
@@ -645,9 +646,7 @@ impl Log {
             if fields["message"] == "synced" {
                 rounds.push(Round {
                     kind: fields["kind"].as_str().unwrap_or_default().to_owned(),
-                    duration: Duration::from_secs_f64(
-                        fields["duration_ms"].as_f64().unwrap_or_default() / 1e3,
-                    ),
+                    duration: logged_duration(fields).unwrap_or_default(),
                     transactions: fields["transactions"].as_u64().unwrap_or_default(),
                 });
             } else if entry["level"] == "ERROR" || entry["level"] == "WARN" {
@@ -663,6 +662,25 @@ impl Log {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+}
+
+/// The round's duration from its log fields: `duration` as Rust's `Debug` prints a
+/// `Duration` (`12.3ms`, `1.5s`), or `duration_ms` as a number.
+fn logged_duration(fields: &Value) -> Option<Duration> {
+    if let Some(ms) = fields["duration_ms"].as_f64() {
+        return Some(Duration::from_secs_f64(ms / 1e3));
+    }
+    let text = fields["duration"].as_str()?;
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" | "us" => 1e-6,
+        "ns" => 1e-9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(number.parse::<f64>().ok()? * scale))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -729,5 +747,21 @@ impl Drop for Commits {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_durations_parse_in_both_forms() {
+        let ms = |v: f64| Some(Duration::from_secs_f64(v / 1e3));
+        let of = |v: Value| logged_duration(&v);
+        assert_eq!(of(serde_json::json!({"duration": "12.5ms"})), ms(12.5));
+        assert_eq!(of(serde_json::json!({"duration": "1.5s"})), ms(1500.0));
+        assert_eq!(of(serde_json::json!({"duration": "250µs"})), ms(0.25));
+        assert_eq!(of(serde_json::json!({"duration_ms": 7.0})), ms(7.0));
+        assert_eq!(of(serde_json::json!({"duration": "soon"})), None);
     }
 }

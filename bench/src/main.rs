@@ -172,8 +172,9 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<Generated> {
     daemon_sizes.retain(|&n| n > 0);
     daemon_sizes.sort_unstable();
     if args.daemon_only {
-        let rows = daemon::measure(&daemon_sizes, &daemon_opts).context("daemon")?;
+        // Probed first: the commit is the one of the binary measured.
         let machine = report::Machine::probe(&command_line());
+        let rows = daemon::measure(&daemon_sizes, &daemon_opts).context("daemon")?;
         return Ok(Generated::Daemon(report::render_daemon(
             &machine,
             args.endpoints,

@@ -70,7 +70,9 @@ impl Machine {
             ],
         )
         .lines()
-        .any(|l| !l.is_empty())
+        // The benchmark's own sources and report do not change what is measured.
+        .filter_map(|l| l.split_whitespace().last())
+        .any(|path| !path.starts_with("bench/") && path != "BENCHMARKS.md")
         {
             commit.push_str(" (with uncommitted changes)");
         }
@@ -490,7 +492,7 @@ pub(crate) fn write_daemon_into(path: &Path, section: &str) -> anyhow::Result<()
             format!("{}{section}{after}", &old[..begin])
         }
         _ => match old.find(END) {
-            Some(end) => format!("{}\n{section}\n\n{}", old[..end].trim_end(), &old[end..]),
+            Some(end) => format!("{}\n\n{section}\n\n{}", old[..end].trim_end(), &old[end..]),
             None => anyhow::bail!(
                 "{} has no generated part to put the daemon's table in; run the whole \
                  benchmark with --write first",
@@ -613,7 +615,7 @@ mod tests {
         assert_eq!(
             added,
             format!(
-                "intro\n\n{BEGIN}\nsync\n{DAEMON_BEGIN}\nfirst\n{DAEMON_END}\n\n{END}\n\nanalysis\n"
+                "intro\n\n{BEGIN}\nsync\n\n{DAEMON_BEGIN}\nfirst\n{DAEMON_END}\n\n{END}\n\nanalysis\n"
             )
         );
         write_daemon_into(&path, &format!("{DAEMON_BEGIN}\nsecond\n{DAEMON_END}\n")).unwrap();
