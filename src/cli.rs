@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use kube_nft_compiler::config::{self, LocalMode, NodePortAddress};
+use kube_nft_compiler::graph::Scheduler;
 
 /// The exit codes, shown at the end of every `--help`.
 macro_rules! exit_codes {
@@ -346,13 +347,23 @@ pub(crate) struct NodeArgs {
     /// Without it, only Services without that label are handled, as kube-proxy does.
     #[arg(long, value_name = "NAME")]
     pub(crate) service_proxy_name: Option<String>,
+    /// kube-nft only: how Services spread new connections over their endpoints unless their
+    /// `kube-nft.io/scheduler` annotation says otherwise: `random`, `round-robin` or
+    /// `source-hash` (the client address picks the endpoint).
+    ///
+    /// An IPVS-mode `--config` file's `ipvs.scheduler` sets it too (`rr`: round-robin, `sh`:
+    /// source-hash). [default: random]
+    #[arg(long, value_name = "SCHEDULER", value_parser = parse_scheduler)]
+    pub(crate) scheduler: Option<Scheduler>,
     /// A kube-proxy `KubeProxyConfiguration` file (kubeproxy.config.k8s.io/v1alpha1).
     ///
     /// Read: hostnameOverride, bindAddress, clusterCIDR, nodePortAddresses,
     /// nftables.masqueradeAll, nftables.masqueradeBit, detectLocalMode,
-    /// detectLocal.bridgeInterface, detectLocal.interfaceNamePrefix, mode (must be `nftables`
-    /// or empty); for `run` also syncPeriod, minSyncPeriod (or nftables.*), healthzBindAddress,
-    /// metricsBindAddress and clientConnection.kubeconfig.
+    /// detectLocal.bridgeInterface, detectLocal.interfaceNamePrefix, mode (`nftables` or empty;
+    /// a file for kube-proxy's `iptables` or `ipvs` mode is read as that mode reads it, with a
+    /// warning, and IPVS's ipvs.scheduler becomes --scheduler); for `run` also syncPeriod,
+    /// minSyncPeriod (or the mode's section), healthzBindAddress, metricsBindAddress and
+    /// clientConnection.kubeconfig.
     /// Unknown fields are ignored with a warning. Flags on the command line win over the file.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
@@ -376,6 +387,10 @@ fn parse_interface_name(text: &str) -> Result<String, String> {
 
 fn parse_interface_prefix(text: &str) -> Result<String, String> {
     config::parse_interface_prefix(text)
+}
+
+fn parse_scheduler(text: &str) -> Result<Scheduler, String> {
+    config::parse_scheduler(text)
 }
 
 #[cfg(test)]

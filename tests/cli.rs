@@ -280,13 +280,64 @@ fn config_file_is_applied_and_explicit_flags_win() {
     );
 }
 
+/// A kube-proxy file written for IPVS mode is accepted with a warning, and its scheduler is the
+/// node default; `--scheduler` on the command line wins over it.
+#[test]
+fn an_ipvs_mode_config_file_is_mapped_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kube-proxy.yaml");
+    fs::write(
+        &config,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n\
+         clusterCIDR: 10.0.0.0/8\nipvs:\n  scheduler: sh\n",
+    )
+    .unwrap();
+    let args = [
+        "compile",
+        "--dry-run",
+        "-f",
+        EXAMPLE,
+        "--hostname-override",
+        "node-a",
+        "--config",
+        path_str(&config),
+    ];
+    let run = kube_nft(&args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "warning: {}: mode \"ipvs\" mapped to nftables",
+            path_str(&config)
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("jhash ip saddr"), "{}", run.stdout);
+    assert!(!run.stdout.contains("numgen random"), "{}", run.stdout);
+
+    let mut flagged = args.to_vec();
+    flagged.extend(["--scheduler", "round-robin"]);
+    let run = kube_nft(&flagged);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("numgen inc"), "{}", run.stdout);
+    assert!(!run.stdout.contains("jhash"), "{}", run.stdout);
+
+    let run = kube_nft(&["compile", "--dry-run", "-f", EXAMPLE, "--scheduler", "rr"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown scheduler \"rr\""),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn unusable_config_file_exits_1_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("kube-proxy.yaml");
     fs::write(
         &config,
-        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n",
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: kernelspace\n",
     )
     .unwrap();
     let run = kube_nft(&[

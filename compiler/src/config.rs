@@ -2,7 +2,10 @@
 //! ruleset. Flag names and meanings follow kube-proxy (`--hostname-override`, `--node-ip`,
 //! `--cluster-cidr`, `--nodeport-addresses`, `--masquerade-all`, `--service-proxy-name`,
 //! `--detect-local-mode`, `--pod-bridge-interface`, `--pod-interface-name-prefix`), and so does
-//! [`KubeProxyConfiguration`], the subset of kube-proxy's config file that kube-nft reads.
+//! [`KubeProxyConfiguration`], the subset of kube-proxy's config file that kube-nft reads. A
+//! file written for kube-proxy's iptables or IPVS mode is read as kube-proxy would read it in
+//! that mode (its per-mode fields, IPVS's scheduler as the node's default scheduler) and the
+//! mode is reported as mapped to nftables, so an existing ConfigMap carries over as it is.
 //! Parsing is here, not in the binary, so it is unit-tested; reading files is the binary's job.
 
 use std::net::IpAddr;
@@ -11,6 +14,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::graph::Scheduler;
 
 /// Everything about the node that shapes the ruleset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +43,9 @@ pub struct Config {
     /// `--pod-interface-name-prefix`: what pods' host-side interfaces are named like (for
     /// [`LocalMode::InterfaceNamePrefix`]).
     pub pod_interface_name_prefix: Option<String>,
+    /// `--scheduler` (or an IPVS-mode file's `ipvs.scheduler`): how a Service without the
+    /// `kube-nft.io/scheduler` annotation spreads new connections over its endpoints.
+    pub default_scheduler: Scheduler,
 }
 
 impl Default for Config {
@@ -53,6 +61,7 @@ impl Default for Config {
             detect_local_mode: LocalMode::ClusterCidr,
             pod_bridge_interface: None,
             pod_interface_name_prefix: None,
+            default_scheduler: Scheduler::Random,
         }
     }
 }
@@ -156,6 +165,29 @@ impl FromStr for LocalMode {
     }
 }
 
+/// A scheduler's name, as `--scheduler` and the `kube-nft.io/scheduler` annotation spell it.
+pub fn scheduler_name(scheduler: Scheduler) -> &'static str {
+    match scheduler {
+        Scheduler::Random => "random",
+        Scheduler::RoundRobin => "round-robin",
+        Scheduler::SourceHash => "source-hash",
+    }
+}
+
+/// Parses `--scheduler` or a `kube-nft.io/scheduler` annotation (exact names).
+pub fn parse_scheduler(text: &str) -> Result<Scheduler, String> {
+    [
+        Scheduler::Random,
+        Scheduler::RoundRobin,
+        Scheduler::SourceHash,
+    ]
+    .into_iter()
+    .find(|s| scheduler_name(*s) == text)
+    .ok_or_else(|| {
+        format!("unknown scheduler {text:?} (expected random, round-robin or source-hash)")
+    })
+}
+
 /// Parses `--pod-bridge-interface`: a name the kernel accepts for an interface.
 pub fn parse_interface_name(text: &str) -> Result<String, String> {
     match crate::ir::ifname_problem(text, false) {
@@ -238,6 +270,9 @@ pub struct KubeProxyConfiguration {
     pub bridge_interface: Option<String>,
     /// `detectLocal.interfaceNamePrefix` (blank: not set).
     pub interface_name_prefix: Option<String>,
+    /// `ipvs.scheduler` of a file in IPVS mode, mapped (`rr` and IPVS's default, empty, to
+    /// round-robin, `sh` to source-hash, anything else to random).
+    pub default_scheduler: Option<Scheduler>,
     /// The daemon's settings (`kube-nft run`); they do not shape the ruleset.
     pub daemon: DaemonSettings,
 }
@@ -288,6 +323,9 @@ impl KubeProxyConfiguration {
         if let Some(prefix) = &self.interface_name_prefix {
             config.pod_interface_name_prefix = Some(prefix.clone());
         }
+        if let Some(scheduler) = self.default_scheduler {
+            config.default_scheduler = scheduler;
+        }
     }
 }
 
@@ -311,8 +349,11 @@ pub enum ConfigError {
         /// The file's `kind`.
         kind: String,
     },
-    /// `mode` is set to another proxy mode.
-    #[error("mode {0:?} is not supported: kube-nft is an nftables proxy; set `mode: nftables` or leave it empty")]
+    /// `mode` is not a Linux mode of kube-proxy (`nftables`, `iptables`, `ipvs` or empty).
+    #[error(
+        "mode {0:?} is not supported: kube-nft is an nftables proxy; set `mode: nftables` (a \
+         file written for kube-proxy's iptables or ipvs mode is read too) or leave it empty"
+    )]
     Mode(String),
     /// A field has a value of the right type but an invalid one.
     #[error("{field}: {message}")]
@@ -382,7 +423,9 @@ struct RawKubeProxyConfiguration {
     cluster_cidr: String,
     node_port_addresses: Option<Vec<String>>,
     masquerade_all: Option<bool>,
-    nftables: RawNftablesConfiguration,
+    nftables: RawPerModeConfiguration,
+    iptables: RawPerModeConfiguration,
+    ipvs: RawPerModeConfiguration,
     sync_period: Option<String>,
     min_sync_period: Option<String>,
     healthz_bind_address: Option<String>,
@@ -399,13 +442,24 @@ struct RawDetectLocalConfiguration {
     interface_name_prefix: String,
 }
 
+/// `nftables`, `iptables` or `ipvs`: the fields kube-proxy reads from the section of its mode
+/// (`ipvs` has no masquerade fields and `scheduler` only exists there; absent is empty).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-struct RawNftablesConfiguration {
+struct RawPerModeConfiguration {
     masquerade_bit: Option<i64>,
     masquerade_all: Option<bool>,
     sync_period: Option<String>,
     min_sync_period: Option<String>,
+    scheduler: String,
+}
+
+/// kube-proxy's Linux modes, as `mode` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Nftables,
+    Iptables,
+    Ipvs,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -417,9 +471,10 @@ struct RawClientConnection {
 /// Parses a `KubeProxyConfiguration` file.
 ///
 /// Like kube-proxy, decoding is strict first: unknown fields are not an error, but they are
-/// listed in one returned warning and the rest of the file is used. Any other
-/// problem (YAML syntax, a wrong type, an invalid CIDR, a mode other than `nftables`) is an
-/// error.
+/// listed in one returned warning and the rest of the file is used. A file for kube-proxy's
+/// `iptables` or `ipvs` mode is read as that mode would read it, with a warning that the mode
+/// is mapped to nftables. Any other problem (YAML syntax, a wrong type, an invalid CIDR, a mode
+/// kube-proxy does not have on Linux) is an error.
 pub fn parse_kube_proxy_configuration(
     text: &str,
 ) -> Result<(KubeProxyConfiguration, Vec<String>), ConfigError> {
@@ -441,9 +496,36 @@ pub fn parse_kube_proxy_configuration(
             kind: raw.kind,
         });
     }
-    if !(raw.mode.is_empty() || raw.mode == "nftables") {
-        return Err(ConfigError::Mode(raw.mode));
+    let mode = match raw.mode.as_str() {
+        "" | "nftables" => Mode::Nftables,
+        "iptables" => Mode::Iptables,
+        "ipvs" => Mode::Ipvs,
+        _ => return Err(ConfigError::Mode(raw.mode)),
+    };
+    // As kube-proxy's v1alpha1 conversion: both iptables-based modes masquerade with the
+    // `iptables` fields, and each mode syncs with the periods of its own section.
+    let (masquerading, masquerading_name, periods, periods_name) = match mode {
+        Mode::Nftables => (&raw.nftables, "nftables", &raw.nftables, "nftables"),
+        Mode::Iptables => (&raw.iptables, "iptables", &raw.iptables, "iptables"),
+        Mode::Ipvs => (&raw.iptables, "iptables", &raw.ipvs, "ipvs"),
+    };
+    if mode != Mode::Nftables {
+        let mut warning = format!(
+            "mode {:?} mapped to nftables: kube-nft programs nftables and reads this file as \
+             kube-proxy's {} mode would (masqueradeAll and masqueradeBit from `{masquerading_name}`, \
+             syncPeriod and minSyncPeriod from `{periods_name}`)",
+            raw.mode, raw.mode
+        );
+        if raw.node_port_addresses.as_ref().is_none_or(Vec::is_empty) {
+            warning.push_str(
+                "; NodePorts are served on the node's primary IPs only, as in kube-proxy's \
+                 nftables mode, not on every local address (set nodePortAddresses to choose)",
+            );
+        }
+        warnings.push(warning);
     }
+    let default_scheduler = ipvs_scheduler(mode, raw.ipvs.scheduler.trim(), &mut warnings);
+    warnings.extend(conntrack_warning(&tree));
 
     let invalid = |field: String, message: String| ConfigError::Invalid { field, message };
 
@@ -475,8 +557,7 @@ pub fn parse_kube_proxy_configuration(
                 .map_err(|message| invalid(format!("nodePortAddresses[{idx}]"), message))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let masquerade_bit = raw
-        .nftables
+    let masquerade_bit = masquerading
         .masquerade_bit
         .map(|bit| {
             u8::try_from(bit)
@@ -484,13 +565,13 @@ pub fn parse_kube_proxy_configuration(
                 .filter(|bit| *bit <= 31)
                 .ok_or_else(|| {
                     invalid(
-                        "nftables.masqueradeBit".into(),
+                        format!("{masquerading_name}.masqueradeBit"),
                         format!("{bit} is not in the range 0..=31"),
                     )
                 })
         })
         .transpose()?;
-    let masquerade_all = match (raw.masquerade_all, raw.nftables.masquerade_all) {
+    let masquerade_all = match (raw.masquerade_all, masquerading.masquerade_all) {
         (None, None) => None,
         (top, nft) => Some(top.unwrap_or(false) || nft.unwrap_or(false)),
     };
@@ -505,24 +586,30 @@ pub fn parse_kube_proxy_configuration(
     // mode does not need.
     let non_blank = |text: String| (!text.trim().is_empty()).then_some(text);
 
-    // kube-proxy 1.31 moved the periods to the top level; the per-mode fields still work.
-    let period = |top: &Option<String>, nft: &Option<String>, field: &str| {
-        let (text, field) = match (top, nft) {
-            (Some(text), _) => (text, field.to_owned()),
-            (None, Some(text)) => (text, format!("nftables.{field}")),
-            (None, None) => return Ok(None),
-        };
-        parse_go_duration(text)
-            .map(Some)
-            .map_err(|message| invalid(field, message))
+    // kube-proxy 1.31 moved the periods to the top level; the per-mode fields still work. Zero
+    // is "unset" to kube-proxy's defaulting (30s, 1s), and kubeadm writes `0s` into every
+    // section it does not use; only IPVS keeps a zero minSyncPeriod (sync on every change).
+    let period = |top: &Option<String>, section: &Option<String>, field: &str, keep_zero: bool| {
+        for (text, name) in [
+            (top, field.to_owned()),
+            (section, format!("{periods_name}.{field}")),
+        ] {
+            let Some(text) = text else { continue };
+            let value = parse_go_duration(text).map_err(|message| invalid(name, message))?;
+            if keep_zero || !value.is_zero() {
+                return Ok(Some(value));
+            }
+        }
+        Ok(None)
     };
     let non_empty = |text: &Option<String>| text.clone().filter(|t| !t.trim().is_empty());
     let daemon = DaemonSettings {
-        sync_period: period(&raw.sync_period, &raw.nftables.sync_period, "syncPeriod")?,
+        sync_period: period(&raw.sync_period, &periods.sync_period, "syncPeriod", false)?,
         min_sync_period: period(
             &raw.min_sync_period,
-            &raw.nftables.min_sync_period,
+            &periods.min_sync_period,
             "minSyncPeriod",
+            mode == Mode::Ipvs,
         )?,
         healthz_bind_address: non_empty(&raw.healthz_bind_address),
         metrics_bind_address: non_empty(&raw.metrics_bind_address),
@@ -540,8 +627,62 @@ pub fn parse_kube_proxy_configuration(
         detect_local_mode,
         bridge_interface: non_blank(raw.detect_local.bridge_interface),
         interface_name_prefix: non_blank(raw.detect_local.interface_name_prefix),
+        default_scheduler,
     };
     Ok((config, warnings))
+}
+
+/// The `conntrack` fields a file sets (not null, zero or false): kube-proxy writes them into the
+/// node's sysctls at start, kube-nft writes no sysctl, so they are named rather than silently
+/// dropped. (kubeadm writes every one of them as null or zero.)
+fn conntrack_warning(tree: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    let set: Vec<String> = tree
+        .get("conntrack")?
+        .as_object()?
+        .iter()
+        .filter(|(_, value)| match value {
+            Value::Null => false,
+            Value::Bool(on) => *on,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(text) => parse_go_duration(text).map_or(true, |d| !d.is_zero()),
+            _ => true,
+        })
+        .map(|(field, _)| format!("conntrack.{field}"))
+        .collect();
+    (!set.is_empty()).then(|| {
+        format!(
+            "{} not applied: kube-nft writes no conntrack sysctls (nf_conntrack_max, \
+             nf_conntrack_tcp_*, nf_conntrack_udp_*); set them on the node",
+            set.join(", ")
+        )
+    })
+}
+
+/// `ipvs.scheduler` as the node's default scheduler, read only in IPVS mode as kube-proxy
+/// does: `rr` (and empty, IPVS mode's default) is round-robin, `sh` source-hash, and the other
+/// IPVS schedulers, which weigh connection counts or hash other fields, have no equivalent.
+fn ipvs_scheduler(mode: Mode, name: &str, warnings: &mut Vec<String>) -> Option<Scheduler> {
+    if mode != Mode::Ipvs {
+        if !name.is_empty() {
+            warnings.push(format!(
+                "ipvs.scheduler {name:?} ignored: kube-proxy reads it only in mode ipvs \
+                 (kube-nft's node default is --scheduler)"
+            ));
+        }
+        return None;
+    }
+    Some(match name {
+        "" | "rr" => Scheduler::RoundRobin,
+        "sh" => Scheduler::SourceHash,
+        other => {
+            warnings.push(format!(
+                "ipvs.scheduler {other:?} has no kube-nft equivalent; Services without a \
+                 kube-nft.io/scheduler annotation use random (source-hash is the closest to mh)"
+            ));
+            Scheduler::Random
+        }
+    })
 }
 
 /// Parses a Go `time.Duration` string as Kubernetes config files write them (`30s`, `1m0s`,
@@ -655,6 +796,7 @@ mod tests {
                 detect_local_mode: None,
                 bridge_interface: None,
                 interface_name_prefix: None,
+                default_scheduler: None,
             }
         );
     }
@@ -837,9 +979,9 @@ mod tests {
 
     #[test]
     fn rejects_other_modes_and_kinds() {
-        let err = parse(&format!("{HEADER}mode: iptables\n")).unwrap_err();
+        let err = parse(&format!("{HEADER}mode: kernelspace\n")).unwrap_err();
         assert!(
-            matches!(err, ConfigError::Mode(ref mode) if mode == "iptables"),
+            matches!(err, ConfigError::Mode(ref mode) if mode == "kernelspace"),
             "{err}"
         );
         assert!(err.to_string().contains("mode: nftables"), "{err}");
@@ -872,6 +1014,268 @@ mod tests {
             let err = parse(&format!("{HEADER}{body}")).unwrap_err();
             assert!(err.to_string().starts_with(expected), "{body}: {err}");
         }
+    }
+
+    /// What kubeadm writes into the `kube-proxy` ConfigMap: every section, zero values where
+    /// kube-proxy's defaulting fills in the real ones.
+    const KUBEADM: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+bindAddress: 0.0.0.0
+bindAddressHardFail: false
+clientConnection:
+  acceptContentTypes: \"\"
+  burst: 0
+  contentType: \"\"
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+  qps: 0
+clusterCIDR: 10.244.0.0/16
+configSyncPeriod: 0s
+conntrack:
+  maxPerCore: null
+  min: null
+  tcpBeLiberal: false
+  tcpCloseWaitTimeout: null
+  tcpEstablishedTimeout: null
+  udpStreamTimeout: 0s
+  udpTimeout: 0s
+detectLocal:
+  bridgeInterface: \"\"
+  interfaceNamePrefix: \"\"
+detectLocalMode: \"\"
+enableProfiling: false
+healthzBindAddress: \"\"
+hostnameOverride: \"\"
+iptables:
+  localhostNodePorts: null
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+ipvs:
+  excludeCIDRs: null
+  minSyncPeriod: 0s
+  scheduler: \"\"
+  strictARP: false
+  syncPeriod: 0s
+  tcpFinTimeout: 0s
+  tcpTimeout: 0s
+  udpTimeout: 0s
+kind: KubeProxyConfiguration
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: \"0\"
+  verbosity: 0
+metricsBindAddress: \"\"
+mode: MODE
+nftables:
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+nodePortAddresses: null
+oomScoreAdj: null
+portRange: \"\"
+showHiddenMetricsForVersion: \"\"
+winkernel:
+  enableDSR: false
+  forwardHealthCheckVip: false
+  networkName: \"\"
+  rootHnsEndpointName: \"\"
+  sourceVip: \"\"
+";
+
+    fn kubeadm(mode: &str, edit: &[(&str, &str)]) -> String {
+        let mut text = KUBEADM.replace("mode: MODE", &format!("mode: {mode}"));
+        for (from, to) in edit {
+            assert!(text.contains(from), "{from}");
+            text = text.replacen(from, to, 1);
+        }
+        text
+    }
+
+    #[test]
+    fn a_kubeadm_config_map_is_read_with_kube_proxys_defaults() {
+        for mode in ["\"\"", "nftables"] {
+            let (file, warnings) = parse(&kubeadm(mode, &[])).unwrap();
+            assert!(warnings.is_empty(), "{warnings:?}");
+            // `0s` periods are kube-proxy's "unset", not a zero period.
+            assert_eq!(
+                file.daemon,
+                DaemonSettings {
+                    kubeconfig: Some("/var/lib/kube-proxy/kubeconfig.conf".into()),
+                    ..DaemonSettings::default()
+                }
+            );
+            assert_eq!(file.masquerade_all, Some(false));
+            assert_eq!(file.default_scheduler, None);
+        }
+    }
+
+    #[test]
+    fn iptables_mode_is_mapped_and_read_from_the_iptables_section() {
+        let text = kubeadm(
+            "iptables",
+            &[
+                (
+                    "  masqueradeAll: false\n  masqueradeBit: null\n  minSyncPeriod: 0s\n  syncPeriod: 0s",
+                    "  masqueradeAll: true\n  masqueradeBit: 13\n  minSyncPeriod: 0s\n  syncPeriod: 10s",
+                ),
+            ],
+        );
+        let (file, warnings) = parse(&text).unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "mode \"iptables\" mapped to nftables: kube-nft programs nftables and reads this \
+                 file as kube-proxy's iptables mode would (masqueradeAll and masqueradeBit from \
+                 `iptables`, syncPeriod and minSyncPeriod from `iptables`); NodePorts are served \
+                 on the node's primary IPs only, as in kube-proxy's nftables mode, not on every \
+                 local address (set nodePortAddresses to choose)"
+            ]
+        );
+        assert_eq!(file.masquerade_all, Some(true));
+        assert_eq!(file.masquerade_bit, Some(13));
+        // iptables.minSyncPeriod 0s is kube-proxy's default, 1s.
+        assert_eq!(file.daemon.sync_period, Some(Duration::from_secs(10)));
+        assert_eq!(file.daemon.min_sync_period, None);
+        assert_eq!(file.default_scheduler, None);
+        let mut config = Config::default();
+        file.apply_to(&mut config);
+        assert!(config.masquerade_all);
+        assert_eq!(config.masquerade_mark(), 0x2000);
+
+        // With nodePortAddresses set, the NodePort note is not needed.
+        let (_, warnings) = parse(&kubeadm(
+            "iptables",
+            &[("nodePortAddresses: null", "nodePortAddresses: [0.0.0.0/0]")],
+        ))
+        .unwrap();
+        assert!(!warnings[0].contains("NodePorts"), "{warnings:?}");
+        let err = parse(&kubeadm(
+            "iptables",
+            &[("  masqueradeBit: null", "  masqueradeBit: 40")],
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("iptables.masqueradeBit: 40 is not in the range"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ipvs_mode_maps_its_scheduler_to_the_node_default() {
+        let cases = [
+            ("\"\"", Scheduler::RoundRobin, false),
+            ("rr", Scheduler::RoundRobin, false),
+            ("sh", Scheduler::SourceHash, false),
+            ("lc", Scheduler::Random, true),
+            ("mh", Scheduler::Random, true),
+        ];
+        for (name, expected, warned) in cases {
+            let text = kubeadm(
+                "ipvs",
+                &[
+                    ("  scheduler: \"\"", &format!("  scheduler: {name}")),
+                    ("  masqueradeAll: false", "  masqueradeAll: true"),
+                ],
+            );
+            let (file, warnings) = parse(&text).unwrap();
+            assert_eq!(file.default_scheduler, Some(expected), "{name}");
+            assert!(
+                warnings[0].starts_with(
+                    "mode \"ipvs\" mapped to nftables: kube-nft programs nftables and reads \
+                     this file as kube-proxy's ipvs mode would (masqueradeAll and masqueradeBit \
+                     from `iptables`, syncPeriod and minSyncPeriod from `ipvs`)"
+                ),
+                "{warnings:?}"
+            );
+            assert_eq!(
+                warnings.len(),
+                1 + usize::from(warned),
+                "{name}: {warnings:?}"
+            );
+            if warned {
+                assert_eq!(
+                    warnings[1],
+                    format!(
+                        "ipvs.scheduler {name:?} has no kube-nft equivalent; Services without a \
+                         kube-nft.io/scheduler annotation use random (source-hash is the \
+                         closest to mh)"
+                    )
+                );
+            }
+            // IPVS masquerades with the iptables section, as kube-proxy does.
+            assert_eq!(file.masquerade_all, Some(true), "{name}");
+            let mut config = Config::default();
+            file.apply_to(&mut config);
+            assert_eq!(config.default_scheduler, expected, "{name}");
+        }
+        // ipvs.minSyncPeriod: 0s is a real zero (kube-proxy does not default it).
+        let (file, _) = parse(&kubeadm(
+            "ipvs",
+            &[(
+                "  strictARP: false\n  syncPeriod: 0s",
+                "  strictARP: false\n  syncPeriod: 5s",
+            )],
+        ))
+        .unwrap();
+        assert_eq!(file.daemon.sync_period, Some(Duration::from_secs(5)));
+        assert_eq!(file.daemon.min_sync_period, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn ipvs_scheduler_outside_ipvs_mode_is_ignored_with_a_warning() {
+        let text = kubeadm("nftables", &[("  scheduler: \"\"", "  scheduler: sh")]);
+        let (file, warnings) = parse(&text).unwrap();
+        assert_eq!(file.default_scheduler, None);
+        assert_eq!(
+            warnings,
+            [
+                "ipvs.scheduler \"sh\" ignored: kube-proxy reads it only in mode ipvs (kube-nft's \
+              node default is --scheduler)"
+            ]
+        );
+    }
+
+    #[test]
+    fn conntrack_settings_are_named_not_dropped_silently() {
+        let text = kubeadm(
+            "nftables",
+            &[
+                ("  maxPerCore: null", "  maxPerCore: 0"),
+                ("  tcpBeLiberal: false", "  tcpBeLiberal: true"),
+                ("  udpTimeout: 0s", "  udpTimeout: 30s"),
+            ],
+        );
+        let (_, warnings) = parse(&text).unwrap();
+        assert_eq!(
+            warnings,
+            [
+                "conntrack.tcpBeLiberal, conntrack.udpTimeout not applied: kube-nft writes no \
+              conntrack sysctls (nf_conntrack_max, nf_conntrack_tcp_*, nf_conntrack_udp_*); set \
+              them on the node"
+            ]
+        );
+    }
+
+    #[test]
+    fn scheduler_names() {
+        for scheduler in [
+            Scheduler::Random,
+            Scheduler::RoundRobin,
+            Scheduler::SourceHash,
+        ] {
+            assert_eq!(parse_scheduler(scheduler_name(scheduler)), Ok(scheduler));
+        }
+        assert_eq!(
+            parse_scheduler("rr"),
+            Err(
+                "unknown scheduler \"rr\" (expected random, round-robin or source-hash)".to_owned()
+            )
+        );
+        assert_eq!(Config::default().default_scheduler, Scheduler::Random);
     }
 
     #[test]

@@ -135,6 +135,15 @@ pub struct Service {
     pub source_ranges: Vec<IpNet>,
     /// Service ports sorted by (protocol, port).
     pub ports: Vec<ServicePort>,
+    /// `spec.healthCheckNodePort`, set only for a LoadBalancer with `externalTrafficPolicy:
+    /// Local` (kube-proxy's `NeedsHealthCheck`). No rule depends on it: the daemon serves it
+    /// over HTTP for load balancers to probe.
+    pub health_check_node_port: Option<u16>,
+    /// The addresses of this node's *ready* endpoints, over every slice port of both families,
+    /// sorted and distinct; filled only when there is a health-check NodePort, whose answer
+    /// counts them per family (kube-proxy's `LocalReadyEndpoints`: serving-but-terminating
+    /// endpoints do not count, so load balancers drain a node whose pods are terminating).
+    pub local_ready_endpoints: Vec<IpAddr>,
 }
 
 /// One port of a Service with its categorized endpoints.

@@ -35,6 +35,20 @@ enum Owner {
 /// A global element's identity: family index, global set index, key.
 type ElemId = (u8, u8, Vec<crate::ir::Value>);
 
+/// The ownership index's key: family index, global set index and a hash of the element key.
+/// Keeping a hash instead of a copy of every key saves about a hundred bytes per element; two
+/// keys that collide share an owner list, and [`Incremental::winner`] skips owners that do not
+/// hold the exact key, so a collision costs a lookup, never a wrong answer.
+type OwnerSlot = (u8, u8, u64);
+
+fn slot(f: usize, s: u8, key: &[crate::ir::Value]) -> OwnerSlot {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same on every run, so behaviour is deterministic.
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (f as u8, s, hasher.finish())
+}
+
 /// One Service as lowered, per family.
 #[derive(Debug)]
 struct Lowered {
@@ -76,6 +90,17 @@ pub enum Sync {
     Full,
 }
 
+/// One health-check NodePort: whose it is and what it reports (see
+/// [`Incremental::health_check_ports`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The Service.
+    pub service: Key,
+    /// Per family the Service has a ClusterIP in: the distinct addresses of this node's ready
+    /// endpoints of that family (kube-proxy's `localEndpoints`).
+    pub local_endpoints: BTreeMap<Family, usize>,
+}
+
 /// The warm compiler: inputs, the node-wide context, and every Service's lowered fragments.
 #[derive(Debug)]
 pub struct Incremental {
@@ -90,7 +115,9 @@ pub struct Incremental {
     /// Global set names per family, indexed by the `u8` of an [`ElemId`].
     set_names: [Vec<String>; 2],
     services: BTreeMap<Key, Lowered>,
-    owners: HashMap<ElemId, Vec<Owner>>,
+    owners: HashMap<OwnerSlot, Vec<Owner>>,
+    /// The sum of every Service's `no_local`.
+    no_local: (usize, usize),
     /// The next sync must be [`Sync::Full`].
     full: bool,
     /// ... after re-lowering every Service (first sync, or the node-wide part changed).
@@ -119,6 +146,7 @@ impl Incremental {
             set_names: [Vec::new(), Vec::new()],
             services: BTreeMap::new(),
             owners: HashMap::new(),
+            no_local: (0, 0),
             full: true,
             rebuild: true,
             quarantined: BTreeMap::new(),
@@ -214,11 +242,12 @@ impl Incremental {
     fn rebuild_services(&mut self) {
         self.services.clear();
         self.owners.clear();
+        self.no_local = (0, 0);
         for (f, skeleton) in self.skeletons.iter().enumerate() {
             for (s, set) in skeleton.sets.values().enumerate() {
                 for element in &set.elements {
-                    let id = (f as u8, s as u8, element.key.clone());
-                    self.owners.entry(id).or_default().push(Owner::Skeleton);
+                    let owners = self.owners.entry(slot(f, s as u8, &element.key));
+                    owners.or_default().push(Owner::Skeleton);
                 }
             }
         }
@@ -296,10 +325,11 @@ impl Incremental {
     }
 
     fn install(&mut self, lowered: Lowered) {
+        self.no_local.0 += lowered.no_local.0 as usize;
+        self.no_local.1 += lowered.no_local.1 as usize;
         for (f, stored) in lowered.fragments.iter().enumerate() {
             for (s, element) in &stored.elements {
-                let id = (f as u8, *s, element.key.clone());
-                let owners = self.owners.entry(id).or_default();
+                let owners = self.owners.entry(slot(f, *s, &element.key)).or_default();
                 let owner = Owner::Service(lowered.key.clone());
                 let at = owners.binary_search(&owner).unwrap_or_else(|at| at);
                 owners.insert(at, owner);
@@ -310,9 +340,11 @@ impl Incremental {
 
     fn uninstall(&mut self, key: &Key) -> Option<Lowered> {
         let lowered = self.services.remove(key)?;
+        self.no_local.0 -= lowered.no_local.0 as usize;
+        self.no_local.1 -= lowered.no_local.1 as usize;
         for (f, stored) in lowered.fragments.iter().enumerate() {
             for (s, element) in &stored.elements {
-                let id = (f as u8, *s, element.key.clone());
+                let id = slot(f, *s, &element.key);
                 if let Some(owners) = self.owners.get_mut(&id) {
                     owners.retain(|o| !matches!(o, Owner::Service(k) if **k == *key));
                     if owners.is_empty() {
@@ -324,23 +356,28 @@ impl Incremental {
         Some(lowered)
     }
 
-    /// The element that wins `id` now, if any.
+    /// The element that wins `id` now, if any: the first owner (in `lower`'s order) that holds
+    /// exactly this key.
     fn winner(&self, id: &ElemId) -> Option<Element> {
-        let owner = self.owners.get(id)?.first()?;
         let (f, s, key) = id;
-        let elements = match owner {
-            Owner::Skeleton => {
-                let set = self.skeletons[*f as usize]
-                    .sets
-                    .get(&self.set_names[*f as usize][*s as usize])?;
-                return set.elements.iter().find(|e| e.key == *key).cloned();
-            }
-            Owner::Service(service) => &self.services.get(service)?.fragments[*f as usize].elements,
-        };
-        elements
+        let (fi, si) = (*f as usize, *s as usize);
+        self.owners
+            .get(&slot(fi, *s, key))?
             .iter()
-            .find(|(set, e)| set == s && e.key == *key)
-            .map(|(_, e)| e.clone())
+            .find_map(|owner| match owner {
+                Owner::Skeleton => self.skeletons[fi]
+                    .sets
+                    .get(&self.set_names[fi][si])?
+                    .elements
+                    .iter()
+                    .find(|e| e.key == *key)
+                    .cloned(),
+                Owner::Service(service) => self.services.get(service)?.fragments[fi]
+                    .elements
+                    .iter()
+                    .find(|(set, e)| set == s && e.key == *key)
+                    .map(|(_, e)| e.clone()),
+            })
     }
 
     /// Re-lowers the given Services and returns the partial rulesets before and after.
@@ -455,6 +492,38 @@ impl Incremental {
         })
     }
 
+    /// The health-check NodePorts to serve, by port: every programmed LoadBalancer with
+    /// `externalTrafficPolicy: Local` and a `spec.healthCheckNodePort`, with its local ready
+    /// endpoints per family it has a ClusterIP in (kube-proxy runs one proxier, and so one
+    /// health server, per family, and a Service exists in a family through its ClusterIP). A
+    /// port claimed twice goes to the first Service in namespace/name order (the other gets a
+    /// diagnostic from the checks across Services). A Service the kernel refused is not
+    /// programmed, so it has none. O(Services).
+    pub fn health_check_ports(&self) -> BTreeMap<u16, HealthCheck> {
+        let mut ports = BTreeMap::new();
+        for (key, lowered) in &self.services {
+            let Some(service) = &lowered.service else {
+                continue;
+            };
+            let Some(port) = service.health_check_node_port else {
+                continue;
+            };
+            ports.entry(port).or_insert_with(|| HealthCheck {
+                service: key.clone(),
+                local_endpoints: service
+                    .cluster_ips
+                    .iter()
+                    .map(|ip| {
+                        let family = Family::of(*ip);
+                        let local = service.local_ready_endpoints.iter();
+                        (family, local.filter(|a| Family::of(**a) == family).count())
+                    })
+                    .collect(),
+            });
+        }
+        ports
+    }
+
     /// Stops programming a Service the kernel refused (until its objects change): the next
     /// sync removes it and reports why as a diagnostic of the Service.
     pub fn quarantine(&mut self, key: &Key, reason: impl Into<String>) {
@@ -465,9 +534,18 @@ impl Incremental {
     /// Service ports with a Local traffic policy and no local endpoint, `(external, internal)`
     /// (kube-proxy's `sync_proxy_rules_no_local_endpoints_total` gauges).
     pub fn no_local_endpoints(&self) -> (usize, usize) {
-        self.services.values().fold((0, 0), |(e, i), l| {
-            (e + l.no_local.0 as usize, i + l.no_local.1 as usize)
-        })
+        self.no_local
+    }
+
+    /// The UDP and SCTP frontends of every programmed Service, with the endpoints the ruleset
+    /// can DNAT each to: what the conntrack reconciler judges entries against (SCTP included,
+    /// despite the name). Equal to [`crate::conntrack::Destinations::of_graph`] of what
+    /// [`crate::compile`] makes of the same objects. O(Services).
+    pub fn udp_destinations(&self) -> crate::conntrack::Destinations {
+        crate::conntrack::Destinations::from_services(
+            &self.context.nodeport_addresses,
+            self.services.values().filter_map(|l| l.service.as_ref()),
+        )
     }
 
     /// Every current diagnostic, sorted and deduplicated, including the checks across

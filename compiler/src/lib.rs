@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod conntrack;
 pub mod diag;
 pub mod graph;
 pub mod incremental;

@@ -117,6 +117,15 @@ fn run(states: &[Snapshot], config: &Config) {
             expected.diagnostics,
             "state {i}: diagnostics"
         );
+        // The running totals equal those of a compiler that saw only this state.
+        let mut fresh = Incremental::new(config);
+        feed(&mut fresh, &Snapshot::default(), state);
+        let _ = fresh.sync();
+        assert_eq!(
+            inc.no_local_endpoints(),
+            fresh.no_local_endpoints(),
+            "state {i}: no-local-endpoint counts"
+        );
         // Nothing changed: nothing to do.
         feed(&mut inc, state, state);
         assert!(matches!(inc.sync(), Sync::Unchanged), "state {i}: resync");
@@ -260,4 +269,92 @@ fn relist_sweeps_missed_deletions() {
     assert_eq!(inputs.end_relist(Kind::EndpointSlice), 1);
     sync(&mut inc, &mut kernel);
     assert_eq!(kernel, compile(&fewer, &config).ruleset);
+}
+
+/// The health-check NodePorts follow the Services and their local ready endpoints: per family
+/// the Service has a ClusterIP in, a port claimed twice goes to the first Service, and a
+/// deleted (or refused) Service has none.
+#[test]
+fn health_check_ports_follow_services_and_local_endpoints() {
+    use kube_nft_compiler::incremental::HealthCheck;
+    use kube_nft_compiler::ir::Family;
+    use std::collections::BTreeMap;
+
+    let lb = |name: &str, cluster_ips: &[&str], hc: u16| -> k8s_openapi::api::core::v1::Service {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "ns", "name": name},
+            "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                     "clusterIPs": cluster_ips, "healthCheckNodePort": hc,
+                     "selector": {"app": name},
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}}))
+        .expect("service")
+    };
+    let slice = |service: &str, addr: &str, ready: bool| {
+        let address_type = if addr.contains(':') { "IPv6" } else { "IPv4" };
+        serde_json::from_value(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": "ns", "name": format!("{service}-{address_type}"),
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": address_type,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [addr], "nodeName": "node-a",
+                           "conditions": {"ready": ready, "serving": true,
+                                          "terminating": !ready}}]}),
+        )
+        .expect("slice")
+    };
+    // (port, Service, local endpoints per family)
+    type Entry<'a> = (u16, &'a str, &'a [(Family, usize)]);
+    let expect = |entries: &[Entry<'_>]| -> BTreeMap<u16, HealthCheck> {
+        entries
+            .iter()
+            .map(|(port, name, counts)| {
+                let check = HealthCheck {
+                    service: Key::new("ns", *name),
+                    local_endpoints: counts.iter().copied().collect(),
+                };
+                (*port, check)
+            })
+            .collect()
+    };
+    let config = Config {
+        hostname: Some("node-a".into()),
+        ..Config::default()
+    };
+    let mut inc = Incremental::new(&config);
+    let inputs = inc.inputs_mut();
+    inputs.apply_service(&lb("web", &["10.96.0.1", "fd00:96::1"], 32000));
+    inputs.apply_slice(&slice("web", "10.0.1.1", true));
+    inputs.apply_slice(&slice("web", "fd00:10:1::1", false));
+    // A second claimant of 32000, after `web` in namespace/name order, and one of its own.
+    inputs.apply_service(&lb("zed", &["10.96.0.2"], 32000));
+    inputs.apply_service(&lb("other", &["10.96.0.3"], 32001));
+    inc.sync();
+    assert_eq!(
+        inc.health_check_ports(),
+        expect(&[
+            (32000, "web", &[(Family::Ip, 1), (Family::Ip6, 0)]),
+            (32001, "other", &[(Family::Ip, 0)]),
+        ])
+    );
+
+    // The IPv4 endpoint starts terminating; the IPv6 one becomes ready.
+    let inputs = inc.inputs_mut();
+    inputs.apply_slice(&slice("web", "10.0.1.1", false));
+    inputs.apply_slice(&slice("web", "fd00:10:1::1", true));
+    inc.sync();
+    assert_eq!(
+        inc.health_check_ports()[&32000],
+        expect(&[(32000, "web", &[(Family::Ip, 0), (Family::Ip6, 1)])])[&32000]
+    );
+
+    // `web` goes: `zed` answers on 32000. A refused Service is not programmed: no port.
+    inc.inputs_mut()
+        .delete(Kind::Service, &Key::new("ns", "web"));
+    inc.quarantine(&Key::new("ns", "other"), "refused");
+    inc.sync();
+    assert_eq!(
+        inc.health_check_ports(),
+        expect(&[(32000, "zed", &[(Family::Ip, 0)])])
+    );
 }

@@ -106,7 +106,7 @@ fn bind(addr: IpAddr, proto: Proto, port: u16) -> Result<Socket, Error> {
 }
 
 /// The line a server answers with.
-fn reply(host: &str, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> String {
+pub(crate) fn reply(host: &str, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> String {
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "?".to_owned(), |a| a.to_string());
     format!("{host} {} {}\n", show(local), show(peer))
 }

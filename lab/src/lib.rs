@@ -23,6 +23,7 @@
 
 pub mod demo;
 mod echo;
+pub mod flow;
 mod ns;
 pub mod probe;
 pub mod topology;

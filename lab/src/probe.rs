@@ -171,7 +171,7 @@ pub(crate) fn connect_times(dst: SocketAddr, n: usize) -> std::io::Result<Vec<Du
     Ok(times)
 }
 
-fn parse(text: &str) -> Outcome {
+pub(crate) fn parse(text: &str) -> Outcome {
     let mut words = text.split_whitespace();
     let (Some(host), Some(local), Some(peer)) = (words.next(), words.next(), words.next()) else {
         return Outcome::Failed(format!("malformed reply {text:?}"));

@@ -331,13 +331,23 @@ async fn metrics_server_serves_every_path() {
         ),
         ("kubeproxy_proxy_healthz_total", "counter"),
         ("kubeproxy_proxy_livez_total", "counter"),
+        (
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "histogram",
+        ),
+        (
+            "kubeproxy_conntrack_reconciler_deleted_entries_total",
+            "counter",
+        ),
         ("kube_nft_transaction_operations", "histogram"),
         ("kube_nft_transaction_bytes", "histogram"),
         ("kube_nft_syncs_total", "counter"),
         ("kube_nft_drift_repairs_total", "counter"),
+        ("kube_nft_conntrack_reconcile_errors_total", "counter"),
         ("kube_nft_objects_with_diagnostics", "gauge"),
         ("kube_nft_watch_restarts_total", "counter"),
         ("kube_nft_watch_relists_total", "counter"),
+        ("kube_nft_health_check_ports_unbound", "gauge"),
         ("kube_nft_build_info", "gauge"),
     ] {
         let family = families
@@ -346,7 +356,7 @@ async fn metrics_server_serves_every_path() {
         assert_eq!(family.kind, kind, "{name}");
         assert!(family.samples > 0, "{name} has samples");
     }
-    assert_eq!(families.len(), 23, "{:?}", families.keys());
+    assert_eq!(families.len(), 27, "{:?}", families.keys());
     assert!(reply.body.contains(
         "\nkubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv6\"} 1\n"
     ));

@@ -661,3 +661,56 @@ async fn master_overrides_the_kubeconfig_server() {
         ["Relisting", "Apply /node-a", "Synced"]
     );
 }
+
+/// `API_ACCESS` (the RBAC rules `deploy/` grants) is checked against what kube-rs really
+/// sends: every request of a run through lists, watches and a change is a verb on a resource
+/// listed there, and every listed rule is used.
+#[tokio::test]
+async fn every_request_is_covered_by_api_access() {
+    let server = start_server();
+    populate(&server);
+    let mut h = Harness::start(server, WatchOptions::new("node-a")).await;
+    h.synced().await;
+    if let Err(e) = h.server.apply(service("late", json!({}))) {
+        panic!("apply: {e}");
+    }
+    h.until(Duration::from_secs(10), |seen| {
+        of(seen, Resource::Services).contains(&"Apply default/late".to_owned())
+    })
+    .await;
+
+    let mut used = std::collections::BTreeSet::new();
+    for request in h.server.requests() {
+        let (method, target) = request.split_once(' ').unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        // `/api/v1/<resource>` or `/apis/<group>/<version>/<resource>`, cluster-wide.
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (group, resource) = match parts.as_slice() {
+            ["api", _, resource] => ("", *resource),
+            ["apis", group, _, resource] => (*group, *resource),
+            _ => panic!("unexpected request {request}"),
+        };
+        let watch = query.split('&').any(|pair| pair == "watch=true");
+        let verb = match (method, watch) {
+            ("GET", true) => "watch",
+            ("GET", false) => "list",
+            _ => panic!("unexpected method in {request}"),
+        };
+        let rule = source::API_ACCESS
+            .iter()
+            .find(|rule| rule.group == group && rule.resource == resource)
+            .unwrap_or_else(|| panic!("{request}: {group}/{resource} is not in API_ACCESS"));
+        assert!(rule.verbs.contains(&verb), "{request}: {verb} not granted");
+        used.insert((rule.group, rule.resource, verb));
+    }
+    for rule in source::API_ACCESS {
+        for verb in rule.verbs {
+            assert!(
+                used.contains(&(rule.group, rule.resource, *verb)),
+                "{}/{} {verb} is granted but never used",
+                rule.group,
+                rule.resource
+            );
+        }
+    }
+}

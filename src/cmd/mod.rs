@@ -5,6 +5,8 @@
 mod cleanup;
 mod compile;
 mod demo;
+#[cfg(test)]
+mod deploy_tests;
 mod diff;
 mod run;
 mod trace;
@@ -13,8 +15,10 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use clap::Parser;
 use kube_nft_compiler::config::{
     normalize_hostname, parse_kube_proxy_configuration, KubeProxyConfiguration,
 };
@@ -23,6 +27,20 @@ use kube_nft_compiler::{Compiled, Config};
 use kube_nft_runtime::sources::manifests::manifest_files;
 
 use crate::cli::{Cli, Command, InputArgs, NodeArgs};
+
+/// The whole program: parses the command line, runs the subcommand, prints an error as
+/// `error: …` with its causes, and turns the outcome into the exit code. Both binaries'
+/// `main` (`kube-nft`, and `kube-nft-static` of the container image) is this.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
 
 /// Runs the subcommand; `Ok` carries the exit code.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -111,6 +129,9 @@ fn node_config_and_file(
     }
     if let Some(prefix) = &node.pod_interface_name_prefix {
         config.pod_interface_name_prefix = Some(prefix.clone());
+    }
+    if let Some(scheduler) = node.scheduler {
+        config.default_scheduler = scheduler;
     }
     // What kube-proxy refuses to start with: a usage error when the flags chose the mode or
     // the interface, else the config file's.

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use kube_nft_compiler::config::{
-    normalize_hostname, parse_cidr, parse_kube_proxy_configuration, NodePortAddress,
+    normalize_hostname, parse_cidr, parse_kube_proxy_configuration, parse_scheduler,
+    NodePortAddress,
 };
 use kube_nft_compiler::ir;
 use kube_nft_compiler::model::{self, Source};
@@ -120,6 +121,7 @@ pub fn case_config(text: &str) -> Config {
             }
             "--pod-bridge-interface" => config.pod_bridge_interface = Some(v.to_owned()),
             "--pod-interface-name-prefix" => config.pod_interface_name_prefix = Some(v.to_owned()),
+            "--scheduler" => config.default_scheduler = parse_scheduler(v).expect("scheduler"),
             other => panic!("case uses flag {other}, which this test does not parse yet"),
         }
     }

@@ -10,6 +10,11 @@ mod build;
 mod service;
 mod skeleton;
 
+/// The dispatch maps whose keys are the Services' frontends (read by [`crate::conntrack`]).
+pub(crate) use skeleton::{
+    NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, SERVICE_IPS, SERVICE_NODEPORTS,
+};
+
 use std::net::IpAddr;
 
 use crate::graph::{Graph, LocalDetector, Service};
@@ -164,6 +169,8 @@ mod tests {
                 cluster,
                 local: vec![],
             }],
+            health_check_node_port: None,
+            local_ready_endpoints: vec![],
         }
     }
 

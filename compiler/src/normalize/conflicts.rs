@@ -1,6 +1,7 @@
 //! Checks across objects, over the finished graph: what no single Service, slice or Node is wrong
 //! about on its own but the ruleset cannot honour as written (two Services claiming one address
-//! and port, an endpoint that is another Service's ClusterIP, NodePorts no address serves). Each
+//! and port or one health-check NodePort, an endpoint that is another Service's ClusterIP,
+//! NodePorts no address serves). Each
 //! finding is a diagnostic and nothing more; the graph is already what kube-proxy would program,
 //! and lowering keeps it so. The checks are a pure function of the graph, so the one-shot
 //! `normalize` and an incremental path that patches a graph can both run them on the result.
@@ -27,6 +28,7 @@ pub(crate) fn check_services(context: &Graph, services: &[&Service]) -> Vec<Diag
     unserved_node_ports(context, services, &mut diags);
     endpoints_that_are_cluster_ips(services, &mut diags);
     shared_addresses_and_ports(services, &mut diags);
+    shared_health_check_ports(services, &mut diags);
     diags.sort();
     diags
 }
@@ -253,5 +255,33 @@ fn shared_addresses_and_ports(services: &[&Service], diags: &mut Vec<Diagnostic>
                 ),
             ));
         }
+    }
+}
+
+/// Several Services with one `spec.healthCheckNodePort` (the API server hands each out once,
+/// so only hand-written objects get here). One listener answers for one Service: the first in
+/// namespace/name order, as the daemon serves it; kube-proxy opens them in Go map order and the
+/// second fails to listen, so which one answers can change between restarts.
+fn shared_health_check_ports(services: &[&Service], diags: &mut Vec<Diagnostic>) {
+    let mut first: BTreeMap<u16, &Service> = BTreeMap::new();
+    for &svc in services {
+        let Some(port) = svc.health_check_node_port else {
+            continue;
+        };
+        let Some(winner) = first.get(&port) else {
+            first.insert(port, svc);
+            continue;
+        };
+        diags.push(Diagnostic::new(
+            "Service",
+            &svc.namespace,
+            &svc.name,
+            "spec.healthCheckNodePort",
+            format!(
+                "{port} is also the health-check NodePort of Service {}/{}, which answers on it \
+                 (the first in namespace/name order); this Service's health is not served",
+                winner.namespace, winner.name
+            ),
+        ));
     }
 }

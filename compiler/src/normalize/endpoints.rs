@@ -306,6 +306,28 @@ pub(super) fn categorize(
     (cluster, local)
 }
 
+/// The addresses of this node's ready endpoints in `slices`, sorted and distinct: what
+/// kube-proxy's health-check NodePort reports (`EndpointsMap.LocalReadyEndpoints`). Unlike the
+/// Local policy's endpoints there is no fallback to serving-but-terminating ones (upstream's
+/// `TestHealthCheckNodePortWhenTerminating`: a node whose pods are all terminating fails the
+/// check, so the load balancer drains it while those pods finish their connections), and the
+/// count is of addresses over every slice port, not per Service port (a pod serving 80 and 443
+/// is one endpoint). A slice with no usable port contributes nothing, as its endpoints reach no
+/// port in kube-proxy's map either.
+pub(super) fn local_ready(slices: &[&Slice], node: &NodeInfo) -> Vec<IpAddr> {
+    let Some(name) = node.name.as_deref() else {
+        return Vec::new();
+    };
+    let addrs: BTreeSet<IpAddr> = slices
+        .iter()
+        .filter(|slice| !slice.ports.is_empty())
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|ep| ep.ready && ep.node.as_deref() == Some(name))
+        .map(|ep| ep.addr)
+        .collect();
+    addrs.into_iter().collect()
+}
+
 /// Backends matching `keep`, in (address, port) order (the map's order).
 fn select(merged: &BTreeMap<Backend, Endpoint>, keep: impl Fn(&Endpoint) -> bool) -> Vec<Backend> {
     merged

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Service as K8sService, ServiceSpec};
 use super::address::{parse_cidr, parse_ip};
 use super::endpoints::{self, Slice};
 use super::Obj;
+use crate::config::{parse_scheduler, scheduler_name};
 use crate::graph::{NodeInfo, Scheduler, Service, ServicePort};
 use crate::ir::{Family, L4Proto};
 use crate::{Config, Diagnostic};
@@ -60,6 +61,8 @@ pub(crate) struct ServiceIn {
     source_ranges: Vec<IpNet>,
     /// `(name, proto, port, node_port)`, sorted by (proto, port); empty when no port is valid.
     ports: Vec<(String, L4Proto, u16, Option<u16>)>,
+    /// `spec.healthCheckNodePort` of a LoadBalancer with `externalTrafficPolicy: Local`.
+    health_check_node_port: Option<u16>,
 }
 
 /// Reads one Service, or returns `None` when it is not ours or has nothing to program whatever
@@ -119,8 +122,17 @@ pub(super) fn read(
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     // kube-proxy reads healthCheckNodePort only where it serves the health check
     // (`apiservice.NeedsHealthCheck`): a LoadBalancer with externalTrafficPolicy Local.
+    let mut health_check_node_port = None;
     if let Some(port) = spec.health_check_node_port.filter(|p| *p != 0) {
-        if !(ty == Type::LoadBalancer && external_local) {
+        if ty == Type::LoadBalancer && external_local {
+            health_check_node_port = port_number(port);
+            if health_check_node_port.is_none() {
+                diags.push(obj.diag(
+                    "spec.healthCheckNodePort",
+                    format!("{port} is not in 1-65535; no health check is served"),
+                ));
+            }
+        } else {
             let why = if ty == Type::LoadBalancer {
                 "its externalTrafficPolicy is Cluster"
             } else {
@@ -146,7 +158,7 @@ pub(super) fn read(
         (Scheduler::Random, None)
     } else {
         (
-            scheduler(svc, obj, diags),
+            scheduler(svc, obj, config, diags),
             affinity_timeout(spec, obj, diags),
         )
     };
@@ -164,6 +176,7 @@ pub(super) fn read(
         lb_ips,
         source_ranges,
         ports,
+        health_check_node_port,
     })
 }
 
@@ -200,6 +213,13 @@ pub(super) fn assemble(svc: &ServiceIn, slices: &[&Slice], node: &NodeInfo) -> O
         lb_ips: svc.lb_ips.clone(),
         source_ranges: svc.source_ranges.clone(),
         ports,
+        health_check_node_port: svc.health_check_node_port,
+        // Only a health check reads them; every other Service is spared the walk.
+        local_ready_endpoints: if svc.health_check_node_port.is_some() {
+            endpoints::local_ready(slices, node)
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -405,26 +425,28 @@ pub(super) fn port_number(n: i32) -> Option<u16> {
     u16::try_from(n).ok().filter(|n| *n != 0)
 }
 
-fn scheduler(svc: &K8sService, obj: &Obj, diags: &mut Vec<Diagnostic>) -> Scheduler {
+/// The annotation's scheduler; without it (or with a value it cannot use) the node's
+/// `--scheduler`, so that the annotation only ever overrides the node default.
+fn scheduler(
+    svc: &K8sService,
+    obj: &Obj,
+    config: &Config,
+    diags: &mut Vec<Diagnostic>,
+) -> Scheduler {
     let annotations = svc.metadata.annotations.as_ref();
-    match annotations
-        .and_then(|a| a.get(SCHEDULER_ANNOTATION))
-        .map(String::as_str)
-    {
-        None | Some("random") => Scheduler::Random,
-        Some("round-robin") => Scheduler::RoundRobin,
-        Some("source-hash") => Scheduler::SourceHash,
-        Some(other) => {
-            diags.push(obj.diag(
-                format!("metadata.annotations[{SCHEDULER_ANNOTATION}]"),
-                format!(
-                    "unknown scheduler {other:?} (expected random, round-robin or source-hash); \
-                     using random"
-                ),
-            ));
-            Scheduler::Random
-        }
-    }
+    let Some(value) = annotations.and_then(|a| a.get(SCHEDULER_ANNOTATION)) else {
+        return config.default_scheduler;
+    };
+    parse_scheduler(value).unwrap_or_else(|message| {
+        diags.push(obj.diag(
+            format!("metadata.annotations[{SCHEDULER_ANNOTATION}]"),
+            format!(
+                "{message}; using {}",
+                scheduler_name(config.default_scheduler)
+            ),
+        ));
+        config.default_scheduler
+    })
 }
 
 fn affinity_timeout(spec: &ServiceSpec, obj: &Obj, diags: &mut Vec<Diagnostic>) -> Option<u32> {

@@ -1280,6 +1280,113 @@ fn health_check_node_port_only_where_kube_proxy_serves_one() {
     );
 }
 
+/// A LoadBalancer with `externalTrafficPolicy: Local` named by one letter, dual-stack, with
+/// `healthCheckNodePort: hc`.
+fn local_lb(name: &str, hc: i64) -> Value {
+    let n = name.bytes().next().unwrap_or(b'x');
+    svc(
+        name,
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+               "clusterIPs": [own_ip(name), format!("fd00:96::{n:x}")],
+               "healthCheckNodePort": hc, "selector": {"app": name},
+               "ports": [{"name": "http", "port": 80, "nodePort": 30000 + u16::from(n)}]}),
+    )
+}
+
+fn on_node(addr: &str, node: &str, ready: bool, terminating: bool) -> Value {
+    json!({"addresses": [addr], "nodeName": node,
+           "conditions": {"ready": ready, "serving": true, "terminating": terminating}})
+}
+
+#[test]
+fn health_check_counts_this_nodes_ready_endpoint_addresses() {
+    let mut two_ports = slice(
+        "a-2",
+        "a",
+        "IPv4",
+        json!([on_node("10.0.1.1", "node-a", true, false)]),
+    );
+    two_ports["ports"] = json!([{"name": "http", "port": 8080}, {"name": "https", "port": 8443}]);
+    let (graph, diags) = run_with(
+        vec![
+            local_lb("a", 32000),
+            slice(
+                "a-1",
+                "a",
+                "IPv4",
+                json!([
+                    on_node("10.0.1.1", "node-a", true, false),
+                    // Serving but terminating: still gets Local traffic, but is not counted
+                    // (kube-proxy's TestHealthCheckNodePortWhenTerminating).
+                    on_node("10.0.1.2", "node-a", false, true),
+                    on_node("10.0.2.1", "node-b", true, false),
+                ]),
+            ),
+            // The same pod in a second slice, on two ports: one endpoint.
+            two_ports,
+            slice(
+                "a-6",
+                "a",
+                "IPv6",
+                json!([on_node("fd00:10:1::1", "node-a", true, false)]),
+            ),
+        ],
+        &node_config("node-a"),
+    );
+    no_diags(&of_kind(&diags, "Service"));
+    let service = only_service(&graph);
+    assert_eq!(service.health_check_node_port, Some(32000));
+    let addrs: Vec<IpAddr> = ["10.0.1.1", "fd00:10:1::1"]
+        .iter()
+        .map(|a| a.parse().expect("addr"))
+        .collect();
+    assert_eq!(service.local_ready_endpoints, addrs);
+    // The Local policy still falls back to the terminating endpoint when it is the only one;
+    // the health check does not.
+    let (graph, _) = run_with(
+        vec![
+            local_lb("a", 32000),
+            slice(
+                "a-1",
+                "a",
+                "IPv4",
+                json!([on_node("10.0.1.2", "node-a", false, true)]),
+            ),
+        ],
+        &node_config("node-a"),
+    );
+    let service = only_service(&graph);
+    assert_eq!(service.ports[0].local.len(), 1);
+    assert!(service.local_ready_endpoints.is_empty());
+}
+
+#[test]
+fn a_health_check_node_port_out_of_range_is_reported() {
+    let (graph, diags) = run(vec![local_lb("a", 70000)]);
+    assert_eq!(only_service(&graph).health_check_node_port, None);
+    assert_eq!(
+        fields(&of_kind(&diags, "Service")),
+        ["Service ns/a spec.healthCheckNodePort: 70000 is not in 1-65535; no health check is served"]
+    );
+}
+
+#[test]
+fn a_shared_health_check_node_port_goes_to_the_first_service() {
+    let (graph, diags) = run(vec![local_lb("b", 32000), local_lb("a", 32000)]);
+    assert!(graph
+        .services
+        .iter()
+        .all(|s| s.health_check_node_port == Some(32000)));
+    assert_eq!(
+        fields(&of_kind(&diags, "Service")),
+        [
+            "Service ns/b spec.healthCheckNodePort: 32000 is also the health-check NodePort of \
+             Service ns/a, which answers on it (the first in namespace/name order); this \
+             Service's health is not served"
+        ]
+    );
+}
+
 #[test]
 fn a_shared_external_address_goes_to_the_first_service_with_endpoints() {
     let shared = |name: &str| {

@@ -11,7 +11,10 @@
 //! change monitor it opens a [`Subscription`] to the `NFNLGRP_NFTABLES` multicast group, and
 //! every transaction it sends is remembered by port id and network namespace until the monitor
 //! has seen its NEWGEN ([`take_own_commit`]): the kernel names a committer by its socket's port
-//! id, which, unlike its pid, reads the same inside and outside a container.
+//! id, which, unlike its pid, reads the same inside and outside a container. For the conntrack
+//! reconciler, a [`ConntrackSocket`] dumps the conntrack table (one datagram in memory at a
+//! time, every wait bounded) and deletes entries in batches whose every message is answered,
+//! and [`local_addresses`] lists the node's addresses over rtnetlink.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -160,6 +163,22 @@ pub enum Error {
     /// lost to a receive queue overflow (ENOBUFS): the dump may be inconsistent. Retry it.
     #[error("nf_tables changed during the dump")]
     DumpInterrupted,
+    /// The kernel refused a conntrack (ctnetlink) request as a whole.
+    #[error("conntrack {what}: {errno}")]
+    Conntrack {
+        /// What was asked (`dump`, `delete`).
+        what: &'static str,
+        /// The kernel's errno (`EOPNOTSUPP` or `EINVAL` for a filter it does not support).
+        errno: Errno,
+    },
+    /// A bounded wait for the kernel's replies ran out.
+    #[error("{what}: no end after {after:?}")]
+    TimedOut {
+        /// What was waited for.
+        what: &'static str,
+        /// How long it ran.
+        after: Duration,
+    },
     /// The kernel refused the transaction; nothing of it was applied (nf_tables transactions
     /// are atomic). `rejections` lists every failing message, in the order reported.
     #[error("{}", describe_rejections(.rejections))]
@@ -827,6 +846,335 @@ fn parse_replies(buf: &[u8]) -> Result<Vec<Reply>, Error> {
         at += len.div_ceil(4) * 4;
     }
     Ok(replies)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The conntrack table (ctnetlink) and the node's addresses (rtnetlink)
+
+/// How many conntrack deletes go into one `sendmsg`. Each is answered with a capped ACK that
+/// costs about 1 KiB of receive buffer (an skb's truesize), so a batch stays far inside the
+/// buffer a [`ConntrackSocket`] asks for; and the kernel takes the ctnetlink mutex per message,
+/// so a batch never holds anything for long.
+pub const CONNTRACK_DELETE_BATCH: usize = 256;
+
+/// The receive buffer a [`ConntrackSocket`] asks for with `SO_RCVBUFFORCE` (it falls back to
+/// `SO_RCVBUF`, capped by `net.core.rmem_max`).
+const CONNTRACK_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Waits until `fd` is readable or `deadline` passes; `false` on timeout.
+fn readable(fd: std::os::fd::RawFd, deadline: Instant) -> Result<bool, Error> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let millis = libc::c_int::try_from(left.as_millis())
+            .unwrap_or(libc::c_int::MAX)
+            .max(1);
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one live, initialised pollfd, and the count passed is 1.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, millis) };
+        if ready > 0 {
+            return Ok(true);
+        }
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(Error::Receive(err));
+            }
+        }
+    }
+}
+
+/// A `NETLINK_NETFILTER` socket for the conntrack table: dumps with bounded waits, and batches
+/// of deletes, each answered. The messages themselves are [`super::conntrack`]'s; this sets
+/// their sequence numbers.
+pub struct ConntrackSocket {
+    socket: netlink_sys::Socket,
+    next_seq: u32,
+}
+
+impl fmt::Debug for ConntrackSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConntrackSocket")
+            .field("fd", &self.socket.as_raw_fd())
+            .finish()
+    }
+}
+
+impl ConntrackSocket {
+    /// Opens and binds the socket in the calling thread's network namespace, with capped and
+    /// extended ACKs and a receive buffer for a batch of answers.
+    pub fn open() -> Result<ConntrackSocket, Error> {
+        let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER).map_err(|err| {
+            match err.raw_os_error() {
+                Some(errno @ (libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)) => Error::NotAvailable {
+                    errno: Errno(errno),
+                },
+                _ => Error::Open(err),
+            }
+        })?;
+        socket.bind_auto().map_err(Error::Open)?;
+        let _ = socket.set_cap_ack(true);
+        let _ = socket.set_ext_ack(true);
+        let fd = socket.as_raw_fd();
+        if set_int_option(fd, libc::SO_RCVBUFFORCE, CONNTRACK_RECEIVE_BUFFER).is_err() {
+            let _ = set_int_option(fd, libc::SO_RCVBUF, CONNTRACK_RECEIVE_BUFFER);
+        }
+        Ok(ConntrackSocket {
+            socket,
+            next_seq: 1,
+        })
+    }
+
+    fn seq(&mut self) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1).max(1);
+        seq
+    }
+
+    fn send(&self, bytes: &[u8]) -> Result<(), Error> {
+        let kernel = SocketAddr::new(0, 0);
+        let sent =
+            self.socket
+                .send_to(bytes, &kernel, 0)
+                .map_err(|err| match err.raw_os_error() {
+                    Some(libc::EPERM) => Error::PermissionDenied,
+                    _ => Error::Send(err),
+                })?;
+        if sent != bytes.len() {
+            return Err(Error::ShortSend {
+                sent,
+                len: bytes.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends one dump request (a whole message, from [`super::conntrack::dump_request`]) and
+    /// hands every reply message of the conntrack subsystem, whole, to `each`, until the
+    /// kernel's `NLMSG_DONE`; returns how many there were. The kernel fills one reply buffer
+    /// each time the previous one has been read, so memory stays at one datagram whatever the
+    /// table's size. Gives up with [`Error::TimedOut`] at `deadline` (the kernel always
+    /// finishes a dump; the bound is for a machine in trouble). After an error the socket
+    /// may hold the rest of the dump: drop it.
+    pub fn dump(
+        &mut self,
+        request: &[u8],
+        deadline: Instant,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<usize, Error> {
+        let seq = self.seq();
+        let mut msg = request.to_vec();
+        if msg.len() < 16 {
+            return Err(Error::Malformed("conntrack dump request".into()));
+        }
+        msg[8..12].copy_from_slice(&seq.to_ne_bytes());
+        let started = Instant::now();
+        self.send(&msg)?;
+        let mut count = 0;
+        let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUFFER);
+        loop {
+            if !readable(self.socket.as_raw_fd(), deadline)? {
+                return Err(Error::TimedOut {
+                    what: "conntrack dump",
+                    after: started.elapsed(),
+                });
+            }
+            buf.clear();
+            match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(err) => match err.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => return Err(Error::DumpInterrupted),
+                    _ => return Err(Error::Receive(err)),
+                },
+            }
+            let mut at = 0;
+            while at + 16 <= buf.len() {
+                let malformed = || Error::Malformed("conntrack dump reply header".into());
+                let len = u32_at(&buf, at).ok_or_else(malformed)? as usize;
+                let ty = u16_at(&buf, at + 4).ok_or_else(malformed)?;
+                let reply_seq = u32_at(&buf, at + 8).ok_or_else(malformed)?;
+                if len < 16 || at + len > buf.len() {
+                    return Err(malformed());
+                }
+                let reply = &buf[at..at + len];
+                at += len.div_ceil(4) * 4;
+                if reply_seq != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(count),
+                    NLMSG_ERROR => {
+                        let error = u32_at(reply, 16).ok_or_else(malformed)? as i32;
+                        if error == 0 {
+                            return Ok(count);
+                        }
+                        return Err(Error::Conntrack {
+                            what: "dump",
+                            errno: Errno(error.wrapping_neg()),
+                        });
+                    }
+                    _ if ty >> 8 == super::conntrack::NFNL_SUBSYS_CTNETLINK => {
+                        count += 1;
+                        each(reply);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends delete requests (from [`super::conntrack::delete_request`], each asking for an
+    /// ACK) in one `sendmsg` and returns each one's answer, in order: `None` when deleted, or
+    /// the errno (`ENOENT`: already gone, or replaced by a newer entry with the same tuple).
+    /// The kernel handles the messages one by one inside `sendmsg`, so every answer is queued
+    /// when it returns. At most [`CONNTRACK_DELETE_BATCH`] requests per call.
+    pub fn delete(&mut self, requests: &[Vec<u8>]) -> Result<Vec<Option<Errno>>, Error> {
+        assert!(
+            requests.len() <= CONNTRACK_DELETE_BATCH,
+            "at most {CONNTRACK_DELETE_BATCH} deletes per batch"
+        );
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = self.next_seq;
+        let mut batch = Vec::with_capacity(requests.iter().map(Vec::len).sum());
+        for request in requests {
+            if request.len() < 16 {
+                return Err(Error::Malformed("conntrack delete request".into()));
+            }
+            let seq = self.seq();
+            let at = batch.len();
+            batch.extend_from_slice(request);
+            batch[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
+        }
+        self.send(&batch)?;
+        let mut answers: Vec<Option<Option<Errno>>> = vec![None; requests.len()];
+        let mut missing = requests.len();
+        let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUFFER);
+        while missing > 0 {
+            buf.clear();
+            match self.socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(err) => match err.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ENOBUFS) => return Err(Error::OutcomeUnknown),
+                    _ => return Err(Error::Receive(err)),
+                },
+            }
+            for reply in parse_replies(&buf)? {
+                let (seq, answer) = match reply {
+                    Reply::Ack { seq } => (seq, None),
+                    Reply::Error { seq, errno, .. } => (seq, Some(errno)),
+                };
+                let index = seq.wrapping_sub(first) as usize;
+                if let Some(slot @ None) = answers.get_mut(index) {
+                    *slot = Some(answer);
+                    missing -= 1;
+                }
+            }
+        }
+        if missing > 0 {
+            return Err(Error::Malformed(format!(
+                "{missing} of {} conntrack deletes unanswered",
+                requests.len()
+            )));
+        }
+        Ok(answers.into_iter().map(Option::unwrap_or_default).collect())
+    }
+}
+
+// rtnetlink (linux/rtnetlink.h, linux/if_addr.h): what the node's addresses are.
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+
+/// The addresses on the calling thread's network namespace's interfaces, both families
+/// (`RTM_GETADDR`): what the kernel's `fib daddr type local` counts as this node's, for
+/// judging NodePort entries. For IPv4 the local address is `IFA_LOCAL` (`IFA_ADDRESS` is the
+/// peer's on a point-to-point link); for IPv6, `IFA_ADDRESS`. Addresses made local only by a
+/// `local` route (AnyIP) are not listed. Bounded by `deadline`.
+pub fn local_addresses(deadline: Instant) -> Result<Vec<std::net::IpAddr>, Error> {
+    let mut socket =
+        netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).map_err(Error::Open)?;
+    socket.bind_auto().map_err(Error::Open)?;
+    let mut msg = Vec::with_capacity(24);
+    msg.extend_from_slice(&24u32.to_ne_bytes());
+    msg.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    // struct ifaddrmsg: AF_UNSPEC (both families), prefix length, flags, scope, index.
+    msg.extend_from_slice(&[0u8; 8]);
+    socket
+        .send_to(&msg, &SocketAddr::new(0, 0), 0)
+        .map_err(Error::Send)?;
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUFFER);
+    loop {
+        if !readable(socket.as_raw_fd(), deadline)? {
+            return Err(Error::TimedOut {
+                what: "address dump",
+                after: started.elapsed(),
+            });
+        }
+        buf.clear();
+        match socket.recv(&mut buf, libc::MSG_DONTWAIT) {
+            Ok(_) => {}
+            Err(err) => match err.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINTR) => continue,
+                _ => return Err(Error::Receive(err)),
+            },
+        }
+        let mut at = 0;
+        while at + 16 <= buf.len() {
+            let malformed = || Error::Malformed("address dump reply".into());
+            let len = u32_at(&buf, at).ok_or_else(malformed)? as usize;
+            let ty = u16_at(&buf, at + 4).ok_or_else(malformed)?;
+            if len < 16 || at + len > buf.len() {
+                return Err(malformed());
+            }
+            let reply = &buf[at..at + len];
+            at += len.div_ceil(4) * 4;
+            match ty {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let error = u32_at(reply, 16).ok_or_else(malformed)? as i32;
+                    return Err(Error::Receive(io::Error::from_raw_os_error(
+                        error.wrapping_neg(),
+                    )));
+                }
+                RTM_NEWADDR if reply.len() >= 24 => {
+                    let family = i32::from(reply[16]);
+                    let attrs = super::decode::Attrs::parse(&reply[24..])
+                        .map_err(|e| Error::Malformed(e.to_string()))?;
+                    let addr = match family {
+                        libc::AF_INET => attrs
+                            .get(IFA_LOCAL)
+                            .or_else(|| attrs.get(IFA_ADDRESS))
+                            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+                            .map(std::net::IpAddr::from),
+                        libc::AF_INET6 => attrs
+                            .get(IFA_ADDRESS)
+                            .and_then(|v| <[u8; 16]>::try_from(v).ok())
+                            .map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    out.extend(addr);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -246,6 +246,13 @@ impl Status {
         self.synced && !self.overdue && self.node_eligible
     }
 
+    /// The proxy's own health, without node eligibility: synced and nothing overdue. kube-proxy's
+    /// `Health().Healthy`, the `healthy` field of `/healthz` and the `serviceProxyHealthy` of
+    /// the per-Service health checks.
+    pub fn proxy_healthy(&self) -> bool {
+        self.synced && !self.overdue
+    }
+
     /// 200 or 503, for `/healthz`.
     pub fn healthz_code(&self) -> u16 {
         code(self.healthz_ok())
@@ -262,7 +269,7 @@ impl Status {
     /// overdue), without node eligibility, like kube-proxy's `healthy` field.
     pub fn healthz_body(&self) -> String {
         self.body(
-            self.synced && !self.overdue,
+            self.proxy_healthy(),
             self.healthz_ok(),
             Some(self.node_eligible),
         )

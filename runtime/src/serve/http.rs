@@ -44,7 +44,7 @@ pub enum ServeError {
     /// The server's accept loop or connection handling failed.
     #[error("{server} server failed")]
     Io {
-        /// `healthz` or `metrics`.
+        /// `healthz`, `metrics` or `health-check`.
         server: &'static str,
         /// The cause.
         #[source]
@@ -129,7 +129,7 @@ where
 /// every connection that has started a request, and a client that sent half a request line
 /// (or a stalled scraper) would otherwise hold the daemon's exit up; connections still open
 /// then are left to end with the process, as kube-proxy's are.
-async fn run<F>(
+pub(super) async fn run<F>(
     server: &'static str,
     listener: TcpListener,
     app: Router,
@@ -162,7 +162,11 @@ where
     }
 }
 
-fn response(status: StatusCode, content_type: &'static str, body: impl Into<Body>) -> Response {
+pub(super) fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Body>,
+) -> Response {
     let mut response = Response::new(body.into());
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -395,6 +395,12 @@ pub struct Metrics {
     pub proxy_healthz: Labelled<ProbeCode, Counter>,
     /// `kubeproxy_proxy_livez_total{code}` (counter): `/livez` answers.
     pub proxy_livez: Labelled<ProbeCode, Counter>,
+    /// `kubeproxy_conntrack_reconciler_sync_duration_seconds{ip_family}` (histogram): one
+    /// conntrack reconcile pass of a family (dump and deletes).
+    pub conntrack_reconciler_sync_duration_seconds: Labelled<Family, Histogram>,
+    /// `kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family}` (counter): stale
+    /// UDP/SCTP conntrack entries deleted.
+    pub conntrack_reconciler_deleted_entries: Labelled<Family, Counter>,
 
     /// `kube_nft_transaction_operations` (histogram): nf_tables operations (messages) per
     /// committed transaction.
@@ -406,6 +412,9 @@ pub struct Metrics {
     /// `kube_nft_drift_repairs_total{reason}` (counter): transactions that restored our
     /// tables after something else changed them.
     pub drift_repairs: Labelled<DriftReason, Counter>,
+    /// `kube_nft_conntrack_reconcile_errors_total` (counter): conntrack reconcile passes that
+    /// failed (a dump or a delete the kernel refused); the next pass retries.
+    pub conntrack_reconcile_errors: Counter,
     /// `kube_nft_objects_with_diagnostics{kind}` (gauge): objects with at least one
     /// diagnostic in the last compile.
     pub objects_with_diagnostics: GaugeByKind,
@@ -414,6 +423,10 @@ pub struct Metrics {
     /// `kube_nft_watch_relists_total{resource}` (counter): full re-lists (initial list and
     /// after `410 Gone`).
     pub watch_relists: Labelled<WatchResource, Counter>,
+    /// `kube_nft_health_check_ports_unbound` (gauge): health-check NodePort listeners (address
+    /// and port) that should be open but could not be bound, as of the last committed sync.
+    /// A gauge, not a count of attempts, since each sync retries them.
+    pub health_check_ports_unbound: Gauge,
 }
 
 impl Metrics {
@@ -458,6 +471,8 @@ impl Metrics {
             sync_proxy_rules_no_local_endpoints_total: Labelled::new(no_local, Gauge::default),
             proxy_healthz: Labelled::new(probes(), Counter::default),
             proxy_livez: Labelled::new(probes(), Counter::default),
+            conntrack_reconciler_sync_duration_seconds: per_family_histogram(sync_buckets),
+            conntrack_reconciler_deleted_entries: Labelled::new(fams(), Counter::default),
             transaction_operations: Histogram::new(operation_buckets()),
             transaction_bytes: Histogram::new(byte_buckets()),
             syncs: Labelled::new(
@@ -468,9 +483,11 @@ impl Metrics {
                 [DriftReason::Monitor, DriftReason::Periodic],
                 Counter::default,
             ),
+            conntrack_reconcile_errors: Counter::default(),
             objects_with_diagnostics: GaugeByKind::new(DIAGNOSTIC_KINDS),
             watch_restarts: Labelled::new(resources(), Counter::default),
             watch_relists: Labelled::new(resources(), Counter::default),
+            health_check_ports_unbound: Gauge::default(),
             families,
         };
         metrics.registered(version)
@@ -558,6 +575,16 @@ impl Metrics {
             m.proxy_livez.clone(),
         );
         r.register(
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "ReconcileConntrackFlowsLatency latency in seconds",
+            m.conntrack_reconciler_sync_duration_seconds.clone(),
+        );
+        r.register(
+            "kubeproxy_conntrack_reconciler_deleted_entries",
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+            m.conntrack_reconciler_deleted_entries.clone(),
+        );
+        r.register(
             "kube_nft_transaction_operations",
             "nf_tables operations per committed transaction",
             m.transaction_operations.clone(),
@@ -581,6 +608,11 @@ impl Metrics {
             m.drift_repairs.clone(),
         );
         r.register(
+            "kube_nft_conntrack_reconcile_errors",
+            "Conntrack reconcile passes that failed (retried)",
+            m.conntrack_reconcile_errors.clone(),
+        );
+        r.register(
             "kube_nft_objects_with_diagnostics",
             "Objects with at least one diagnostic in the last compile, by kind",
             m.objects_with_diagnostics.clone(),
@@ -594,6 +626,11 @@ impl Metrics {
             "kube_nft_watch_relists",
             "Full re-lists (initial and after 410 Gone), by resource",
             m.watch_relists.clone(),
+        );
+        r.register(
+            "kube_nft_health_check_ports_unbound",
+            "Health-check node port listeners (address and port) that could not be bound",
+            m.health_check_ports_unbound.clone(),
         );
         r.register(
             "kube_nft_build_info",
@@ -685,6 +722,21 @@ impl Metrics {
         {
             g.set(i64::try_from(services).unwrap_or(i64::MAX));
         }
+    }
+
+    /// A conntrack reconcile pass of `family` took `elapsed` and deleted `deleted` entries.
+    pub fn observe_conntrack_reconcile(&self, family: Family, elapsed: Duration, deleted: usize) {
+        if let Some(h) = self.conntrack_reconciler_sync_duration_seconds.get(family) {
+            h.observe(elapsed.as_secs_f64());
+        }
+        if let Some(c) = self.conntrack_reconciler_deleted_entries.get(family) {
+            c.inc_by(deleted as u64);
+        }
+    }
+
+    /// A conntrack reconcile pass failed.
+    pub fn conntrack_reconcile_failed(&self) {
+        self.conntrack_reconcile_errors.inc();
     }
 
     /// Sets `kube_nft_objects_with_diagnostics` from a compile's diagnostics: per kind, the
@@ -810,13 +862,23 @@ mod tests {
             ),
             ("kubeproxy_proxy_healthz_total", "counter"),
             ("kubeproxy_proxy_livez_total", "counter"),
+            (
+                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+                "histogram",
+            ),
+            (
+                "kubeproxy_conntrack_reconciler_deleted_entries_total",
+                "counter",
+            ),
             ("kube_nft_transaction_operations", "histogram"),
             ("kube_nft_transaction_bytes", "histogram"),
             ("kube_nft_syncs_total", "counter"),
             ("kube_nft_drift_repairs_total", "counter"),
+            ("kube_nft_conntrack_reconcile_errors_total", "counter"),
             ("kube_nft_objects_with_diagnostics", "gauge"),
             ("kube_nft_watch_restarts_total", "counter"),
             ("kube_nft_watch_relists_total", "counter"),
+            ("kube_nft_health_check_ports_unbound", "gauge"),
             ("kube_nft_build_info", "gauge"),
         ];
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
@@ -838,6 +900,8 @@ mod tests {
             "kubeproxy_proxy_healthz_total{code=\"503\"}",
             "kubeproxy_sync_proxy_rules_endpoint_changes_total",
             "kube_nft_drift_repairs_total{reason=\"monitor\"}",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"}",
+            "kube_nft_conntrack_reconcile_errors_total",
             "kube_nft_watch_relists_total{resource=\"endpointslices\"}",
             "kube_nft_objects_with_diagnostics{kind=\"Service\"}",
         ] {

@@ -4,14 +4,18 @@
 //! [`metrics`] the Prometheus registry with kube-proxy's metric names plus kube-nft's own,
 //! [`http`] the two servers (`/healthz` and `/livez` on the healthz port, `/metrics`,
 //! `/healthz`, `/proxyMode` and `/configz` on the metrics port) over listeners the caller
-//! binds, and [`addr`] the `--healthz-bind-address` / `--metrics-bind-address` flag forms.
+//! binds, [`service_health`] the health-check NodePorts of `externalTrafficPolicy: Local`
+//! LoadBalancers, and [`addr`] the `--healthz-bind-address` / `--metrics-bind-address` flag
+//! forms.
 
 pub mod addr;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod service_health;
 
 pub use addr::{parse_bind_address, BindAddressError};
 pub use health::{node_eligible, ProxyHealth, Status, Timestamp};
 pub use http::{serve_healthz, serve_metrics, ServeError};
 pub use metrics::{Metrics, MetricsError};
+pub use service_health::ServiceHealth;

@@ -84,6 +84,53 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often a resource the API server does not serve (404) is probed again.
 pub const NOT_SERVED_REPROBE: Duration = Duration::from_secs(600);
 
+/// One RBAC rule the API source needs: verbs on one resource of one API group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiAccess {
+    /// The API group, `""` for the core group.
+    pub group: &'static str,
+    /// The resource as RBAC and the URL name it (plural, lower case).
+    pub resource: &'static str,
+    /// What is done with it.
+    pub verbs: &'static [&'static str],
+}
+
+/// Everything [`run`] asks of the API server: `list` and `watch` of the four resources it
+/// watches, which is all a kube-rs watcher does (it never gets, creates or patches; the Node
+/// is listed with a field selector, not fetched by name). No Events are emitted. The
+/// DaemonSet's ClusterRole grants exactly this (`tests/deploy.rs` checks), and `watch_api`,
+/// the only way [`run`] opens an [`Api`], refuses in debug builds a resource missing here.
+pub const API_ACCESS: [ApiAccess; 4] = [
+    watched::<Service>(),
+    watched::<EndpointSlice>(),
+    watched::<Node>(),
+    watched::<ServiceCIDR>(),
+];
+
+/// The rule a watcher of `K` needs.
+const fn watched<K: k8s_openapi::Resource>() -> ApiAccess {
+    ApiAccess {
+        group: K::GROUP,
+        resource: K::URL_PATH_SEGMENT,
+        verbs: &["list", "watch"],
+    }
+}
+
+/// `Api::all` for a resource [`run`] watches, checked against [`API_ACCESS`] so that a new
+/// watcher cannot outgrow the RBAC rules shipped in `deploy/`.
+fn watch_api<K>(client: Client) -> Api<K>
+where
+    K: k8s_openapi::Resource + kube::Resource,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    debug_assert!(
+        API_ACCESS.contains(&watched::<K>()),
+        "{} is watched but not in API_ACCESS",
+        K::URL_PATH_SEGMENT
+    );
+    Api::all(client)
+}
+
 /// Why no client could be built.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -241,14 +288,14 @@ pub async fn run(client: Client, options: WatchOptions, tx: Sender<Update>) {
     let selector = service_selector(options.service_proxy_name.as_deref());
     let base = list_config();
     let services = {
-        let api = Api::<Service>::all(client.clone());
+        let api = watch_api::<Service>(client.clone());
         let config = base.clone().labels(&selector);
         forward(Resource::Services, &tx, Object::service, move || {
             watcher::watcher(api.clone(), config.clone()).default_backoff()
         })
     };
     let slices = {
-        let api = Api::<EndpointSlice>::all(client.clone());
+        let api = watch_api::<EndpointSlice>(client.clone());
         let config = base.clone().labels(&selector);
         forward(
             Resource::EndpointSlices,
@@ -258,7 +305,7 @@ pub async fn run(client: Client, options: WatchOptions, tx: Sender<Update>) {
         )
     };
     let node = {
-        let api = Api::<Node>::all(client.clone());
+        let api = watch_api::<Node>(client.clone());
         let config = base
             .clone()
             .fields(&format!("metadata.name={}", options.node_name));
@@ -280,7 +327,7 @@ async fn service_cidrs(
     reprobe: Duration,
     tx: &Sender<Update>,
 ) {
-    let api = Api::<ServiceCIDR>::all(client);
+    let api = watch_api::<ServiceCIDR>(client);
     let mut reported_absent = false;
     loop {
         let mut forwarder = Forwarder::new(Resource::ServiceCidrs, tx, Object::service_cidr);

@@ -12,11 +12,12 @@
 pub mod kernel;
 pub mod runner;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use kube_nft_compiler::incremental::{Incremental, Sync};
+use kube_nft_compiler::incremental::{HealthCheck, Incremental, Sync};
 use kube_nft_compiler::ir::Ruleset;
 use kube_nft_compiler::normalize::{Key, Kind};
 use kube_nft_compiler::plan::{self, Counts};
@@ -131,6 +132,9 @@ pub struct Engine<K: Kernel = Netlink> {
     /// still reports it, nothing in this namespace's nftables changed since, and a
     /// verification needs no read-back.
     verified_gen: Option<u32>,
+    /// UDP and SCTP frontends found in our tables when they were read back (what was ours,
+    /// also before a restart), until [`Engine::conntrack_destinations`] hands them on.
+    kernel_frontends: BTreeSet<kube_nft_compiler::conntrack::Frontend>,
 }
 
 impl Engine<Netlink> {
@@ -157,6 +161,7 @@ impl<K: Kernel> Engine<K> {
             triggers: Vec::new(),
             verify_next: false,
             verified_gen: None,
+            kernel_frontends: BTreeSet::new(),
         }
     }
 
@@ -251,9 +256,30 @@ impl<K: Kernel> Engine<K> {
         self.compiler.changed_diagnostics()
     }
 
+    /// What the conntrack reconciler judges entries against: the desired state's UDP and SCTP
+    /// frontends, plus, as retired, those our tables held when last read back and the desired
+    /// state no longer has (Services deleted while no daemon ran, or since the last read).
+    pub fn conntrack_destinations(&mut self) -> kube_nft_compiler::conntrack::Destinations {
+        let mut destinations = self.compiler.udp_destinations();
+        destinations.retire(std::mem::take(&mut self.kernel_frontends));
+        destinations
+    }
+
     /// The whole desired ruleset.
     pub fn desired(&self) -> Ruleset {
         self.compiler.ruleset()
+    }
+
+    /// The health-check NodePorts of the desired state (after a successful round, the
+    /// committed one), by port.
+    pub fn health_check_ports(&self) -> BTreeMap<u16, HealthCheck> {
+        self.compiler.health_check_ports()
+    }
+
+    /// The NodePort addresses the desired state was compiled for (zero-length prefix: every
+    /// address of the family).
+    pub fn nodeport_addresses(&self) -> &[IpNet] {
+        &self.compiler.context().nodeport_addresses
     }
 
     /// One sync round. `None` while not initialized (nothing is programmed before every
@@ -367,6 +393,8 @@ impl<K: Kernel> Engine<K> {
         let desired = self.compiler.ruleset();
         let (counts, result) = match self.kernel.read() {
             Ok(current) => {
+                self.kernel_frontends
+                    .extend(kube_nft_compiler::conntrack::frontends_of(&current));
                 let tx = plan::plan(&current, &desired);
                 if tx.is_empty() {
                     return Ok(self.outcome(kind, tx.counts(), None, 0));
