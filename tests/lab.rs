@@ -270,6 +270,39 @@ fn nodeport_and_external_ip_reach_every_endpoint_masqueraded() {
     );
 }
 
+/// The security fix of issue 10: a `--nodeport-addresses` list that names only loopback serves
+/// NodePorts on no address (it used to mean "every address"); a list naming the node's address
+/// serves them there.
+#[test]
+fn loopback_only_nodeport_addresses_serve_no_nodeport() {
+    let Some(s) = Scene::build("nodeport_loopback", &cluster()) else {
+        return;
+    };
+    let stderr = s.program_with_warnings(&cluster(), &["--nodeport-addresses", "127.0.0.0/8"]);
+    assert!(
+        stderr.contains("IPv4 NodePorts are not served"),
+        "the operator is told:\n{stderr}"
+    );
+    // Not served: the packet reaches node-a's own stack, where nothing listens.
+    assert_eq!(
+        s.probe("client", tcp("192.168.0.2:30080")),
+        Outcome::Refused
+    );
+    // The Service itself is programmed.
+    let r = s.replies("client", tcp("172.30.0.13:80"), 20);
+    assert_eq!(hosts(&r), set(&WEB));
+
+    let Some(s) = Scene::new(
+        "nodeport_node_address",
+        &cluster(),
+        &["--nodeport-addresses", "192.168.0.2/32"],
+    ) else {
+        return;
+    };
+    let r = s.replies("client", tcp("192.168.0.2:30080"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+}
+
 #[test]
 fn load_balancer_source_ranges_allow_and_refuse() {
     let Some(s) = Scene::new("source_ranges", &cluster(), &[]) else {
