@@ -234,7 +234,7 @@ pub struct Destinations {
 }
 
 /// Whether the reconciler looks at a protocol's entries.
-fn reconciled(proto: L4Proto) -> bool {
+pub(crate) fn reconciled(proto: L4Proto) -> bool {
     matches!(proto, L4Proto::Udp | L4Proto::Sctp)
 }
 

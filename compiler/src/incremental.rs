@@ -118,6 +118,11 @@ pub struct Incremental {
     owners: HashMap<OwnerSlot, Vec<Owner>>,
     /// The sum of every Service's `no_local`.
     no_local: (usize, usize),
+    /// Services with a health-check node port, and Services with a UDP or SCTP port: what
+    /// [`Incremental::health_check_ports`] and [`Incremental::udp_destinations`] read after
+    /// every round, kept so that they need not walk every Service.
+    with_health_check: BTreeSet<Key>,
+    with_udp: BTreeSet<Key>,
     /// The next sync must be [`Sync::Full`].
     full: bool,
     /// ... after re-lowering every Service (first sync, or the node-wide part changed).
@@ -147,6 +152,8 @@ impl Incremental {
             services: BTreeMap::new(),
             owners: HashMap::new(),
             no_local: (0, 0),
+            with_health_check: BTreeSet::new(),
+            with_udp: BTreeSet::new(),
             full: true,
             rebuild: true,
             quarantined: BTreeMap::new(),
@@ -243,6 +250,8 @@ impl Incremental {
         self.services.clear();
         self.owners.clear();
         self.no_local = (0, 0);
+        self.with_health_check.clear();
+        self.with_udp.clear();
         for (f, skeleton) in self.skeletons.iter().enumerate() {
             for (s, set) in skeleton.sets.values().enumerate() {
                 for element in &set.elements {
@@ -327,6 +336,18 @@ impl Incremental {
     fn install(&mut self, lowered: Lowered) {
         self.no_local.0 += lowered.no_local.0 as usize;
         self.no_local.1 += lowered.no_local.1 as usize;
+        if let Some(service) = &lowered.service {
+            if service.health_check_node_port.is_some() {
+                self.with_health_check.insert((*lowered.key).clone());
+            }
+            if service
+                .ports
+                .iter()
+                .any(|p| crate::conntrack::reconciled(p.proto))
+            {
+                self.with_udp.insert((*lowered.key).clone());
+            }
+        }
         for (f, stored) in lowered.fragments.iter().enumerate() {
             for (s, element) in &stored.elements {
                 let owners = self.owners.entry(slot(f, *s, &element.key)).or_default();
@@ -342,6 +363,8 @@ impl Incremental {
         let lowered = self.services.remove(key)?;
         self.no_local.0 -= lowered.no_local.0 as usize;
         self.no_local.1 -= lowered.no_local.1 as usize;
+        self.with_health_check.remove(key);
+        self.with_udp.remove(key);
         for (f, stored) in lowered.fragments.iter().enumerate() {
             for (s, element) in &stored.elements {
                 let id = slot(f, *s, &element.key);
@@ -501,8 +524,8 @@ impl Incremental {
     /// programmed, so it has none. O(Services).
     pub fn health_check_ports(&self) -> BTreeMap<u16, HealthCheck> {
         let mut ports = BTreeMap::new();
-        for (key, lowered) in &self.services {
-            let Some(service) = &lowered.service else {
+        for key in &self.with_health_check {
+            let Some(service) = self.services.get(key).and_then(|l| l.service.as_ref()) else {
                 continue;
             };
             let Some(port) = service.health_check_node_port else {
@@ -544,7 +567,9 @@ impl Incremental {
     pub fn udp_destinations(&self) -> crate::conntrack::Destinations {
         crate::conntrack::Destinations::from_services(
             &self.context.nodeport_addresses,
-            self.services.values().filter_map(|l| l.service.as_ref()),
+            (self.with_udp.iter())
+                .filter_map(|key| self.services.get(key))
+                .filter_map(|l| l.service.as_ref()),
         )
     }
 
