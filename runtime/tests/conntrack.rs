@@ -824,7 +824,9 @@ fn a_fixed_port_udp_client_follows_its_service_once_reconciled() {
         assert_eq!(ask_tcp(&mut tcp), "old");
         assert_eq!(ask(&other), "old");
         let second = ids("after");
-        assert_ne!(first[0], second[0], "the Service flow's entry was replaced");
+        // (The Service flow's new entry may carry the old id: the kernel derives ids from the
+        // entry's address and tuple, and the freed entry's memory is often reused at once.
+        // That it was replaced shows in the answer from the new endpoint above.)
         assert_eq!(
             first[1..],
             second[1..],
