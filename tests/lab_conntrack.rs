@@ -324,7 +324,9 @@ fn udp_flows_follow_a_removed_endpoint_while_tcp_and_other_flows_keep_their_entr
         ids_after.1, ids_before.1,
         "the unrelated flow's entry survives"
     );
-    assert_ne!(ids_after.2, ids_before.2, "the stale entry was replaced");
+    // The Service flow's entry was replaced (it now answers from dns-2, above); its id may be
+    // the old one, which the kernel derives from the entry's address and tuple.
+    assert!(ids_after.2.is_some(), "the Service flow has an entry");
 }
 
 #[test]
