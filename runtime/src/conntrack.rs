@@ -29,6 +29,7 @@ use kube_nft_compiler::conntrack::{Destinations, Stale, Verdict};
 use kube_nft_compiler::ir::Family;
 use tracing::{debug, error, info};
 
+use crate::error_chain;
 use crate::netlink::conntrack::{self as ct, DumpFilter, Entry};
 use crate::netlink::socket::{self, ConntrackSocket, Errno, CONNTRACK_DELETE_BATCH};
 use crate::serve::metrics::Metrics;
@@ -442,17 +443,6 @@ fn take(current: &mut Option<Destinations>, mut next: Destinations) {
         next.inherit(previous);
     }
     *current = Some(next);
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

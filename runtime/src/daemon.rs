@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::conntrack::Reconciler;
+use crate::error_chain;
 use crate::lock::{self, InstanceLock, LockError};
 use crate::netlink::monitor::{self, Monitor};
 use crate::serve::health::{ProxyHealth, Timestamp};
@@ -501,15 +502,4 @@ fn record(
             false
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

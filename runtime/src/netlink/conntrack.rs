@@ -496,30 +496,9 @@ fn tuple(attrs: &Attrs<'_>, family: Family) -> Result<(u8, Tuple, Option<u16>), 
 mod tests {
     use super::*;
 
-    use std::path::Path;
-
-    /// A fixture's bytes: hex pairs, `xx` for masked bytes (read as zero), `#` to the end of
-    /// the line a comment.
+    /// A recorded fixture of `testdata/netlink/conntrack/`.
     fn fixture(name: &str) -> Vec<u8> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/netlink/conntrack")
-            .join(format!("{name}.txt"));
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        text.lines()
-            .flat_map(|line| {
-                line.split('#')
-                    .next()
-                    .unwrap_or_default()
-                    .split_whitespace()
-            })
-            .map(|byte| match byte {
-                "xx" => 0,
-                hex => {
-                    u8::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("{name}: {hex:?}: {e}"))
-                }
-            })
-            .collect()
+        crate::netlink::fixture_bytes("conntrack", name)
     }
 
     fn hex(bytes: &[u8]) -> String {

@@ -738,30 +738,9 @@ impl Monitor {
 mod tests {
     use super::*;
 
-    use std::path::Path;
-
-    /// The messages of a recorded fixture (`testdata/netlink/monitor/<name>.txt`): hex byte
-    /// pairs, `xx` for masked bytes (read as zero), `#` to the end of the line a comment.
+    /// A recorded fixture of `testdata/netlink/monitor/`.
     fn fixture(name: &str) -> Vec<u8> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata/netlink/monitor")
-            .join(format!("{name}.txt"));
-        let text =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        text.lines()
-            .flat_map(|line| {
-                line.split('#')
-                    .next()
-                    .unwrap_or_default()
-                    .split_whitespace()
-            })
-            .map(|byte| match byte {
-                "xx" => 0,
-                hex => {
-                    u8::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("{name}: {hex:?}: {e}"))
-                }
-            })
-            .collect()
+        crate::netlink::fixture_bytes("monitor", name)
     }
 
     fn records(tracker: &mut Tracker, bytes: &[u8]) -> Vec<Record> {

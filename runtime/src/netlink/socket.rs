@@ -207,6 +207,24 @@ fn describe_rejections(rejections: &[Rejection]) -> String {
     }
 }
 
+/// A `NETLINK_NETFILTER` socket bound to an automatic port id, asking for capped ACKs (errors
+/// echo only the failing message's header, not its whole body) and extended ACKs (error
+/// strings and attribute offsets). Both are best effort: kernels without them still report
+/// errors.
+fn open_netfilter() -> Result<netlink_sys::Socket, Error> {
+    let mut socket =
+        netlink_sys::Socket::new(NETLINK_NETFILTER).map_err(|err| match err.raw_os_error() {
+            Some(errno @ (libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)) => Error::NotAvailable {
+                errno: Errno(errno),
+            },
+            _ => Error::Open(err),
+        })?;
+    socket.bind_auto().map_err(Error::Open)?;
+    let _ = socket.set_cap_ack(true);
+    let _ = socket.set_ext_ack(true);
+    Ok(socket)
+}
+
 /// A `NETLINK_NETFILTER` socket bound to an automatic port id.
 pub struct Socket {
     socket: netlink_sys::Socket,
@@ -227,17 +245,7 @@ impl Socket {
     /// message's header, not its whole body) and extended ACKs (error strings and attribute
     /// offsets). Both are best effort: kernels without them still report errors.
     pub fn open() -> Result<Socket, Error> {
-        let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER).map_err(|err| {
-            match err.raw_os_error() {
-                Some(errno @ (libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)) => Error::NotAvailable {
-                    errno: Errno(errno),
-                },
-                _ => Error::Open(err),
-            }
-        })?;
-        socket.bind_auto().map_err(Error::Open)?;
-        let _ = socket.set_cap_ack(true);
-        let _ = socket.set_ext_ack(true);
+        let socket = open_netfilter()?;
         Ok(Socket {
             socket,
             next_seq: 1,
@@ -910,17 +918,7 @@ impl ConntrackSocket {
     /// Opens and binds the socket in the calling thread's network namespace, with capped and
     /// extended ACKs and a receive buffer for a batch of answers.
     pub fn open() -> Result<ConntrackSocket, Error> {
-        let mut socket = netlink_sys::Socket::new(NETLINK_NETFILTER).map_err(|err| {
-            match err.raw_os_error() {
-                Some(errno @ (libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)) => Error::NotAvailable {
-                    errno: Errno(errno),
-                },
-                _ => Error::Open(err),
-            }
-        })?;
-        socket.bind_auto().map_err(Error::Open)?;
-        let _ = socket.set_cap_ack(true);
-        let _ = socket.set_ext_ack(true);
+        let socket = open_netfilter()?;
         let fd = socket.as_raw_fd();
         if set_int_option(fd, libc::SO_RCVBUFFORCE, CONNTRACK_RECEIVE_BUFFER).is_err() {
             let _ = set_int_option(fd, libc::SO_RCVBUF, CONNTRACK_RECEIVE_BUFFER);

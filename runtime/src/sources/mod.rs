@@ -208,21 +208,7 @@ impl Update {
     }
 }
 
-/// An error and its sources on one line, `outer: inner: innermost`, skipping a source whose
-/// text the previous one already contains (many error types repeat their source).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use crate::error_chain;
 
 #[cfg(test)]
 mod tests {
