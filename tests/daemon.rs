@@ -506,3 +506,29 @@ fn bad_objects_are_reported_and_the_rest_is_programmed() {
         assert_eq!(rejected, 99, "the other 99 ports reject");
     });
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    if !can_run("json_logs_are_one_object_per_line") {
+        return;
+    }
+    in_netns(|_| {
+        loopback_up();
+        let folder = Folder::new();
+        write_cluster(&folder, &uniform(2));
+        let mut d = daemon(&folder, &["--log-format", "json"]);
+        d.wait_log("\"synced\"", 1, CONVERGE)
+            .expect("a sync is logged");
+        let mut lines = 0;
+        for line in d.log().lines() {
+            let entry: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+            assert!(
+                entry["level"].is_string() && entry["fields"]["message"].is_string(),
+                "{line}"
+            );
+            lines += 1;
+        }
+        assert!(lines >= 3, "started, lists complete, synced: {lines} lines");
+    });
+}
