@@ -116,35 +116,15 @@ impl Scene {
 
     /// `n` probes that must all be answered.
     fn replies(&self, from: &str, probe: Probe, n: usize) -> Vec<Reply> {
-        (0..n)
-            .map(|i| match self.probe(from, probe) {
-                Outcome::Reply(r) => r,
-                other => panic!(
-                    "{from} -> {:?} {}: probe {i}: {other}",
-                    probe.proto, probe.dst
-                ),
-            })
-            .collect()
+        replies(&self.lab, from, probe, n)
     }
 
-    /// Every reply saw a node's address as its source: the connection was masqueraded.
     fn assert_masqueraded(&self, replies: &[Reply], what: &str) {
-        let seen = sources(replies);
-        let topo = self.lab.topology();
-        assert!(
-            seen.iter().all(|a| topo.is_node_addr(*a)),
-            "{what}: not masqueraded, the endpoint saw {seen:?}"
-        );
+        assert_masqueraded(&self.lab, replies, what);
     }
 
-    /// The first address of `host` of the family (`v4`) given: its default source.
     fn addr(&self, host: &str, v4: bool) -> IpAddr {
-        let h = self.lab.topology().host(host).expect("host");
-        h.addrs
-            .iter()
-            .copied()
-            .find(|a| a.is_ipv4() == v4)
-            .expect("an address of the family")
+        host_addr(&self.lab, host, v4)
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use kube_nft_lab::{Probe, Proto, Reply};
+use kube_nft_lab::{Lab, Outcome, Probe, Proto, Reply};
 use kube_nft_testkit::golden::repo_root;
 
 /// Probes per balancing check: the chance that one of three equally likely endpoints is never
@@ -106,4 +106,37 @@ pub(crate) fn live_cluster(endpoints: &[u8], others: &[u8]) -> String {
         ));
     }
     docs.join("\n---\n")
+}
+
+/// `n` probes from `from` that must all be answered.
+pub(crate) fn replies(lab: &Lab, from: &str, probe: Probe, n: usize) -> Vec<Reply> {
+    (0..n)
+        .map(|i| match lab.probe(from, &probe) {
+            Outcome::Reply(r) => r,
+            other => panic!(
+                "{from} -> {:?} {}: probe {i}: {other}",
+                probe.proto, probe.dst
+            ),
+        })
+        .collect()
+}
+
+/// Every reply saw a node's address as its source: the connection was masqueraded.
+pub(crate) fn assert_masqueraded(lab: &Lab, replies: &[Reply], what: &str) {
+    let seen = sources(replies);
+    let topo = lab.topology();
+    assert!(
+        seen.iter().all(|a| topo.is_node_addr(*a)),
+        "{what}: not masqueraded, the endpoint saw {seen:?}"
+    );
+}
+
+/// The first address of lab host `host` of the family (`v4`) given: its default source.
+pub(crate) fn host_addr(lab: &Lab, host: &str, v4: bool) -> IpAddr {
+    let h = lab.topology().host(host).expect("host");
+    h.addrs
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4() == v4)
+        .expect("an address of the family")
 }
