@@ -241,9 +241,7 @@ impl fmt::Debug for Socket {
 }
 
 impl Socket {
-    /// Opens and binds the socket, asking for capped ACKs (errors echo only the failing
-    /// message's header, not its whole body) and extended ACKs (error strings and attribute
-    /// offsets). Both are best effort: kernels without them still report errors.
+    /// Opens and binds the socket (see [`open_netfilter`] for the ACK options).
     pub fn open() -> Result<Socket, Error> {
         let socket = open_netfilter()?;
         Ok(Socket {
@@ -652,9 +650,7 @@ impl Subscription {
                 _ => Error::Open(err),
             })?;
         let fd = socket.as_raw_fd();
-        if set_int_option(fd, libc::SO_RCVBUFFORCE, receive_buffer).is_err() {
-            set_int_option(fd, libc::SO_RCVBUF, receive_buffer).map_err(Error::Open)?;
-        }
+        set_receive_buffer(fd, receive_buffer).map_err(Error::Open)?;
         Ok(Subscription {
             netns: netns_cookie(fd),
             port: addr.port_number(),
@@ -717,6 +713,13 @@ impl Subscription {
             },
         }
     }
+}
+
+/// A receive buffer of `size` bytes: `SO_RCVBUFFORCE` ignores `net.core.rmem_max` but needs
+/// CAP_NET_ADMIN; without it, `SO_RCVBUF` (capped by that sysctl).
+fn set_receive_buffer(fd: std::os::fd::RawFd, size: usize) -> io::Result<()> {
+    set_int_option(fd, libc::SO_RCVBUFFORCE, size)
+        .or_else(|_| set_int_option(fd, libc::SO_RCVBUF, size))
 }
 
 /// `setsockopt(SOL_SOCKET, option, size)` for an int-valued option.
@@ -919,10 +922,8 @@ impl ConntrackSocket {
     /// extended ACKs and a receive buffer for a batch of answers.
     pub fn open() -> Result<ConntrackSocket, Error> {
         let socket = open_netfilter()?;
-        let fd = socket.as_raw_fd();
-        if set_int_option(fd, libc::SO_RCVBUFFORCE, CONNTRACK_RECEIVE_BUFFER).is_err() {
-            let _ = set_int_option(fd, libc::SO_RCVBUF, CONNTRACK_RECEIVE_BUFFER);
-        }
+        // Best effort: a smaller buffer only means fewer deletes answered per read.
+        let _ = set_receive_buffer(socket.as_raw_fd(), CONNTRACK_RECEIVE_BUFFER);
         Ok(ConntrackSocket {
             socket,
             next_seq: 1,
