@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kube_nft_compiler::ir::{Family, Ruleset};
+use kube_nft_compiler::ir::{self, ElemData, Family, L4Proto, Ruleset, Verdict};
 use kube_nft_compiler::model::{load, Source};
 use kube_nft_compiler::{compile, Config};
 use kube_nft_runtime::readback;
@@ -487,13 +487,23 @@ fn bad_objects_are_reported_and_the_rest_is_programmed() {
         // The Service with 100 ports: port 1 has the slice's 1,000 endpoints, the 99 others
         // none (rejected), all programmed.
         let table = &kernel().tables[0];
+        let dispatched = table.sets["service-ips"].elements.iter().find(|e| {
+            e.comment.as_deref() == Some("ns/hundred-ports:p1")
+                && matches!(e.data, Some(ElemData::Verdict(Verdict::Goto(_))))
+        });
         assert!(
-            table
-                .chains
-                .keys()
-                .any(|n| n.ends_with("-ns/hundred-ports/tcp/1")),
-            "port 1 of the Service with 100 ports has its chain"
+            dispatched.is_some(),
+            "port 1 of the Service with 100 ports is dispatched to its endpoints"
         );
+        let slots = table.sets["backends"].elements.iter().filter(|e| {
+            e.key[..3]
+                == [
+                    ir::Value::Addr("172.30.9.2".parse().unwrap()),
+                    ir::Value::Proto(L4Proto::Tcp),
+                    ir::Value::Port(1),
+                ]
+        });
+        assert_eq!(slots.count(), 1000, "one backend slot per endpoint");
         let rejected = table.sets["no-endpoint-services"]
             .elements
             .iter()

@@ -308,9 +308,20 @@ fn side_by_side_with_service_proxy_name() {
         };
         let done = wait_until(CONVERGE, Duration::from_millis(25), || kernel() == want);
         assert!(done.is_some(), "side-by-side ruleset");
-        let chains: Vec<String> = kernel().tables[0].chains.keys().cloned().collect();
-        assert!(chains.iter().any(|c| c.contains("ns/svc1/")), "{chains:?}");
-        assert!(!chains.iter().any(|c| c.contains("ns/svc0/")), "{chains:?}");
+        let table = &kernel().tables[0];
+        let owners: Vec<&str> = table.sets["service-ips"]
+            .elements
+            .iter()
+            .filter_map(|e| e.comment.as_deref())
+            .collect();
+        assert!(
+            owners.iter().any(|c| c.starts_with("ns/svc1:")),
+            "{owners:?}"
+        );
+        assert!(
+            !owners.iter().any(|c| c.starts_with("ns/svc0:")),
+            "{owners:?}"
+        );
     });
 }
 

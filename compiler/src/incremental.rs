@@ -56,15 +56,19 @@ struct Lowered {
     /// The Service as assembled for this node (for the checks across Services).
     service: Option<crate::graph::Service>,
     fragments: [Stored; 2],
+    /// The shared chains of `fragments`, until [`Incremental::install`] registers them.
+    shared: [Vec<crate::ir::Chain>; 2],
     diags: Vec<Diagnostic>,
     /// Service ports with a Local policy and no local endpoint: (external, internal).
     no_local: (u32, u32),
 }
 
-/// A [`Fragment`] with its global elements keyed by set index.
+/// A [`Fragment`] with its global elements keyed by set index, and the shared DNAT chains it
+/// enters by name only (their one copy is in [`Incremental::shared`]).
 #[derive(Debug, Default)]
 struct Stored {
     chains: Vec<crate::ir::Chain>,
+    shared: Vec<String>,
     sets: Vec<crate::ir::Set>,
     elements: Vec<(u8, Element)>,
 }
@@ -116,6 +120,9 @@ pub struct Incremental {
     set_names: [Vec<String>; 2],
     services: BTreeMap<Key, Lowered>,
     owners: HashMap<OwnerSlot, Vec<Owner>>,
+    /// Per family, the shared DNAT chains (`clusterip-random-3`) with the number of installed
+    /// Services that enter each: a chain exists while that count is above zero.
+    shared: [HashMap<String, (usize, crate::ir::Chain)>; 2],
     /// The sum of every Service's `no_local`.
     no_local: (usize, usize),
     /// Services with a health-check node port, and Services with a UDP or SCTP port: what
@@ -151,6 +158,7 @@ impl Incremental {
             set_names: [Vec::new(), Vec::new()],
             services: BTreeMap::new(),
             owners: HashMap::new(),
+            shared: Default::default(),
             no_local: (0, 0),
             with_health_check: BTreeSet::new(),
             with_udp: BTreeSet::new(),
@@ -249,6 +257,7 @@ impl Incremental {
     fn rebuild_services(&mut self) {
         self.services.clear();
         self.owners.clear();
+        self.shared = Default::default();
         self.no_local = (0, 0);
         self.with_health_check.clear();
         self.with_udp.clear();
@@ -289,6 +298,7 @@ impl Incremental {
             return None;
         }
         let mut fragments: [Stored; 2] = Default::default();
+        let mut shared: [Vec<crate::ir::Chain>; 2] = Default::default();
         let mut no_local = (0, 0);
         if let Some(service) = &service {
             let reachable = !service.external_ips.is_empty() || !service.lb_ips.is_empty();
@@ -301,19 +311,20 @@ impl Incremental {
                 let ctx = lower::family_ctx(&self.context, &self.config, family);
                 let fragment =
                     lower::lower_service(&self.skeletons[f], &mut self.scratch[f], &ctx, service);
-                fragments[f] = self.store(f, fragment);
+                (fragments[f], shared[f]) = self.store(f, fragment);
             }
         }
         Some(Lowered {
             key: Arc::new(key.clone()),
             service,
             fragments,
+            shared,
             diags,
             no_local,
         })
     }
 
-    fn store(&self, f: usize, fragment: Fragment) -> Stored {
+    fn store(&self, f: usize, fragment: Fragment) -> (Stored, Vec<crate::ir::Chain>) {
         let names = &self.set_names[f];
         let elements = fragment
             .elements
@@ -326,14 +337,26 @@ impl Incremental {
                 (index as u8, element)
             })
             .collect();
-        Stored {
-            chains: fragment.chains,
+        let (shared, chains): (Vec<_>, Vec<_>) = fragment
+            .chains
+            .into_iter()
+            .partition(|c| crate::ir::names::is_dnat_chain(&c.name));
+        let stored = Stored {
+            chains,
+            shared: shared.iter().map(|c| c.name.clone()).collect(),
             sets: fragment.sets,
             elements,
-        }
+        };
+        (stored, shared)
     }
 
-    fn install(&mut self, lowered: Lowered) {
+    fn install(&mut self, mut lowered: Lowered) {
+        for (f, chains) in lowered.shared.iter_mut().enumerate() {
+            for chain in chains.drain(..) {
+                let entry = self.shared[f].entry(chain.name.clone());
+                entry.or_insert((0, chain)).0 += 1;
+            }
+        }
         self.no_local.0 += lowered.no_local.0 as usize;
         self.no_local.1 += lowered.no_local.1 as usize;
         if let Some(service) = &lowered.service {
@@ -366,6 +389,14 @@ impl Incremental {
         self.with_health_check.remove(key);
         self.with_udp.remove(key);
         for (f, stored) in lowered.fragments.iter().enumerate() {
+            for name in &stored.shared {
+                if let Some(entry) = self.shared[f].get_mut(name) {
+                    entry.0 -= 1;
+                    if entry.0 == 0 {
+                        self.shared[f].remove(name);
+                    }
+                }
+            }
             for (s, element) in &stored.elements {
                 let id = slot(f, *s, &element.key);
                 if let Some(owners) = self.owners.get_mut(&id) {
@@ -408,6 +439,7 @@ impl Incremental {
         let mut before = self.partial();
         let mut after = self.partial();
         let mut touched: BTreeSet<ElemId> = BTreeSet::new();
+        let mut touched_chains: BTreeSet<(usize, String)> = BTreeSet::new();
         let mut fresh = Vec::new();
         for key in keys {
             let new = self.lower(key);
@@ -427,11 +459,15 @@ impl Incremental {
                     for (s, element) in &stored.elements {
                         touched.insert((f as u8, *s, element.key.clone()));
                     }
+                    for name in &stored.shared {
+                        touched_chains.insert((f, name.clone()));
+                    }
                 }
             }
             fresh.push((key.clone(), new));
         }
         self.fill(&mut before, &touched);
+        self.fill_shared(&mut before, &touched_chains);
         for (key, new) in fresh {
             self.uninstall(&key);
             if let Some(new) = new {
@@ -439,7 +475,19 @@ impl Incremental {
             }
         }
         self.fill(&mut after, &touched);
+        self.fill_shared(&mut after, &touched_chains);
         (before, after)
+    }
+
+    /// Adds the touched shared chains that exist now (some installed Service enters them).
+    fn fill_shared(&self, partial: &mut Ruleset, touched: &BTreeSet<(usize, String)>) {
+        for (f, name) in touched {
+            if let Some((_, chain)) = self.shared[*f].get(name) {
+                partial.tables[*f]
+                    .chains
+                    .insert(name.clone(), chain.clone());
+            }
+        }
     }
 
     /// Tables with the skeleton's identity and no contents.
@@ -477,6 +525,9 @@ impl Incremental {
     pub fn ruleset(&self) -> Ruleset {
         let mut tables: Vec<Table> = self.skeletons.to_vec();
         for (f, table) in tables.iter_mut().enumerate() {
+            for (name, (_, chain)) in &self.shared[f] {
+                table.chains.insert(name.clone(), chain.clone());
+            }
             for lowered in self.services.values() {
                 let stored = &lowered.fragments[f];
                 for chain in &stored.chains {

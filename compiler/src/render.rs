@@ -20,8 +20,8 @@
 use std::fmt::{self, Display, Formatter};
 
 use crate::ir::{
-    CmpOp, DataType, ElemData, Element, Expr, FibAddr, NatTarget, NumgenMode, Rule, Ruleset, Set,
-    SetFlags, Stmt, Table, Value, Verdict,
+    CmpOp, DataType, ElemData, Element, Expr, Family, FibAddr, NatTarget, NumgenMode, Rule,
+    Ruleset, Set, SetFlags, Stmt, Table, Value, Verdict,
 };
 use crate::Compiled;
 
@@ -121,7 +121,12 @@ fn write_table(f: &mut Formatter<'_>, table: &Table) -> fmt::Result {
 
     for set in table.sets.values() {
         let kind = if set.is_map() { "map" } else { "set" };
-        writeln!(f, "add {kind} {t} {} {{ {} }}", set.name, SetBody(set))?;
+        writeln!(
+            f,
+            "add {kind} {t} {} {{ {} }}",
+            set.name,
+            SetBody(set, table.family)
+        )?;
     }
 
     for chain in table.chains.values() {
@@ -143,15 +148,22 @@ fn write_table(f: &mut Formatter<'_>, table: &Table) -> fmt::Result {
     Ok(())
 }
 
-/// `type K . K : D; flags …; timeout Ns; comment "…";`
-struct SetBody<'a>(&'a Set);
+/// `type K . K : D; flags …; timeout Ns; comment "…";` (or `typeof …` for sets that need it).
+struct SetBody<'a>(&'a Set, Family);
 
 impl Display for SetBody<'_> {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         let set = self.0;
-        write!(f, "type {}", Types(&set.key))?;
-        if set.is_map() {
-            write!(f, " : {}", Types(&set.data))?;
+        if set.needs_typeof() {
+            write!(f, "typeof {}", Typeof(&set.key, self.1))?;
+            if set.is_map() {
+                write!(f, " : {}", Typeof(&set.data, self.1))?;
+            }
+        } else {
+            write!(f, "type {}", Types(&set.key))?;
+            if set.is_map() {
+                write!(f, " : {}", Types(&set.data))?;
+            }
         }
         f.write_str(";")?;
         let SetFlags {
@@ -175,6 +187,25 @@ impl Display for SetBody<'_> {
         }
         if let Some(c) = &set.comment {
             write!(f, " comment {};", Quoted(c))?;
+        }
+        Ok(())
+    }
+}
+
+/// The canonical `typeof` expressions of data types, joined with ` . ` (see
+/// [`crate::ir::typeof_expr`]).
+struct Typeof<'a>(&'a [DataType], Family);
+
+impl Display for Typeof<'_> {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        for (i, ty) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" . ")?;
+            }
+            match crate::ir::typeof_expr(*ty, self.1) {
+                Some(expr) => write!(f, "{}", ExprText(&expr))?,
+                None => f.write_str(ty.keyword())?,
+            }
         }
         Ok(())
     }
@@ -327,6 +358,9 @@ impl Display for NatText<'_> {
                     write!(f, "{i} : {addr} . {port}")?;
                 }
                 f.write_str(" }")
+            }
+            NatTarget::Map { family, key, map } => {
+                write!(f, "dnat {family} to {} map @{map}", ExprText(key))
             }
         }
     }

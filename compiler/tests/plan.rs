@@ -78,7 +78,17 @@ fn every_golden_ruleset_plans_to_every_other() {
 
 /// The counts of the plan from `uniform(n)` to `uniform(n)` changed by `change`.
 fn counts_after(n: usize, change: impl Fn(&mut Vec<Svc>)) -> String {
-    let before = uniform(n);
+    counts_between(n, |_| {}, change)
+}
+
+/// The same, from `uniform(n)` changed by `setup`.
+fn counts_between(
+    n: usize,
+    setup: impl Fn(&mut Vec<Svc>),
+    change: impl Fn(&mut Vec<Svc>),
+) -> String {
+    let mut before = uniform(n);
+    setup(&mut before);
     let mut after = before.clone();
     change(&mut after);
     let tx = check(&ruleset(&before), &ruleset(&after));
@@ -103,77 +113,87 @@ const CLUSTER_IP: usize = 4;
 const NODE_PORT: usize = 5;
 
 #[test]
-fn adding_an_endpoint_rewrites_one_chain_and_adds_its_hairpin_pair() {
-    // Flush the service chain, add the ClusterIP masquerade rule and 4 cascade rules; one
-    // hairpin element for the new endpoint. The service-ips element does not change.
+fn adding_an_endpoint_changes_slots_and_the_dispatch_element() {
+    // Endpoints are sorted, so the new one (10.1.4.4) takes slot 2 and the old slot 2 moves to
+    // slot 3: slot 2 is replaced and slot 3 added in `backends`, one hairpin pair is added, and
+    // the service-ips element is replaced to enter `clusterip-random-4` instead of `…-3`. In
+    // this uniform cluster (3 endpoints each) no Service used that chain yet: it is created
+    // with its 2 rules.
     assert_counts(
         |c| c[CLUSTER_IP].endpoints.push(Ep::ready(4, 1)),
-        "add rule 5, add element 1, flush chain 1",
+        "add chain 1, add rule 2, add element 4, delete element 2",
     );
+    // Where another ClusterIP Service already has 4 endpoints, the chain exists: elements only.
+    for n in [20, 200] {
+        let counts = counts_between(
+            n,
+            |c| c[CLUSTER_IP + 2].endpoints.push(Ep::ready(9, 1)),
+            |c| c[CLUSTER_IP].endpoints.push(Ep::ready(4, 1)),
+        );
+        assert_eq!(counts, "add element 4, delete element 2", "{n} Services");
+    }
 }
 
 #[test]
-fn removing_an_endpoint_rewrites_one_chain_and_deletes_its_hairpin_pair() {
+fn removing_an_endpoint_changes_slots_and_the_dispatch_element() {
+    // The last slot and the endpoint's hairpin pair go; the service-ips element is replaced to
+    // enter `clusterip-random-2`, created with its 2 rules (unused before in this cluster).
     assert_counts(
         |c| {
             c[CLUSTER_IP].endpoints.pop();
         },
-        "add rule 3, flush chain 1, delete element 1",
+        "add chain 1, add rule 2, add element 1, delete element 3",
     );
 }
 
 #[test]
-fn adding_a_service_adds_its_chain_rules_and_elements() {
-    // svc-N is a ClusterIP Service (N even): one service chain with 1 + 3 rules; elements:
-    // cluster-ips, service-ips and three hairpin pairs.
+fn adding_a_service_adds_elements_only() {
+    // svc-N is a ClusterIP Service (N even) with 3 endpoints, like others: it enters the
+    // existing `clusterip-random-3`; elements: cluster-ips, service-ips, three slots and three
+    // hairpin pairs.
     for n in [20, 200] {
         let before = uniform(n);
         let mut after = before.clone();
         after.push(Svc::new(Kind::ClusterIp));
         let tx = check(&ruleset(&before), &ruleset(&after));
-        assert_eq!(
-            tx.counts().to_string(),
-            "add chain 1, add rule 4, add element 5"
-        );
-        // And the reverse: the chain is flushed, then deleted after its element is gone.
+        assert_eq!(tx.counts().to_string(), "add element 8");
+        // And the reverse.
         let tx = check(&ruleset(&after), &ruleset(&before));
-        assert_eq!(
-            tx.counts().to_string(),
-            "flush chain 1, delete chain 1, delete element 5"
-        );
+        assert_eq!(tx.counts().to_string(), "delete element 8");
     }
 }
 
 #[test]
-fn a_service_without_endpoints_loses_its_chain_and_rejects() {
-    // The service-ips element and the three hairpin pairs go, a no-endpoint-services element
-    // (reject) comes; the chain is flushed and deleted. The ClusterIP stays in cluster-ips.
+fn a_service_without_endpoints_loses_its_elements_and_rejects() {
+    // The service-ips element, the three slots and the three hairpin pairs go, a
+    // no-endpoint-services element (reject) comes. The ClusterIP stays in cluster-ips and the
+    // shared chain stays for the other Services.
     assert_counts(
         |c| c[CLUSTER_IP].endpoints.clear(),
-        "add element 1, flush chain 1, delete chain 1, delete element 4",
+        "add element 1, delete element 7",
     );
 }
 
 #[test]
-fn external_traffic_policy_local_adds_a_local_chain_and_rewrites_the_external_one() {
-    // New local chain with its one node-local endpoint (1 rule, no masquerade rule: iTP is
-    // Cluster); the external chain is rewritten with the 4 eTP=Local rules (pod sources to the
-    // service chain; host sources masqueraded, then to the service chain; everything else to
-    // the local chain). The map elements keep pointing at the same chains.
+fn external_traffic_policy_local_moves_the_nodeport_to_the_local_chains() {
+    // The service-nodeports element is replaced to enter `nodeport-from-node-random-3` (this
+    // node's pods and the node itself: all 3 endpoints); clients elsewhere are sent by a new
+    // external-local-nodeports element to `nodeport-local-random-1` with the one node-local
+    // endpoint in nodeport-local-backends. Both chains are new in this cluster (2 + 1 rules);
+    // the Cluster slots stay.
     assert_counts(
         |c| c[NODE_PORT].etp_local = true,
-        "add chain 1, add rule 5, flush chain 1",
+        "add chain 2, add rule 3, add element 3, delete element 1",
     );
 }
 
 #[test]
-fn changing_the_cluster_ip_moves_two_elements_and_rewrites_the_masquerade_rule() {
-    // cluster-ips and service-ips elements are deleted and added with the new address; the
-    // chain keeps its name (it is named by port, not address) but its ClusterIP masquerade
-    // rule names the address, so it is rewritten: 1 + 3 rules.
+fn changing_the_cluster_ip_moves_its_elements_only() {
+    // cluster-ips, service-ips and the three slots are deleted and added with the new address;
+    // the shared chain does not name addresses.
     assert_counts(
         |c| c[CLUSTER_IP].moved_ip = true,
-        "add rule 4, add element 2, flush chain 1, delete element 2",
+        "add element 5, delete element 5",
     );
 }
 

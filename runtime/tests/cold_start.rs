@@ -71,7 +71,7 @@ fn a_split_cold_start_hooks_last_and_ends_like_one_transaction() {
     let n = check("every-form", &every_form_ruleset(), 7);
     assert!(n > 5, "every-form: only {n} transactions");
     let cluster = synthetic::generate(60, 4, synthetic::SEED).ruleset();
-    let n = check("synthetic-60", &cluster, 40);
+    let n = check("synthetic-60", &cluster, 15);
     assert!(n > 10, "synthetic-60: only {n} transactions");
 }
 

@@ -313,6 +313,19 @@ pub enum NatTarget {
         /// `index : addr . port`, indexes `0..N` in order.
         targets: Vec<(IpAddr, u16)>,
     },
+    /// `dnat ip to KEY map @MAP`: the endpoint address and port looked up in a named data map
+    /// (`… : addr . port`) by a key computed from the packet, typically the frontend
+    /// (`ip daddr . meta l4proto . th dport`) and a slot (`numgen random mod K`). A key that is
+    /// not in the map ends the rule without a DNAT. The key names the transport protocol, so
+    /// the port needs no `meta l4proto` match before it.
+    Map {
+        /// The family of the address (`dnat ip to` / `dnat ip6 to`), the table's.
+        family: Family,
+        /// The lookup key (usually a concatenation).
+        key: Expr,
+        /// A map whose data is `addr . inet_service` of the table's family.
+        map: String,
+    },
 }
 
 /// A verdict.
@@ -592,6 +605,33 @@ pub struct Set {
     pub elements: Vec<Element>,
 }
 
+/// The expression nft's `typeof` declaration names for a key or data part of this type.
+///
+/// nft 1.0.6 refuses `type integer` inside a concatenation (an integer has no fixed width), so a
+/// set whose key holds a `numgen` or `jhash` slot must be declared with `typeof`; its parts then
+/// are expressions, and nft reads the widths from them. Every such set in this project is keyed
+/// by a frontend (`ip daddr . meta l4proto . th dport`, or `meta l4proto . th dport` for a
+/// NodePort) and a slot, with `addr . port` data, so one canonical expression per type serves
+/// them all: it only declares the type, the rules that use the set may compute the parts in any
+/// way (`numgen random mod 3`, `jhash ip saddr mod 3 seed 0x0`). [`SLOT_TYPEOF_MODULUS`] is
+/// the modulus the declaration prints.
+pub fn typeof_expr(ty: DataType, family: Family) -> Option<Expr> {
+    Some(match ty {
+        DataType::Ipv4Addr | DataType::Ipv6Addr => Expr::Daddr(family),
+        DataType::InetProto => Expr::L4Proto,
+        DataType::InetService => Expr::Dport,
+        DataType::Integer => Expr::Numgen {
+            mode: NumgenMode::Random,
+            modulus: SLOT_TYPEOF_MODULUS,
+        },
+        _ => return None,
+    })
+}
+
+/// The modulus of the `numgen` in a `typeof` declaration (see [`typeof_expr`]); it declares a
+/// 32-bit integer and bounds nothing.
+pub const SLOT_TYPEOF_MODULUS: u32 = 65536;
+
 impl Set {
     /// A set (`data` empty) or map with no flags, timeout, comment or elements.
     pub fn new(name: impl Into<String>, key: Vec<DataType>, data: Vec<DataType>) -> Set {
@@ -609,6 +649,12 @@ impl Set {
     /// Whether this is a map (has data).
     pub fn is_map(&self) -> bool {
         !self.data.is_empty()
+    }
+
+    /// Whether nft must declare this set with `typeof` (see [`typeof_expr`]): its key holds an
+    /// integer.
+    pub fn needs_typeof(&self) -> bool {
+        self.key.contains(&DataType::Integer)
     }
 }
 

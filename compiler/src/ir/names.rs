@@ -74,6 +74,90 @@ pub fn is_service_port_chain(name: &str) -> bool {
     })
 }
 
+/// The way into a shared DNAT chain (see [`dnat_chain`]): which frontends lead there and which
+/// endpoint list it picks from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DnatEntry {
+    /// A ClusterIP, picking from the Cluster list (`clusterip-…`).
+    ClusterIp,
+    /// A ClusterIP with `internalTrafficPolicy: Local`, picking from the local list
+    /// (`clusterip-local-…`).
+    ClusterIpLocal,
+    /// An externalIP or LoadBalancer IP (`external-…`) or a NodePort (`nodeport-…`) with
+    /// `externalTrafficPolicy: Cluster`.
+    External {
+        /// A NodePort rather than an address.
+        nodeport: bool,
+    },
+    /// The same with `externalTrafficPolicy: Local`, for traffic from this node (its pods and
+    /// itself), which still goes to every endpoint (`external-from-node-…`,
+    /// `nodeport-from-node-…`).
+    ExternalFromNode {
+        /// A NodePort rather than an address.
+        nodeport: bool,
+    },
+    /// The same with `externalTrafficPolicy: Local`, for clients elsewhere: the local list
+    /// (`external-local-…`, `nodeport-local-…`).
+    ExternalLocal {
+        /// A NodePort rather than an address.
+        nodeport: bool,
+    },
+}
+
+impl DnatEntry {
+    /// The name prefix.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            DnatEntry::ClusterIp => "clusterip",
+            DnatEntry::ClusterIpLocal => "clusterip-local",
+            DnatEntry::External { nodeport: false } => "external",
+            DnatEntry::External { nodeport: true } => "nodeport",
+            DnatEntry::ExternalFromNode { nodeport: false } => "external-from-node",
+            DnatEntry::ExternalFromNode { nodeport: true } => "nodeport-from-node",
+            DnatEntry::ExternalLocal { nodeport: false } => "external-local",
+            DnatEntry::ExternalLocal { nodeport: true } => "nodeport-local",
+        }
+    }
+}
+
+/// The scheduler words of shared DNAT chain names.
+const DNAT_SCHEDULERS: [&str; 2] = ["random", "source-hash"];
+
+/// A shared DNAT chain: `<entry>-<scheduler>-<K>`, e.g. `clusterip-random-3`. Every service port
+/// entered the same way, balanced by the same scheduler over K endpoints uses the same chain; the
+/// endpoints themselves are map data (see `lower`).
+pub fn dnat_chain(entry: DnatEntry, scheduler: &str, endpoints: usize) -> String {
+    debug_assert!(DNAT_SCHEDULERS.contains(&scheduler));
+    format!("{}-{scheduler}-{endpoints}", entry.prefix())
+}
+
+/// Whether `name` is a shared DNAT chain ([`dnat_chain`]). Like a service port chain it may be
+/// unreachable: its only user lost a shared address to another Service.
+pub fn is_dnat_chain(name: &str) -> bool {
+    let Some((head, count)) = name.rsplit_once('-') else {
+        return false;
+    };
+    !count.is_empty()
+        && count.bytes().all(|b| b.is_ascii_digit())
+        && DNAT_SCHEDULERS.iter().any(|s| {
+            head.strip_suffix(s)
+                .and_then(|entry| entry.strip_suffix('-'))
+                .is_some_and(|entry| {
+                    [
+                        "clusterip",
+                        "clusterip-local",
+                        "external",
+                        "nodeport",
+                        "external-from-node",
+                        "nodeport-from-node",
+                        "external-local",
+                        "nodeport-local",
+                    ]
+                    .contains(&entry)
+                })
+        })
+}
+
 /// Per (service port, endpoint) ClientIP affinity set.
 pub fn affinity_set(id: &ServicePortId<'_>, addr: IpAddr, port: u16) -> String {
     let addr = addr.to_string().replace(':', ".");

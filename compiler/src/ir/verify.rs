@@ -173,11 +173,24 @@ impl<'a> TableCheck<'a, '_> {
             self.err(&object, "no key type");
         }
         for ty in &set.key {
-            match ty {
-                // `type integer` has no width, so nft refuses it ("use typeof").
-                DataType::Integer => self.err(&object, "integer keys need `typeof`; not supported"),
-                DataType::Verdict => self.err(&object, "a verdict cannot be a key"),
-                _ => {}
+            if *ty == DataType::Verdict {
+                self.err(&object, "a verdict cannot be a key");
+            }
+        }
+        if set.needs_typeof() {
+            // `type integer` has no width, so nft refuses it; such a set is declared with the
+            // canonical `typeof` expressions (`ir::typeof_expr`), which every part must have.
+            let family = self.table.family;
+            for ty in set.key.iter().chain(&set.data) {
+                if crate::ir::typeof_expr(*ty, family).is_none() {
+                    self.err(
+                        &object,
+                        format!(
+                            "{} has no `typeof` expression (needed with an integer key)",
+                            ty.keyword()
+                        ),
+                    );
+                }
             }
         }
         if set.data.contains(&DataType::Verdict) && set.data.len() > 1 {
@@ -406,14 +419,7 @@ impl<'a> TableCheck<'a, '_> {
     fn check_key(&mut self, object: &str, at: &str, key: &Expr, set: &Set) {
         let types = key.data_types();
         let name = &set.name;
-        if types.contains(&DataType::Integer) {
-            // A set cannot be declared with an `integer` key (see check_set), so numgen and
-            // jhash results never match one; they are only compared or used as a map index.
-            self.err(
-                object,
-                format!("{at}numgen/jhash results cannot key @{name}"),
-            );
-        } else if types != set.key {
+        if types != set.key {
             self.err(
                 object,
                 format!(
@@ -431,6 +437,26 @@ impl<'a> TableCheck<'a, '_> {
             NatTarget::Addr { addr, .. } => {
                 if Family::of(*addr) != family {
                     self.err(object, format!("{at}dnat to {addr} in an {family} table"));
+                }
+            }
+            NatTarget::Map {
+                family: f,
+                key,
+                map,
+            } => {
+                self.check_expr(object, at, key);
+                if *f != family {
+                    self.err(object, format!("{at}dnat {f} to in an {family} table"));
+                }
+                match self.table.sets.get(map) {
+                    None => self.err(object, format!("{at}map @{map} does not exist")),
+                    Some(s) if s.data != [family.addr_type(), DataType::InetService] => {
+                        self.err(
+                            object,
+                            format!("{at}@{map} does not map to an address and a port"),
+                        );
+                    }
+                    Some(s) => self.check_key(object, at, key, s),
                 }
             }
             NatTarget::NumgenMap { index, targets, .. } => {
@@ -505,7 +531,9 @@ impl<'a> TableCheck<'a, '_> {
                 // A service port's chain whose dispatch element went to another Service
                 // claiming the same address and port is unused, not wrong (normalize reports
                 // the claim); every other chain must be reachable.
-                if !crate::ir::names::is_service_port_chain(name) {
+                if !crate::ir::names::is_service_port_chain(name)
+                    && !crate::ir::names::is_dnat_chain(name)
+                {
                     self.err(
                         &format!("chain {}", name),
                         "not reachable from any base chain",
@@ -1092,7 +1120,20 @@ mod tests {
     fn set_declarations() {
         check(
             |t| {
+                // An integer key is declared with `typeof`, which every part needs.
                 add_set(t, "ints", vec![DataType::Integer], vec![]);
+                add_set(
+                    t,
+                    "int-mark",
+                    vec![DataType::Integer, DataType::Mark],
+                    vec![],
+                );
+                add_set(
+                    t,
+                    "int-verdict",
+                    vec![DataType::Ipv4Addr, DataType::Integer],
+                    vec![DataType::Verdict],
+                );
                 add_set(t, "verdicts", vec![DataType::Verdict], vec![]);
                 add_set(
                     t,
@@ -1106,7 +1147,8 @@ mod tests {
             },
             expect![[r#"
                 ip kube-nft: map int-data: integer data needs `typeof`; not supported
-                ip kube-nft: set ints: integer keys need `typeof`; not supported
+                ip kube-nft: set int-mark: mark has no `typeof` expression (needed with an integer key)
+                ip kube-nft: map int-verdict: verdict has no `typeof` expression (needed with an integer key)
                 ip kube-nft: set keyless: no key type
                 ip kube-nft: map two-verdicts: verdict data cannot be concatenated
                 ip kube-nft: set v6: ipv6_addr in an ip table
@@ -1380,7 +1422,7 @@ mod tests {
                 ip kube-nft: chain services rule 1: statement 0: set @missing does not exist
                 ip kube-nft: chain services rule 1: statement 1: @service-ips is a map; a lookup needs a set
                 ip kube-nft: chain services rule 1: statement 2: key is inet_service but @nodeport-ips has ipv4_addr
-                ip kube-nft: chain services rule 1: statement 3: numgen/jhash results cannot key @nodeport-ips
+                ip kube-nft: chain services rule 1: statement 3: key is integer but @nodeport-ips has ipv4_addr
             "#]],
         );
     }

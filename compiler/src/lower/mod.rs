@@ -140,7 +140,7 @@ pub(crate) fn lower_service(
 mod tests {
     use super::*;
     use crate::graph::{Backend, Scheduler, Service, ServicePort};
-    use crate::ir::{ElemData, L4Proto, NatTarget, Stmt, Value, Verdict};
+    use crate::ir::{ElemData, Expr, L4Proto, NatTarget, NumgenMode, Stmt, Value, Verdict};
 
     fn backend(addr: &str, port: u16) -> Backend {
         Backend {
@@ -192,36 +192,118 @@ mod tests {
     }
 
     #[test]
-    fn clusterip_service_adds_one_chain_and_no_set() {
+    fn clusterip_service_is_elements_entering_a_shared_chain() {
         let eps = vec![
+            backend("10.0.3.1", 8080),
             backend("10.0.1.1", 8080),
             backend("10.0.2.1", 8080),
-            backend("10.0.3.1", 8080),
         ];
         let table = lower_one(service("web", eps));
         let base = skeleton();
+        assert_eq!(table.sets.len(), base.sets.len(), "no set of its own");
         assert_eq!(table.chains.len(), base.chains.len() + 1);
-        assert_eq!(table.sets.len(), base.sets.len());
-        let chain = table
-            .chains
-            .keys()
-            .find(|n| n.starts_with("service-"))
-            .unwrap();
-        assert!(chain.ends_with("-ns1/web/tcp/80"), "{chain}");
-        // A cascade of three rules, the last unconditional.
-        let rules = &table.chains[chain].rules;
-        assert_eq!(rules.len(), 3);
-        assert!(matches!(
-            rules[2].stmts[..],
-            [Stmt::Dnat(NatTarget::Addr { .. })]
-        ));
+        let chain = &table.chains["clusterip-random-3"];
+        // One DNAT through the backends map (the default config has no local-traffic
+        // detector, so there is no masquerade rule before it).
+        assert_eq!(chain.rules.len(), 1);
+        match &chain.rules[0].stmts[..] {
+            [Stmt::Dnat(NatTarget::Map { key, map, .. })] => {
+                assert_eq!(map, "backends");
+                let Expr::Concat(parts) = key else {
+                    panic!("{key:?}")
+                };
+                assert_eq!(
+                    parts[3],
+                    Expr::Numgen {
+                        mode: NumgenMode::Random,
+                        modulus: 3
+                    }
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
         let dispatch = &table.sets["service-ips"].elements;
         assert_eq!(dispatch.len(), 1);
         assert_eq!(
             dispatch[0].data,
-            Some(ElemData::Verdict(Verdict::Goto(chain.clone())))
+            Some(ElemData::Verdict(Verdict::Goto(
+                "clusterip-random-3".into()
+            )))
+        );
+        assert_eq!(dispatch[0].comment.as_deref(), Some("ns1/web:http"));
+        // One slot per endpoint, in the graph's order (normalize sorts endpoint lists).
+        let slots: Vec<(Value, Value)> = table.sets["backends"]
+            .elements
+            .iter()
+            .map(|e| match &e.data {
+                Some(ElemData::Values(v)) => (e.key[3].clone(), v[0].clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let addr = |a: &str| Value::Addr(a.parse().unwrap());
+        assert_eq!(
+            slots,
+            vec![
+                (Value::Int(0), addr("10.0.3.1")),
+                (Value::Int(1), addr("10.0.1.1")),
+                (Value::Int(2), addr("10.0.2.1")),
+            ]
         );
         assert_eq!(table.sets["hairpin"].elements.len(), 3);
+    }
+
+    #[test]
+    fn services_with_as_many_endpoints_share_one_chain() {
+        let graph = Graph {
+            services: (0..3)
+                .map(|i| {
+                    let mut svc = service(
+                        &format!("web{i}"),
+                        vec![
+                            backend(&format!("10.0.{i}.1"), 80),
+                            backend(&format!("10.0.{i}.2"), 80),
+                        ],
+                    );
+                    svc.cluster_ips = vec![format!("172.30.0.{}", 10 + i).parse().unwrap()];
+                    svc
+                })
+                .collect(),
+            ..Graph::default()
+        };
+        let ruleset = lower(&graph, &Config::default());
+        crate::ir::verify(&ruleset).expect("verifies");
+        let table = ruleset.table(Family::Ip).unwrap();
+        assert_eq!(table.chains.len(), skeleton().chains.len() + 1);
+        assert!(table.chains.contains_key("clusterip-random-2"));
+        assert_eq!(table.sets["backends"].elements.len(), 6);
+    }
+
+    #[test]
+    fn long_endpoint_lists_need_no_other_chain() {
+        let eps: Vec<_> = (1..=40)
+            .map(|i| backend(&format!("10.0.{}.{}", i / 200, i % 200 + 1), 80))
+            .collect();
+        let table = lower_one(service("big", eps.clone()));
+        assert!(table.chains.contains_key("clusterip-random-40"));
+        assert_eq!(table.sets["backends"].elements.len(), 40);
+
+        // Round robin keeps a chain of its own; above the cascade limit one anonymous map.
+        let mut svc = service("big", eps);
+        svc.scheduler = Scheduler::RoundRobin;
+        let table = lower_one(svc);
+        let chain = table
+            .chains
+            .values()
+            .find(|c| c.name.starts_with("service-"))
+            .unwrap();
+        assert_eq!(chain.rules.len(), 1);
+        match &chain.rules[0].stmts[..] {
+            [Stmt::Dnat(NatTarget::NumgenMap { targets, .. })] => {
+                assert_eq!(targets.len(), 40)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(table.sets["backends"].elements.is_empty());
     }
 
     #[test]
@@ -240,28 +322,6 @@ mod tests {
             vec![Value::Addr("172.30.0.41".parse().unwrap())]
         );
     }
-
-    #[test]
-    fn long_endpoint_lists_use_one_numgen_map() {
-        let eps: Vec<_> = (1..=CASCADE_LEN_OVER)
-            .map(|i| backend(&format!("10.0.{}.{}", i / 200, i % 200 + 1), 80))
-            .collect();
-        let table = lower_one(service("big", eps));
-        let chain = table
-            .chains
-            .values()
-            .find(|c| c.name.starts_with("service-"))
-            .unwrap();
-        assert_eq!(chain.rules.len(), 1);
-        match &chain.rules[0].stmts[..] {
-            [Stmt::Dnat(NatTarget::NumgenMap { targets, .. })] => {
-                assert_eq!(targets.len(), CASCADE_LEN_OVER)
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    const CASCADE_LEN_OVER: usize = service::CASCADE_MAX + 1;
 
     #[test]
     fn affinity_adds_one_timeout_set_per_endpoint() {
@@ -298,8 +358,15 @@ mod tests {
         };
         assert_eq!(drops("no-endpoint-services"), 1);
         assert_eq!(drops("no-endpoint-nodeports"), 1);
-        // No local chain, but the external chain short-circuits host traffic to the service chain.
-        assert!(!table.chains.keys().any(|n| n.starts_with("local-")));
-        assert!(table.chains.keys().any(|n| n.starts_with("external-")));
+        // Clients elsewhere leave `services` un-NATed (`return`), to be dropped; this node's
+        // pods and the node itself still reach the endpoint elsewhere.
+        for map in ["external-local-ips", "external-local-nodeports"] {
+            let elements = &table.sets[map].elements;
+            assert_eq!(elements.len(), 1, "{map}");
+            assert_eq!(elements[0].data, Some(ElemData::Verdict(Verdict::Return)));
+        }
+        assert!(!table.chains.keys().any(|n| n.contains("-local-")));
+        assert!(table.chains.contains_key("external-from-node-random-1"));
+        assert!(table.chains.contains_key("nodeport-from-node-random-1"));
     }
 }

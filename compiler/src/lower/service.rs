@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use crate::graph::{Backend, LocalDetector, Scheduler, Service, ServicePort};
-use crate::ir::names::{self, ServicePortId};
+use crate::ir::names::{self, DnatEntry, ServicePortId};
 use crate::ir::{
     ElemData, Expr, Family, NatTarget, NumgenMode, Rule, Set, SetFlags, Stmt, Table, Value, Verdict,
 };
@@ -17,8 +17,10 @@ use super::build::{
     add_element, chain, fib_saddr_local, from_local_pod, goto, insert_chain, jump, match_daddr,
 };
 use super::skeleton::{
-    CLUSTER_IPS, FIREWALL_ALLOW, FIREWALL_IPS, HAIRPIN, MARK_FOR_MASQUERADE, NO_ENDPOINT_NODEPORTS,
-    NO_ENDPOINT_SERVICES, REJECT_CHAIN, SERVICE_IPS, SERVICE_NODEPORTS,
+    BACKENDS, CLUSTER_IPS, EXTERNAL_LOCAL_IPS, EXTERNAL_LOCAL_NODEPORTS, FIREWALL_ALLOW,
+    FIREWALL_IPS, HAIRPIN, LOCAL_BACKENDS, MARK_FOR_MASQUERADE, NODEPORT_BACKENDS,
+    NODEPORT_LOCAL_BACKENDS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, REJECT_CHAIN,
+    SERVICE_IPS, SERVICE_NODEPORTS,
 };
 use super::FamilyCtx;
 
@@ -84,7 +86,9 @@ fn add_port(
         proto: port.proto,
         port: port.port,
     };
-    let label = format!(
+    // The element comment naming the service port, cut to what the kernel keeps (128 bytes;
+    // two 63-character names and a port name can exceed it), so a read-back equals the IR.
+    let label = crate::render::sanitize_comment(&format!(
         "{}/{}:{}",
         svc.namespace,
         svc.name,
@@ -93,7 +97,7 @@ fn add_port(
         } else {
             port.name.clone()
         }
-    );
+    ));
     let cluster: Vec<Backend> = backends(&port.cluster, family);
     let local: Vec<Backend> = backends(&port.local, family);
     let ext_addrs = external_addrs(svc, family);
@@ -142,6 +146,11 @@ fn add_port(
         return;
     }
 
+    if uses_shared_chains(svc) {
+        add_port_as_data(table, ctx, svc, cluster_ip, port, &label, &cluster, &local);
+        return;
+    }
+
     let service_chain = names::service_chain(&id);
     let local_chain = names::local_chain(&id);
     let external_chain = names::external_chain(&id);
@@ -175,7 +184,7 @@ fn add_port(
             SERVICE_IPS,
             key(cluster_ip),
             Some(ElemData::Verdict(Verdict::Goto(internal_chain.clone()))),
-            None,
+            Some(label.clone()),
         );
     }
 
@@ -188,7 +197,7 @@ fn add_port(
         }
         let mut c = chain(name);
         if name == internal_chain {
-            c.rules.extend(cluster_ip_masquerade(ctx, cluster_ip));
+            c.rules.extend(cluster_ip_masquerade(ctx, Some(cluster_ip)));
         }
         add_balancing(&mut c.rules, table, ctx, svc, &id, port, list);
         insert_chain(table, c);
@@ -216,7 +225,13 @@ fn add_port(
     let no_local = svc.external_local && local.is_empty();
     let drop = || Some(ElemData::Verdict(Verdict::Drop));
     for addr in &ext_addrs {
-        add_element(table, SERVICE_IPS, key(*addr), to_external(), None);
+        add_element(
+            table,
+            SERVICE_IPS,
+            key(*addr),
+            to_external(),
+            Some(label.clone()),
+        );
         if no_local {
             add_element(
                 table,
@@ -233,7 +248,7 @@ fn add_port(
             SERVICE_NODEPORTS,
             nodeport_key(np),
             to_external(),
-            None,
+            Some(label.clone()),
         );
         if no_local {
             add_element(
@@ -247,6 +262,243 @@ fn add_port(
     }
 }
 
+/// Whether a Service's ports are balanced by the shared DNAT chains, with their endpoints as
+/// map data. Round robin needs a counter of its own per service port (a shared `numgen inc`
+/// would rotate across every Service using the chain) and ClientIP affinity refreshes per
+/// endpoint timeout sets, so those keep chains of their own.
+fn uses_shared_chains(svc: &Service) -> bool {
+    svc.affinity_timeout.is_none()
+        && matches!(svc.scheduler, Scheduler::Random | Scheduler::SourceHash)
+}
+
+/// One service port as data: each frontend gets a dispatch element that enters a shared chain
+/// chosen by how it is entered and by its endpoint count K (`clusterip-random-3`), and K
+/// elements `frontend . slot : endpoint . port` in a backends map, which that chain's single
+/// DNAT rule reads with `frontend . numgen random mod K`. An endpoint change thus changes
+/// elements only: the slots, and the dispatch element when K changes.
+#[allow(clippy::too_many_arguments)]
+fn add_port_as_data(
+    table: &mut Table,
+    ctx: &FamilyCtx<'_>,
+    svc: &Service,
+    cluster_ip: IpAddr,
+    port: &ServicePort,
+    label: &str,
+    cluster: &[Backend],
+    local: &[Backend],
+) {
+    let addr_key = |addr: IpAddr| {
+        vec![
+            Value::Addr(addr),
+            Value::Proto(port.proto),
+            Value::Port(port.port),
+        ]
+    };
+    let ext_addrs = external_addrs(svc, ctx.family);
+    let externally_reachable = port.node_port.is_some() || !ext_addrs.is_empty();
+    let internal_list = if svc.internal_local { local } else { cluster };
+
+    // ClusterIP dispatch.
+    if internal_list.is_empty() {
+        // iTP=Local with endpoints only on other nodes: drop, as kube-proxy does.
+        add_element(
+            table,
+            NO_ENDPOINT_SERVICES,
+            addr_key(cluster_ip),
+            Some(ElemData::Verdict(Verdict::Drop)),
+            Some(label.to_string()),
+        );
+    } else {
+        let (entry, map) = if svc.internal_local {
+            (DnatEntry::ClusterIpLocal, LOCAL_BACKENDS)
+        } else {
+            (DnatEntry::ClusterIp, BACKENDS)
+        };
+        let chain = shared_chain(table, ctx, svc.scheduler, entry, internal_list.len());
+        let comment = Some(label.to_string());
+        add_element(
+            table,
+            SERVICE_IPS,
+            addr_key(cluster_ip),
+            goto_data(&chain),
+            comment,
+        );
+        add_slots(table, map, addr_key(cluster_ip), internal_list);
+    }
+
+    // Hairpin pairs of every list a frontend can pick from, as the per-port chains do.
+    let cluster_used = !svc.internal_local || externally_reachable;
+    let local_used =
+        !local.is_empty() && (svc.internal_local || (externally_reachable && svc.external_local));
+    for (list, used) in [(cluster, cluster_used), (local, local_used)] {
+        if used {
+            for b in list {
+                let pair = vec![Value::Addr(b.addr), Value::Addr(b.addr)];
+                add_element(table, HAIRPIN, pair, None, None);
+            }
+        }
+    }
+    if !externally_reachable {
+        return;
+    }
+
+    let frontends = ext_addrs.iter().map(|addr| (false, addr_key(*addr))).chain(
+        port.node_port
+            .map(|np| (true, vec![Value::Proto(port.proto), Value::Port(np)])),
+    );
+    for (nodeport, key) in frontends {
+        let (dispatch, backends, local_dispatch, local_backends, no_endpoint) = if nodeport {
+            (
+                SERVICE_NODEPORTS,
+                NODEPORT_BACKENDS,
+                EXTERNAL_LOCAL_NODEPORTS,
+                NODEPORT_LOCAL_BACKENDS,
+                NO_ENDPOINT_NODEPORTS,
+            )
+        } else {
+            (
+                SERVICE_IPS,
+                BACKENDS,
+                EXTERNAL_LOCAL_IPS,
+                LOCAL_BACKENDS,
+                NO_ENDPOINT_SERVICES,
+            )
+        };
+        let entry = if svc.external_local {
+            DnatEntry::ExternalFromNode { nodeport }
+        } else {
+            DnatEntry::External { nodeport }
+        };
+        let chain = shared_chain(table, ctx, svc.scheduler, entry, cluster.len());
+        let comment = || Some(label.to_string());
+        add_element(table, dispatch, key.clone(), goto_data(&chain), comment());
+        add_slots(table, backends, key.clone(), cluster);
+        if !svc.external_local {
+            continue;
+        }
+        if local.is_empty() {
+            // Clients elsewhere leave `services` un-NATed and are dropped by the post-DNAT
+            // check, exactly like the per-port chains' fall-through.
+            let back = Some(ElemData::Verdict(Verdict::Return));
+            add_element(table, local_dispatch, key.clone(), back, comment());
+            let drop = Some(ElemData::Verdict(Verdict::Drop));
+            add_element(table, no_endpoint, key, drop, Some(label.to_string()));
+        } else {
+            let entry = DnatEntry::ExternalLocal { nodeport };
+            let chain = shared_chain(table, ctx, svc.scheduler, entry, local.len());
+            add_element(
+                table,
+                local_dispatch,
+                key.clone(),
+                goto_data(&chain),
+                comment(),
+            );
+            add_slots(table, local_backends, key, local);
+        }
+    }
+}
+
+fn goto_data(chain: &str) -> Option<ElemData> {
+    Some(ElemData::Verdict(Verdict::Goto(chain.to_string())))
+}
+
+/// `frontend . i : endpoint_i . port_i` for the K endpoints of a list, in list order.
+fn add_slots(table: &mut Table, map: &str, frontend: Vec<Value>, list: &[Backend]) {
+    for (i, b) in list.iter().enumerate() {
+        let mut key = frontend.clone();
+        key.push(Value::Int(
+            u32::try_from(i).expect("endpoint count fits in u32"),
+        ));
+        let data = ElemData::Values(vec![Value::Addr(b.addr), Value::Port(b.port)]);
+        add_element(table, map, key, Some(data), None);
+    }
+}
+
+/// The shared chain for `entry` over `k` endpoints with `scheduler`, added to `table` unless it
+/// is already there; its name. What the chain does besides the DNAT is kube-proxy's masquerade
+/// decision for that way in:
+///
+/// * `clusterip[-local]`: traffic not from a local pod is masqueraded (all of it under
+///   `--masquerade-all`, none without a local-traffic detector), as in kube-proxy's service
+///   chain;
+/// * `external`/`nodeport` (eTP=Cluster): always masqueraded;
+/// * `…-from-node` (eTP=Local, reached only by this node's pods and the node itself, since
+///   clients elsewhere were sent to `…-local` first): the node's own traffic is masqueraded,
+///   pods keep their address;
+/// * `…-local` (eTP=Local, clients elsewhere): never, the client address is preserved.
+///
+/// The DNAT is `dnat to FRONTEND . SLOT map @BACKENDS`, where FRONTEND is `ip daddr . meta
+/// l4proto . th dport` (`meta l4proto . th dport` for NodePorts) and SLOT is `numgen random mod
+/// K` or, for source hashing, `jhash ip saddr mod K seed 0`.
+fn shared_chain(
+    table: &mut Table,
+    ctx: &FamilyCtx<'_>,
+    scheduler: Scheduler,
+    entry: DnatEntry,
+    k: usize,
+) -> String {
+    let word = match scheduler {
+        Scheduler::SourceHash => "source-hash",
+        Scheduler::Random | Scheduler::RoundRobin => "random",
+    };
+    let name = names::dnat_chain(entry, word, k);
+    if table.chains.contains_key(&name) {
+        return name;
+    }
+    let family = ctx.family;
+    let mut c = chain(&name);
+    let (nodeport, map) = match entry {
+        DnatEntry::ClusterIp => (false, BACKENDS),
+        DnatEntry::ClusterIpLocal => (false, LOCAL_BACKENDS),
+        DnatEntry::External { nodeport } | DnatEntry::ExternalFromNode { nodeport } => (
+            nodeport,
+            if nodeport {
+                NODEPORT_BACKENDS
+            } else {
+                BACKENDS
+            },
+        ),
+        DnatEntry::ExternalLocal { nodeport } => (
+            nodeport,
+            if nodeport {
+                NODEPORT_LOCAL_BACKENDS
+            } else {
+                LOCAL_BACKENDS
+            },
+        ),
+    };
+    match entry {
+        DnatEntry::ClusterIp | DnatEntry::ClusterIpLocal => {
+            c.rules.extend(cluster_ip_masquerade(ctx, None));
+        }
+        DnatEntry::External { .. } => c.rules.push(Rule::new(vec![jump(MARK_FOR_MASQUERADE)])),
+        DnatEntry::ExternalFromNode { .. } => {
+            let mut stmts = Vec::new();
+            if let Some(detector) = ctx.local {
+                stmts.push(from_local_pod(detector, false));
+            }
+            stmts.push(fib_saddr_local());
+            stmts.push(jump(MARK_FOR_MASQUERADE));
+            c.rules
+                .push(Rule::new(stmts).with_comment("masquerade local traffic"));
+        }
+        DnatEntry::ExternalLocal { .. } => {}
+    }
+    let mut key = if nodeport {
+        vec![Expr::L4Proto, Expr::Dport]
+    } else {
+        vec![Expr::Daddr(family), Expr::L4Proto, Expr::Dport]
+    };
+    key.push(selector(scheduler, family, k, 0));
+    c.rules.push(Rule::new(vec![Stmt::Dnat(NatTarget::Map {
+        family,
+        key: Expr::Concat(key),
+        map: map.to_string(),
+    })]));
+    insert_chain(table, c);
+    name
+}
+
 fn backends(list: &[Backend], family: Family) -> Vec<Backend> {
     list.iter()
         .copied()
@@ -254,14 +506,18 @@ fn backends(list: &[Backend], family: Family) -> Vec<Backend> {
         .collect()
 }
 
-/// The masquerade rule of the chain ClusterIP traffic enters. Guarded by `daddr == ClusterIP`
-/// because the same chain also serves external entries, which decide masquerade themselves.
-fn cluster_ip_masquerade(ctx: &FamilyCtx<'_>, cluster_ip: IpAddr) -> Option<Rule> {
+/// The masquerade rule of the chain ClusterIP traffic enters. A per-port chain guards it with
+/// `daddr == ClusterIP` (`guard`) because the same chain also serves external entries, which
+/// decide masquerade themselves; a shared `clusterip-…` chain serves ClusterIPs only.
+fn cluster_ip_masquerade(ctx: &FamilyCtx<'_>, guard: Option<IpAddr>) -> Option<Rule> {
+    let guard = guard.map(match_daddr);
     if ctx.masquerade_all {
-        return Some(Rule::new(vec![
-            match_daddr(cluster_ip),
-            jump(MARK_FOR_MASQUERADE),
-        ]));
+        return Some(Rule::new(
+            guard
+                .into_iter()
+                .chain([jump(MARK_FOR_MASQUERADE)])
+                .collect(),
+        ));
     }
     // Without a local-pod detector kube-proxy masquerades no ClusterIP traffic; so do we.
     let detector = ctx.local?;
@@ -273,11 +529,12 @@ fn cluster_ip_masquerade(ctx: &FamilyCtx<'_>, cluster_ip: IpAddr) -> Option<Rule
         }
     };
     Some(
-        Rule::new(vec![
-            match_daddr(cluster_ip),
-            from_local_pod(detector, false),
-            jump(MARK_FOR_MASQUERADE),
-        ])
+        Rule::new(
+            guard
+                .into_iter()
+                .chain([from_local_pod(detector, false), jump(MARK_FOR_MASQUERADE)])
+                .collect(),
+        )
         .with_comment(comment),
     )
 }

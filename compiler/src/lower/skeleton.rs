@@ -16,8 +16,8 @@ use crate::ir::{
 };
 
 use super::build::{
-    addr_proto_port, base_chain, chain, ct_state_new, goto, insert_chain, jump, lookup, match_eq,
-    match_ne, proto_port, set_decl, vmap,
+    addr_proto_port, base_chain, chain, ct_state_new, from_local_pod, goto, insert_chain, jump,
+    lookup, match_eq, match_ne, proto_port, set_decl, vmap,
 };
 use super::FamilyCtx;
 
@@ -37,6 +37,20 @@ pub(crate) const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub(crate) const FIREWALL_IPS: &str = "firewall-ips";
 /// `lbip . proto . port . source-prefix` that are allowed through the firewall.
 pub(crate) const FIREWALL_ALLOW: &str = "firewall-allow";
+/// `addr . proto . port . slot : endpoint . port`: the Cluster endpoint list of every
+/// ClusterIP, externalIP and LoadBalancer IP frontend balanced by a shared DNAT chain.
+pub(crate) const BACKENDS: &str = "backends";
+/// The same for node-local endpoint lists (iTP=Local ClusterIPs, eTP=Local external IPs).
+pub(crate) const LOCAL_BACKENDS: &str = "local-backends";
+/// `proto . port . slot : endpoint . port` for NodePorts (Cluster list).
+pub(crate) const NODEPORT_BACKENDS: &str = "nodeport-backends";
+/// The same for NodePorts with eTP=Local (local list).
+pub(crate) const NODEPORT_LOCAL_BACKENDS: &str = "nodeport-local-backends";
+/// `addr . proto . port : goto external-local-…` | `return`: eTP=Local externalIPs and
+/// LoadBalancer IPs, for sources outside this node (looked up before `service-ips`).
+pub(crate) const EXTERNAL_LOCAL_IPS: &str = "external-local-ips";
+/// `proto . port : goto nodeport-local-…` | `return`: the same for NodePorts.
+pub(crate) const EXTERNAL_LOCAL_NODEPORTS: &str = "external-local-nodeports";
 /// `endpoint . endpoint`: an endpoint reaching itself through a Service (hairpin).
 pub(crate) const HAIRPIN: &str = "hairpin";
 
@@ -135,9 +149,34 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
         stmts
     };
 
+    // eTP=Local frontends first send clients from elsewhere (neither a pod of this node nor the
+    // node itself) to the local endpoints, keeping their address; whatever is left of eTP=Local
+    // traffic, and all other traffic, is dispatched by `service-ips` / `service-nodeports`.
+    let from_elsewhere = || {
+        let mut stmts = Vec::new();
+        if let Some(detector) = ctx.local {
+            stmts.push(from_local_pod(detector, false));
+        }
+        stmts.push(match_ne(
+            Expr::FibType(crate::ir::FibAddr::Saddr),
+            Value::FibLocal,
+        ));
+        stmts
+    };
     let mut services = chain(SERVICES);
     services.rules = vec![
+        Rule::new({
+            let mut stmts = from_elsewhere();
+            stmts.push(vmap(addr_proto_port(family), EXTERNAL_LOCAL_IPS));
+            stmts
+        }),
         Rule::new(vec![vmap(addr_proto_port(family), SERVICE_IPS)]),
+        Rule::new({
+            let mut stmts = from_elsewhere();
+            stmts.extend(nodeport_dst(true));
+            stmts.push(vmap(proto_port(), EXTERNAL_LOCAL_NODEPORTS));
+            stmts
+        }),
         Rule::new({
             let mut stmts = nodeport_dst(true);
             stmts.push(vmap(proto_port(), SERVICE_NODEPORTS));
@@ -284,8 +323,8 @@ fn add_sets(table: &mut Table, family: Family) {
         ),
         set_decl(
             NO_ENDPOINT_NODEPORTS,
-            pp,
-            verdict,
+            pp.clone(),
+            verdict.clone(),
             "vmap to drop or reject packets to NodePorts with no endpoints",
         ),
         set_decl(
@@ -295,7 +334,48 @@ fn add_sets(table: &mut Table, family: Family) {
             "LoadBalancer IP ports with loadBalancerSourceRanges",
         ),
         set_decl(HAIRPIN, vec![addr, addr], vec![], "endpoint . endpoint"),
+        set_decl(
+            EXTERNAL_LOCAL_IPS,
+            app.clone(),
+            verdict.clone(),
+            "externalTrafficPolicy Local IPs, for clients not on this node",
+        ),
+        set_decl(
+            EXTERNAL_LOCAL_NODEPORTS,
+            pp.clone(),
+            verdict.clone(),
+            "externalTrafficPolicy Local NodePorts, for clients not on this node",
+        ),
     ];
+    let slot = |mut key: Vec<DataType>| {
+        key.push(DataType::Integer);
+        key
+    };
+    let endpoint = vec![addr, DataType::InetService];
+    for (name, key, comment) in [
+        (
+            BACKENDS,
+            slot(app.clone()),
+            "service IP . proto . port . slot : endpoint",
+        ),
+        (
+            LOCAL_BACKENDS,
+            slot(app.clone()),
+            "service IP . proto . port . slot : local endpoint",
+        ),
+        (
+            NODEPORT_BACKENDS,
+            slot(pp.clone()),
+            "NodePort proto . port . slot : endpoint",
+        ),
+        (
+            NODEPORT_LOCAL_BACKENDS,
+            slot(pp.clone()),
+            "NodePort proto . port . slot : local endpoint",
+        ),
+    ] {
+        sets.push(set_decl(name, key, endpoint.clone(), comment));
+    }
     let mut nodeport_ips = set_decl(
         NODEPORT_IPS,
         vec![addr],

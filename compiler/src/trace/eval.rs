@@ -380,6 +380,27 @@ impl Interp<'_> {
                 });
                 (*proto, groups)
             }
+            // The key names the protocol itself (`meta l4proto` is part of it), so there is no
+            // protocol match to fail; a key without an element breaks the rule.
+            NatTarget::Map { key, map, .. } => {
+                let set = match self.set(map) {
+                    Ok(set) => set,
+                    Err(e) => {
+                        out.push((b, RuleFlow::End(Flow::Error(e))));
+                        return;
+                    }
+                };
+                let groups = self.classify(&b, key, |k| {
+                    Ok(find(set, k)?.and_then(|i| match &set.elements[i].data {
+                        Some(ElemData::Values(v)) => match v[..] {
+                            [Value::Addr(addr), Value::Port(port)] => Some((addr, port)),
+                            _ => None,
+                        },
+                        _ => None,
+                    }))
+                });
+                (self.packet.proto, groups)
+            }
         };
         if proto != self.packet.proto {
             out.push((b, RuleFlow::Next));

@@ -422,7 +422,10 @@ impl Batch {
             close_small_nest(buf, concat);
             close_small_nest(buf, desc);
         }
-        let udata = set_udata(&key, data.as_ref(), set.comment.as_deref());
+        let mut udata = set_udata(&key, data.as_ref(), set.comment.as_deref());
+        if set.needs_typeof() {
+            udata = typeof_set_udata(set, family).map_err(fail)?;
+        }
         attr::put(buf, NFTA_SET_USERDATA, udata.bytes());
         self.end(start);
         self.remember_set(family, table, set, Some(id));
@@ -1059,6 +1062,90 @@ fn set_udata(key: &KeyShape, data: Option<&DataShape>, comment: Option<&str>) ->
         udata.put_strz(UDATA_SET_COMMENT, &sanitize_comment(comment));
     }
     udata
+}
+
+/// The set user data nft 1.0.6 writes for a set declared with `typeof` (a key with an integer
+/// part, see `ir::typeof_expr`): both byte orders invalid, then the key's and the data's
+/// expressions, from which `nft list` prints `typeof ip daddr . … : ip daddr . th dport`,
+/// `DATA_INTERVAL` 0 and the comment.
+fn typeof_set_udata(set: &ir::Set, family: Family) -> Result<Udata, ErrorKind> {
+    let mut udata = Udata::default();
+    udata.put_u32(UDATA_SET_KEYBYTEORDER, BYTEORDER_INVALID);
+    if set.is_map() {
+        udata.put_u32(UDATA_SET_DATABYTEORDER, BYTEORDER_INVALID);
+    }
+    udata.put_nest(UDATA_SET_KEY_TYPEOF, &typeof_udata(&set.key, family)?);
+    if set.is_map() {
+        udata.put_nest(UDATA_SET_DATA_TYPEOF, &typeof_udata(&set.data, family)?);
+        udata.put_u32(UDATA_SET_DATA_INTERVAL, 0);
+    }
+    if let Some(comment) = &set.comment {
+        udata.put_strz(UDATA_SET_COMMENT, &sanitize_comment(comment));
+    }
+    Ok(udata)
+}
+
+/// nft's `typeof` record of the canonical expressions of `types`: a concatenation of them, or
+/// the one expression. Each expression is its nft expression type and that type's own record:
+/// payload (type 7) its protocol description and header field template ids, meta (9) its key,
+/// numgen (23) its type, modulus and offset. The ids are nft 1.0.6's (`proto_desc_id`,
+/// `ip_hdr_fields` …), read from the records nft writes for the same declaration.
+fn typeof_udata(types: &[DataType], family: Family) -> Result<Udata, ErrorKind> {
+    const EXPR_PAYLOAD: u32 = 7;
+    const EXPR_META: u32 = 9;
+    const EXPR_NUMGEN: u32 = 23;
+    let one = |ty: DataType| -> Result<Udata, ErrorKind> {
+        let mut data = Udata::default();
+        let expr = match (ty, family) {
+            // PROTO_DESC_IP / IPHDR_DADDR, PROTO_DESC_IP6 / IP6HDR_DADDR, PROTO_DESC_TH /
+            // THDR_DPORT.
+            (DataType::Ipv4Addr, Family::Ip) => {
+                data.put_u32(0, 12).put_u32(1, 12);
+                EXPR_PAYLOAD
+            }
+            (DataType::Ipv6Addr, Family::Ip6) => {
+                data.put_u32(0, 13).put_u32(1, 9);
+                EXPR_PAYLOAD
+            }
+            (DataType::InetService, _) => {
+                data.put_u32(0, 11).put_u32(1, 2);
+                EXPR_PAYLOAD
+            }
+            (DataType::InetProto, _) => {
+                data.put_u32(0, NFT_META_L4PROTO);
+                EXPR_META
+            }
+            (DataType::Integer, _) => {
+                data.put_u32(0, NFT_NG_RANDOM)
+                    .put_u32(1, ir::SLOT_TYPEOF_MODULUS)
+                    .put_u32(2, 0);
+                EXPR_NUMGEN
+            }
+            _ => {
+                return Err(ErrorKind::Unsupported(format!(
+                    "{} in a typeof declaration of an {family} set",
+                    ty.keyword()
+                )))
+            }
+        };
+        let mut record = Udata::default();
+        record
+            .put_u32(UDATA_SET_TYPEOF_EXPR, expr)
+            .put_nest(UDATA_SET_TYPEOF_DATA, &data);
+        Ok(record)
+    };
+    if let [ty] = types {
+        return one(*ty);
+    }
+    let mut parts = Udata::default();
+    for (i, ty) in types.iter().enumerate() {
+        parts.put_nest(i as u8, &one(*ty)?);
+    }
+    let mut record = Udata::default();
+    record
+        .put_u32(UDATA_SET_TYPEOF_EXPR, NFT_EXPR_CONCAT)
+        .put_nest(UDATA_SET_TYPEOF_DATA, &parts);
+    Ok(record)
 }
 
 /// The bytes of a constant of type `ty`, exactly `type_len(ty)` long, in the byte order the

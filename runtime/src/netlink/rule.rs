@@ -153,6 +153,17 @@ fn put_stmt(
             nat(buf, ctx.family, reg(BASE), reg(port_slot), 0);
             Ok(())
         }
+        // nft: the key into register 1 onwards, `lookup … dreg 1` puts `addr . port` there, the
+        // port in the 32-bit register after the address.
+        Stmt::Dnat(NatTarget::Map { key, map, .. }) => {
+            let id = ctx.set(map).and_then(|i| i.id);
+            load(buf, ctx, key, BASE, false)?;
+            lookup(buf, map, id, Some(reg(BASE)), 0);
+            let addr_len = ctx.family.addr_type();
+            let port_slot = BASE + padded(super::encode::type_len(addr_len)) / 4;
+            nat(buf, ctx.family, reg(BASE), reg(port_slot), 0);
+            Ok(())
+        }
         Stmt::Masquerade { fully_random } => {
             expr(buf, "masq", |buf| {
                 if *fully_random {
@@ -359,7 +370,10 @@ fn load(
                     ctx.family
                 )));
             }
-            let source = slot + 4;
+            // The first whole 16-byte register past this one's, as nft allocates it
+            // (register 2 for a hash alone, register 3 after `ip daddr . meta l4proto . th
+            // dport`).
+            let source = (slot + 4).next_multiple_of(4);
             let len = super::encode::type_len(family.addr_type());
             payload(
                 buf,

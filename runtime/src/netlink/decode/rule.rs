@@ -670,6 +670,23 @@ impl<'a> Cursor<'a> {
                 left,
                 map: set.clone(),
             }),
+            // `dnat ip to KEY map @MAP`: the map's `addr . port` lands in register 1 onwards.
+            Ex::Lookup {
+                set,
+                sreg: BASE,
+                dreg: Some(BASE),
+                flags: 0,
+            } => {
+                let port_slot = BASE + padded(type_len(self.family.addr_type())) / 4;
+                match self.nat(port_slot) {
+                    Some(()) => Ok(Stmt::Dnat(NatTarget::Map {
+                        family: self.family,
+                        key: left,
+                        map: set.clone(),
+                    })),
+                    None => miss("a dnat after a data map lookup"),
+                }
+            }
             Ex::Dynset {
                 set,
                 op: NFT_DYNSET_OP_UPDATE,
@@ -849,16 +866,18 @@ impl<'a> Cursor<'a> {
                 base: NFT_PAYLOAD_NETWORK_HEADER,
                 offset,
                 len,
-            } if *dreg == slot + 4 && *offset == saddr && *len == full => match self.next()? {
+            } if *dreg > slot && *offset == saddr && *len == full => match self.next()? {
+                // The hashed address sits in any register past the hash's own: nft takes the
+                // next free 16-byte one, which depends on what the rule loaded before.
                 Ex::Hash {
                     sreg,
-                    dreg,
+                    dreg: hash_dreg,
                     len: hashed,
                     modulus,
                     seed: Some(seed),
                     offset: 0,
                     ty: NFT_HASH_JENKINS,
-                } if *sreg == slot + 4 && *dreg == slot && *hashed == full => Ok((
+                } if sreg == dreg && *hash_dreg == slot && *hashed == full => Ok((
                     Expr::JhashSaddr {
                         family,
                         modulus: *modulus,
