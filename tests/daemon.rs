@@ -487,15 +487,18 @@ fn bad_objects_are_reported_and_the_rest_is_programmed() {
         // The Service with 100 ports: port 1 has the slice's 1,000 endpoints, the 99 others
         // none (rejected), all programmed.
         let table = &kernel().tables[0];
-        let dispatched = table.sets["service-ips"].elements.iter().find(|e| {
-            e.comment.as_deref() == Some("ns/hundred-ports:p1")
-                && matches!(e.data, Some(ElemData::Verdict(Verdict::Goto(_))))
+        let dispatched = table.sets["service-ips"].elements.iter().find_map(|e| {
+            match (&e.data, e.comment.as_deref()) {
+                (Some(ElemData::Verdict(Verdict::Goto(chain))), Some("ns/hundred-ports:p1")) => {
+                    Some(chain.clone())
+                }
+                _ => None,
+            }
         });
-        assert!(
-            dispatched.is_some(),
-            "port 1 of the Service with 100 ports is dispatched to its endpoints"
-        );
-        let slots = table.sets["backends"].elements.iter().filter(|e| {
+        let chain = dispatched
+            .expect("port 1 of the Service with 100 ports is dispatched to its endpoints");
+        // The shared chain's map of the same name holds one slot per endpoint.
+        let slots = table.sets[&chain].elements.iter().filter(|e| {
             e.key[..3]
                 == [
                     ir::Value::Addr("172.30.9.2".parse().unwrap()),

@@ -32,16 +32,16 @@ enum Owner {
     Service(Arc<Key>),
 }
 
-/// A global element's identity: family index, global set index, key.
-type ElemId = (u8, u8, Vec<crate::ir::Value>);
+/// A global element's identity: family index, set index (see [`Incremental::set_names`]), key.
+type ElemId = (u8, u16, Vec<crate::ir::Value>);
 
 /// The ownership index's key: family index, global set index and a hash of the element key.
 /// Keeping a hash instead of a copy of every key saves about a hundred bytes per element; two
 /// keys that collide share an owner list, and [`Incremental::winner`] skips owners that do not
 /// hold the exact key, so a collision costs a lookup, never a wrong answer.
-type OwnerSlot = (u8, u8, u64);
+type OwnerSlot = (u8, u16, u64);
 
-fn slot(f: usize, s: u8, key: &[crate::ir::Value]) -> OwnerSlot {
+fn slot(f: usize, s: u16, key: &[crate::ir::Value]) -> OwnerSlot {
     use std::hash::{Hash, Hasher};
     // SipHash with fixed keys: the same on every run, so behaviour is deterministic.
     let mut hasher = std::hash::DefaultHasher::new();
@@ -56,22 +56,27 @@ struct Lowered {
     /// The Service as assembled for this node (for the checks across Services).
     service: Option<crate::graph::Service>,
     fragments: [Stored; 2],
-    /// The shared chains of `fragments`, until [`Incremental::install`] registers them.
-    shared: [Vec<crate::ir::Chain>; 2],
+    /// The shared chains of `fragments` with their maps (without elements), until
+    /// [`Incremental::install`] registers them.
+    shared: [Vec<(crate::ir::Chain, crate::ir::Set)>; 2],
     diags: Vec<Diagnostic>,
     /// Service ports with a Local policy and no local endpoint: (external, internal).
     no_local: (u32, u32),
 }
 
-/// A [`Fragment`] with its global elements keyed by set index, and the shared DNAT chains it
-/// enters by name only (their one copy is in [`Incremental::shared`]).
+/// A [`Fragment`] with its elements in global sets and in shared DNAT maps keyed by set index,
+/// and the shared DNAT chains (and their maps) it enters by name only: their one copy is in
+/// [`Incremental::shared`].
 #[derive(Debug, Default)]
 struct Stored {
     chains: Vec<crate::ir::Chain>,
     shared: Vec<String>,
     sets: Vec<crate::ir::Set>,
-    elements: Vec<(u8, Element)>,
+    elements: Vec<(u16, Element)>,
 }
+
+/// A shared DNAT chain, its map (no elements) and how many installed Services enter it.
+type SharedChain = (usize, crate::ir::Chain, crate::ir::Set);
 
 /// The outcome of [`Incremental::sync`].
 #[derive(Debug)]
@@ -116,13 +121,17 @@ pub struct Incremental {
     /// sets to lower Services into.
     skeletons: [Table; 2],
     scratch: [Table; 2],
-    /// Global set names per family, indexed by the `u8` of an [`ElemId`].
+    /// Per family, the names of the sets Services add elements to, indexed by the `u16` of an
+    /// [`ElemId`]: the skeleton's global sets first, then every shared DNAT map seen so far
+    /// (append-only until the skeleton is rebuilt, which re-lowers every Service).
     set_names: [Vec<String>; 2],
+    set_index: [HashMap<String, u16>; 2],
     services: BTreeMap<Key, Lowered>,
     owners: HashMap<OwnerSlot, Vec<Owner>>,
-    /// Per family, the shared DNAT chains (`clusterip-random-3`) with the number of installed
-    /// Services that enter each: a chain exists while that count is above zero.
-    shared: [HashMap<String, (usize, crate::ir::Chain)>; 2],
+    /// Per family, the shared DNAT chains (`clusterip-random-3`) and their maps (declarations
+    /// only; the elements belong to the Services) with the number of installed Services that
+    /// enter each: a chain and its map exist while that count is above zero.
+    shared: [HashMap<String, SharedChain>; 2],
     /// The sum of every Service's `no_local`.
     no_local: (usize, usize),
     /// Services with a health-check node port, and Services with a UDP or SCTP port: what
@@ -156,6 +165,7 @@ impl Incremental {
             skeletons: [Table::new(Family::Ip, ""), Table::new(Family::Ip6, "")],
             scratch: [Table::new(Family::Ip, ""), Table::new(Family::Ip6, "")],
             set_names: [Vec::new(), Vec::new()],
+            set_index: Default::default(),
             services: BTreeMap::new(),
             owners: HashMap::new(),
             shared: Default::default(),
@@ -249,6 +259,9 @@ impl Incremental {
             }
             self.scratch[f] = lower::scratch_table(&skeleton);
             self.set_names[f] = skeleton.sets.keys().cloned().collect();
+            self.set_index[f] = (self.set_names[f].iter().enumerate())
+                .map(|(i, name)| (name.clone(), i as u16))
+                .collect();
             self.skeletons[f] = skeleton;
         }
     }
@@ -264,7 +277,7 @@ impl Incremental {
         for (f, skeleton) in self.skeletons.iter().enumerate() {
             for (s, set) in skeleton.sets.values().enumerate() {
                 for element in &set.elements {
-                    let owners = self.owners.entry(slot(f, s as u8, &element.key));
+                    let owners = self.owners.entry(slot(f, s as u16, &element.key));
                     owners.or_default().push(Owner::Skeleton);
                 }
             }
@@ -298,7 +311,7 @@ impl Incremental {
             return None;
         }
         let mut fragments: [Stored; 2] = Default::default();
-        let mut shared: [Vec<crate::ir::Chain>; 2] = Default::default();
+        let mut shared: [Vec<(crate::ir::Chain, crate::ir::Set)>; 2] = Default::default();
         let mut no_local = (0, 0);
         if let Some(service) = &service {
             let reachable = !service.external_ips.is_empty() || !service.lb_ips.is_empty();
@@ -324,37 +337,65 @@ impl Incremental {
         })
     }
 
-    fn store(&self, f: usize, fragment: Fragment) -> (Stored, Vec<crate::ir::Chain>) {
-        let names = &self.set_names[f];
-        let elements = fragment
-            .elements
-            .into_iter()
-            .map(|(set, element)| {
-                let index = names
-                    .iter()
-                    .position(|n| *n == set)
-                    .expect("service elements go into global sets");
-                (index as u8, element)
-            })
-            .collect();
+    /// Splits a fragment into what a Service keeps (its chains and sets, its elements by set
+    /// index) and the shared chains and maps it enters, whose elements become the Service's.
+    fn store(
+        &mut self,
+        f: usize,
+        fragment: Fragment,
+    ) -> (Stored, Vec<(crate::ir::Chain, crate::ir::Set)>) {
+        let is_shared = |name: &str| crate::ir::names::is_dnat_chain(name);
+        let mut elements: Vec<(u16, Element)> = Vec::with_capacity(fragment.elements.len());
+        for (set, element) in fragment.elements {
+            let index = self.set_index[f][&set];
+            elements.push((index, element));
+        }
+        let (shared_sets, sets): (Vec<_>, Vec<_>) =
+            fragment.sets.into_iter().partition(|s| is_shared(&s.name));
+        let mut maps = BTreeMap::new();
+        for mut map in shared_sets {
+            let index = self.index_of(f, &map.name);
+            elements.extend(map.elements.drain(..).map(|e| (index, e)));
+            maps.insert(map.name.clone(), map);
+        }
         let (shared, chains): (Vec<_>, Vec<_>) = fragment
             .chains
             .into_iter()
-            .partition(|c| crate::ir::names::is_dnat_chain(&c.name));
+            .partition(|c| is_shared(&c.name));
+        let shared: Vec<_> = shared
+            .into_iter()
+            .map(|chain| {
+                let map = maps
+                    .remove(&chain.name)
+                    .expect("a shared chain has its map");
+                (chain, map)
+            })
+            .collect();
         let stored = Stored {
             chains,
-            shared: shared.iter().map(|c| c.name.clone()).collect(),
-            sets: fragment.sets,
+            shared: shared.iter().map(|(c, _)| c.name.clone()).collect(),
+            sets,
             elements,
         };
         (stored, shared)
     }
 
+    /// The index of a set name, registering a shared map's name the first time.
+    fn index_of(&mut self, f: usize, name: &str) -> u16 {
+        if let Some(index) = self.set_index[f].get(name) {
+            return *index;
+        }
+        let index = u16::try_from(self.set_names[f].len()).expect("fewer than 65536 sets");
+        self.set_names[f].push(name.to_string());
+        self.set_index[f].insert(name.to_string(), index);
+        index
+    }
+
     fn install(&mut self, mut lowered: Lowered) {
-        for (f, chains) in lowered.shared.iter_mut().enumerate() {
-            for chain in chains.drain(..) {
+        for (f, shared) in lowered.shared.iter_mut().enumerate() {
+            for (chain, map) in shared.drain(..) {
                 let entry = self.shared[f].entry(chain.name.clone());
-                entry.or_insert((0, chain)).0 += 1;
+                entry.or_insert((0, chain, map)).0 += 1;
             }
         }
         self.no_local.0 += lowered.no_local.0 as usize;
@@ -414,7 +455,7 @@ impl Incremental {
     /// exactly this key.
     fn winner(&self, id: &ElemId) -> Option<Element> {
         let (f, s, key) = id;
-        let (fi, si) = (*f as usize, *s as usize);
+        let (fi, si) = (*f as usize, usize::from(*s));
         self.owners
             .get(&slot(fi, *s, key))?
             .iter()
@@ -466,26 +507,27 @@ impl Incremental {
             }
             fresh.push((key.clone(), new));
         }
-        self.fill(&mut before, &touched);
         self.fill_shared(&mut before, &touched_chains);
+        self.fill(&mut before, &touched);
         for (key, new) in fresh {
             self.uninstall(&key);
             if let Some(new) = new {
                 self.install(new);
             }
         }
-        self.fill(&mut after, &touched);
         self.fill_shared(&mut after, &touched_chains);
+        self.fill(&mut after, &touched);
         (before, after)
     }
 
-    /// Adds the touched shared chains that exist now (some installed Service enters them).
+    /// Adds the touched shared chains and their (empty) maps that exist now: some installed
+    /// Service enters them.
     fn fill_shared(&self, partial: &mut Ruleset, touched: &BTreeSet<(usize, String)>) {
         for (f, name) in touched {
-            if let Some((_, chain)) = self.shared[*f].get(name) {
-                partial.tables[*f]
-                    .chains
-                    .insert(name.clone(), chain.clone());
+            if let Some((_, chain, map)) = self.shared[*f].get(name) {
+                let table = &mut partial.tables[*f];
+                table.chains.insert(name.clone(), chain.clone());
+                table.sets.insert(name.clone(), map.clone());
             }
         }
     }
@@ -504,18 +546,26 @@ impl Incremental {
         Ruleset { tables }
     }
 
-    /// Adds the current winner of every touched element (and the header of its set, also when
-    /// there is none, so both sides of a plan declare the same sets).
+    /// Adds the current winner of every touched element (and the header of its global set,
+    /// also when there is none, so both sides of a plan declare the same sets). A shared map is
+    /// declared by [`Incremental::fill_shared`] where it exists; where it does not, it has no
+    /// elements either.
     fn fill(&self, partial: &mut Ruleset, touched: &BTreeSet<ElemId>) {
         for id in touched {
             let (f, s, _) = id;
-            let name = &self.set_names[*f as usize][*s as usize];
+            let name = &self.set_names[*f as usize][usize::from(*s)];
             let table = &mut partial.tables[*f as usize];
-            let set = table.sets.entry(name.clone()).or_insert_with(|| {
-                let mut set = self.skeletons[*f as usize].sets[name].clone();
-                set.elements.clear();
-                set
-            });
+            let set = match self.skeletons[*f as usize].sets.get(name) {
+                Some(global) => table.sets.entry(name.clone()).or_insert_with(|| {
+                    let mut set = global.clone();
+                    set.elements.clear();
+                    set
+                }),
+                None => match table.sets.get_mut(name) {
+                    Some(map) => map,
+                    None => continue,
+                },
+            };
             // `touched` is ordered by key within a set, so elements stay sorted.
             set.elements.extend(self.winner(id));
         }
@@ -525,8 +575,9 @@ impl Incremental {
     pub fn ruleset(&self) -> Ruleset {
         let mut tables: Vec<Table> = self.skeletons.to_vec();
         for (f, table) in tables.iter_mut().enumerate() {
-            for (name, (_, chain)) in &self.shared[f] {
+            for (name, (_, chain, map)) in &self.shared[f] {
                 table.chains.insert(name.clone(), chain.clone());
+                table.sets.insert(name.clone(), map.clone());
             }
             for lowered in self.services.values() {
                 let stored = &lowered.fragments[f];
@@ -537,8 +588,8 @@ impl Incremental {
                     table.sets.insert(set.name.clone(), set.clone());
                 }
                 for (s, element) in &stored.elements {
-                    let name = &self.set_names[f][*s as usize];
-                    let set = table.sets.get_mut(name).expect("global set");
+                    let name = &self.set_names[f][usize::from(*s)];
+                    let set = table.sets.get_mut(name).expect("global set or shared map");
                     set.elements.push(element.clone());
                 }
             }

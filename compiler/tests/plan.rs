@@ -114,14 +114,13 @@ const NODE_PORT: usize = 5;
 
 #[test]
 fn adding_an_endpoint_changes_slots_and_the_dispatch_element() {
-    // Endpoints are sorted, so the new one (10.1.4.4) takes slot 2 and the old slot 2 moves to
-    // slot 3: slot 2 is replaced and slot 3 added in `backends`, one hairpin pair is added, and
-    // the service-ips element is replaced to enter `clusterip-random-4` instead of `…-3`. In
-    // this uniform cluster (3 endpoints each) no Service used that chain yet: it is created
-    // with its 2 rules.
+    // The port's 3 slots leave the map of `clusterip-random-3` and 4 slots go into the map of
+    // `clusterip-random-4`; one hairpin pair is added; the service-ips element is replaced to
+    // enter the new chain. In this uniform cluster (3 endpoints each) no Service used that
+    // chain yet: it is created with its map and 2 rules.
     assert_counts(
         |c| c[CLUSTER_IP].endpoints.push(Ep::ready(4, 1)),
-        "add chain 1, add rule 2, add element 4, delete element 2",
+        "add chain 1, add set 1, add rule 2, add element 6, delete element 4",
     );
     // Where another ClusterIP Service already has 4 endpoints, the chain exists: elements only.
     for n in [20, 200] {
@@ -130,19 +129,20 @@ fn adding_an_endpoint_changes_slots_and_the_dispatch_element() {
             |c| c[CLUSTER_IP + 2].endpoints.push(Ep::ready(9, 1)),
             |c| c[CLUSTER_IP].endpoints.push(Ep::ready(4, 1)),
         );
-        assert_eq!(counts, "add element 4, delete element 2", "{n} Services");
+        assert_eq!(counts, "add element 6, delete element 4", "{n} Services");
     }
 }
 
 #[test]
 fn removing_an_endpoint_changes_slots_and_the_dispatch_element() {
-    // The last slot and the endpoint's hairpin pair go; the service-ips element is replaced to
-    // enter `clusterip-random-2`, created with its 2 rules (unused before in this cluster).
+    // 3 slots out of `clusterip-random-3`'s map, 2 into `clusterip-random-2`'s (created with
+    // its chain, unused before in this cluster), the endpoint's hairpin pair deleted, the
+    // service-ips element replaced.
     assert_counts(
         |c| {
             c[CLUSTER_IP].endpoints.pop();
         },
-        "add chain 1, add rule 2, add element 1, delete element 3",
+        "add chain 1, add set 1, add rule 2, add element 3, delete element 5",
     );
 }
 
@@ -177,13 +177,13 @@ fn a_service_without_endpoints_loses_its_elements_and_rejects() {
 #[test]
 fn external_traffic_policy_local_moves_the_nodeport_to_the_local_chains() {
     // The service-nodeports element is replaced to enter `nodeport-from-node-random-3` (this
-    // node's pods and the node itself: all 3 endpoints); clients elsewhere are sent by a new
-    // external-local-nodeports element to `nodeport-local-random-1` with the one node-local
-    // endpoint in nodeport-local-backends. Both chains are new in this cluster (2 + 1 rules);
-    // the Cluster slots stay.
+    // node's pods and the node itself: all 3 endpoints), whose map takes the 3 slots the map
+    // of `nodeport-random-3` loses; clients elsewhere are sent by a new
+    // external-local-nodeports element to `nodeport-local-random-1`, whose map holds the one
+    // node-local endpoint. Both chains are new in this cluster (2 + 1 rules, 2 maps).
     assert_counts(
         |c| c[NODE_PORT].etp_local = true,
-        "add chain 2, add rule 3, add element 3, delete element 1",
+        "add chain 2, add set 2, add rule 3, add element 6, delete element 4",
     );
 }
 

@@ -200,15 +200,16 @@ mod tests {
         ];
         let table = lower_one(service("web", eps));
         let base = skeleton();
-        assert_eq!(table.sets.len(), base.sets.len(), "no set of its own");
+        // The shared chain and its map, nothing named after the Service.
+        assert_eq!(table.sets.len(), base.sets.len() + 1);
         assert_eq!(table.chains.len(), base.chains.len() + 1);
         let chain = &table.chains["clusterip-random-3"];
-        // One DNAT through the backends map (the default config has no local-traffic
-        // detector, so there is no masquerade rule before it).
+        // One DNAT through the chain's map (the default config has no local-traffic detector,
+        // so there is no masquerade rule before it).
         assert_eq!(chain.rules.len(), 1);
         match &chain.rules[0].stmts[..] {
             [Stmt::Dnat(NatTarget::Map { key, map, .. })] => {
-                assert_eq!(map, "backends");
+                assert_eq!(map, "clusterip-random-3");
                 let Expr::Concat(parts) = key else {
                     panic!("{key:?}")
                 };
@@ -232,7 +233,7 @@ mod tests {
         );
         assert_eq!(dispatch[0].comment.as_deref(), Some("ns1/web:http"));
         // One slot per endpoint, in the graph's order (normalize sorts endpoint lists).
-        let slots: Vec<(Value, Value)> = table.sets["backends"]
+        let slots: Vec<(Value, Value)> = table.sets["clusterip-random-3"]
             .elements
             .iter()
             .map(|e| match &e.data {
@@ -275,7 +276,7 @@ mod tests {
         let table = ruleset.table(Family::Ip).unwrap();
         assert_eq!(table.chains.len(), skeleton().chains.len() + 1);
         assert!(table.chains.contains_key("clusterip-random-2"));
-        assert_eq!(table.sets["backends"].elements.len(), 6);
+        assert_eq!(table.sets["clusterip-random-2"].elements.len(), 6);
     }
 
     #[test]
@@ -285,7 +286,7 @@ mod tests {
             .collect();
         let table = lower_one(service("big", eps.clone()));
         assert!(table.chains.contains_key("clusterip-random-40"));
-        assert_eq!(table.sets["backends"].elements.len(), 40);
+        assert_eq!(table.sets["clusterip-random-40"].elements.len(), 40);
 
         // Round robin keeps a chain of its own; above the cascade limit one anonymous map.
         let mut svc = service("big", eps);
@@ -303,7 +304,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(table.sets["backends"].elements.is_empty());
+        assert!(!table.sets.keys().any(|n| n.starts_with("clusterip-")));
     }
 
     #[test]

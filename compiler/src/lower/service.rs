@@ -10,16 +10,16 @@ use std::net::IpAddr;
 use crate::graph::{Backend, LocalDetector, Scheduler, Service, ServicePort};
 use crate::ir::names::{self, DnatEntry, ServicePortId};
 use crate::ir::{
-    ElemData, Expr, Family, NatTarget, NumgenMode, Rule, Set, SetFlags, Stmt, Table, Value, Verdict,
+    DataType, ElemData, Expr, Family, NatTarget, NumgenMode, Rule, Set, SetFlags, Stmt, Table,
+    Value, Verdict,
 };
 
 use super::build::{
     add_element, chain, fib_saddr_local, from_local_pod, goto, insert_chain, jump, match_daddr,
 };
 use super::skeleton::{
-    BACKENDS, CLUSTER_IPS, EXTERNAL_LOCAL_IPS, EXTERNAL_LOCAL_NODEPORTS, FIREWALL_ALLOW,
-    FIREWALL_IPS, HAIRPIN, LOCAL_BACKENDS, MARK_FOR_MASQUERADE, NODEPORT_BACKENDS,
-    NODEPORT_LOCAL_BACKENDS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, REJECT_CHAIN,
+    CLUSTER_IPS, EXTERNAL_LOCAL_IPS, EXTERNAL_LOCAL_NODEPORTS, FIREWALL_ALLOW, FIREWALL_IPS,
+    HAIRPIN, MARK_FOR_MASQUERADE, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, REJECT_CHAIN,
     SERVICE_IPS, SERVICE_NODEPORTS,
 };
 use super::FamilyCtx;
@@ -273,9 +273,10 @@ fn uses_shared_chains(svc: &Service) -> bool {
 
 /// One service port as data: each frontend gets a dispatch element that enters a shared chain
 /// chosen by how it is entered and by its endpoint count K (`clusterip-random-3`), and K
-/// elements `frontend . slot : endpoint . port` in a backends map, which that chain's single
-/// DNAT rule reads with `frontend . numgen random mod K`. An endpoint change thus changes
-/// elements only: the slots, and the dispatch element when K changes.
+/// elements `frontend . slot : endpoint . port` in that chain's map (of the same name), which
+/// the chain's single DNAT rule reads with `frontend . numgen random mod K`. An endpoint change
+/// thus changes elements only: the slots, and the dispatch element when K changes (the slots
+/// then move to the map of K ± 1).
 #[allow(clippy::too_many_arguments)]
 fn add_port_as_data(
     table: &mut Table,
@@ -309,10 +310,10 @@ fn add_port_as_data(
             Some(label.to_string()),
         );
     } else {
-        let (entry, map) = if svc.internal_local {
-            (DnatEntry::ClusterIpLocal, LOCAL_BACKENDS)
+        let entry = if svc.internal_local {
+            DnatEntry::ClusterIpLocal
         } else {
-            (DnatEntry::ClusterIp, BACKENDS)
+            DnatEntry::ClusterIp
         };
         let chain = shared_chain(table, ctx, svc.scheduler, entry, internal_list.len());
         let comment = Some(label.to_string());
@@ -323,7 +324,7 @@ fn add_port_as_data(
             goto_data(&chain),
             comment,
         );
-        add_slots(table, map, addr_key(cluster_ip), internal_list);
+        add_slots(table, &chain, addr_key(cluster_ip), internal_list);
     }
 
     // Hairpin pairs of every list a frontend can pick from, as the per-port chains do.
@@ -347,22 +348,14 @@ fn add_port_as_data(
             .map(|np| (true, vec![Value::Proto(port.proto), Value::Port(np)])),
     );
     for (nodeport, key) in frontends {
-        let (dispatch, backends, local_dispatch, local_backends, no_endpoint) = if nodeport {
+        let (dispatch, local_dispatch, no_endpoint) = if nodeport {
             (
                 SERVICE_NODEPORTS,
-                NODEPORT_BACKENDS,
                 EXTERNAL_LOCAL_NODEPORTS,
-                NODEPORT_LOCAL_BACKENDS,
                 NO_ENDPOINT_NODEPORTS,
             )
         } else {
-            (
-                SERVICE_IPS,
-                BACKENDS,
-                EXTERNAL_LOCAL_IPS,
-                LOCAL_BACKENDS,
-                NO_ENDPOINT_SERVICES,
-            )
+            (SERVICE_IPS, EXTERNAL_LOCAL_IPS, NO_ENDPOINT_SERVICES)
         };
         let entry = if svc.external_local {
             DnatEntry::ExternalFromNode { nodeport }
@@ -372,7 +365,7 @@ fn add_port_as_data(
         let chain = shared_chain(table, ctx, svc.scheduler, entry, cluster.len());
         let comment = || Some(label.to_string());
         add_element(table, dispatch, key.clone(), goto_data(&chain), comment());
-        add_slots(table, backends, key.clone(), cluster);
+        add_slots(table, &chain, key.clone(), cluster);
         if !svc.external_local {
             continue;
         }
@@ -393,7 +386,7 @@ fn add_port_as_data(
                 goto_data(&chain),
                 comment(),
             );
-            add_slots(table, local_backends, key, local);
+            add_slots(table, &chain, key, local);
         }
     }
 }
@@ -414,9 +407,9 @@ fn add_slots(table: &mut Table, map: &str, frontend: Vec<Value>, list: &[Backend
     }
 }
 
-/// The shared chain for `entry` over `k` endpoints with `scheduler`, added to `table` unless it
-/// is already there; its name. What the chain does besides the DNAT is kube-proxy's masquerade
-/// decision for that way in:
+/// The shared chain for `entry` over `k` endpoints with `scheduler`, with its map, added to
+/// `table` unless they are there; their name. What the chain does besides the DNAT is
+/// kube-proxy's masquerade decision for that way in:
 ///
 /// * `clusterip[-local]`: traffic not from a local pod is masqueraded (all of it under
 ///   `--masquerade-all`, none without a local-traffic detector), as in kube-proxy's service
@@ -427,9 +420,15 @@ fn add_slots(table: &mut Table, map: &str, frontend: Vec<Value>, list: &[Backend
 ///   pods keep their address;
 /// * `…-local` (eTP=Local, clients elsewhere): never, the client address is preserved.
 ///
-/// The DNAT is `dnat to FRONTEND . SLOT map @BACKENDS`, where FRONTEND is `ip daddr . meta
-/// l4proto . th dport` (`meta l4proto . th dport` for NodePorts) and SLOT is `numgen random mod
-/// K` or, for source hashing, `jhash ip saddr mod K seed 0`.
+/// The DNAT is `dnat to FRONTEND . SLOT map @NAME`, where FRONTEND is `ip daddr . meta l4proto
+/// . th dport` (`meta l4proto . th dport` for NodePorts) and SLOT is `numgen random mod K` or,
+/// for source hashing, `jhash ip saddr mod K seed 0`.
+///
+/// Each chain has a map of its own because the kernel walks every element of a map when a rule
+/// that reads it is added (`nf_tables_bind_set` checks a map's data for loops on each new
+/// binding, even when the data are not verdicts): a chain created for a new K, reading one map
+/// shared by every Service, cost 100–200 ms at 50k Services; its own map is empty when its rule
+/// is added, since a transaction adds rules before elements.
 fn shared_chain(
     table: &mut Table,
     ctx: &FamilyCtx<'_>,
@@ -447,25 +446,11 @@ fn shared_chain(
     }
     let family = ctx.family;
     let mut c = chain(&name);
-    let (nodeport, map) = match entry {
-        DnatEntry::ClusterIp => (false, BACKENDS),
-        DnatEntry::ClusterIpLocal => (false, LOCAL_BACKENDS),
-        DnatEntry::External { nodeport } | DnatEntry::ExternalFromNode { nodeport } => (
-            nodeport,
-            if nodeport {
-                NODEPORT_BACKENDS
-            } else {
-                BACKENDS
-            },
-        ),
-        DnatEntry::ExternalLocal { nodeport } => (
-            nodeport,
-            if nodeport {
-                NODEPORT_LOCAL_BACKENDS
-            } else {
-                LOCAL_BACKENDS
-            },
-        ),
+    let nodeport = match entry {
+        DnatEntry::ClusterIp | DnatEntry::ClusterIpLocal => false,
+        DnatEntry::External { nodeport }
+        | DnatEntry::ExternalFromNode { nodeport }
+        | DnatEntry::ExternalLocal { nodeport } => nodeport,
     };
     match entry {
         DnatEntry::ClusterIp | DnatEntry::ClusterIpLocal => {
@@ -493,9 +478,30 @@ fn shared_chain(
     c.rules.push(Rule::new(vec![Stmt::Dnat(NatTarget::Map {
         family,
         key: Expr::Concat(key),
-        map: map.to_string(),
+        map: name.clone(),
     })]));
     insert_chain(table, c);
+    let mut map_key = if nodeport {
+        vec![DataType::InetProto, DataType::InetService]
+    } else {
+        vec![
+            family.addr_type(),
+            DataType::InetProto,
+            DataType::InetService,
+        ]
+    };
+    map_key.push(DataType::Integer);
+    let mut map = Set::new(
+        name.clone(),
+        map_key,
+        vec![family.addr_type(), DataType::InetService],
+    );
+    map.comment = Some(if nodeport {
+        "NodePort proto . port . slot : endpoint . port".to_string()
+    } else {
+        "service IP . proto . port . slot : endpoint . port".to_string()
+    });
+    table.sets.insert(name.clone(), map);
     name
 }
 

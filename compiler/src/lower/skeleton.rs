@@ -37,15 +37,6 @@ pub(crate) const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub(crate) const FIREWALL_IPS: &str = "firewall-ips";
 /// `lbip . proto . port . source-prefix` that are allowed through the firewall.
 pub(crate) const FIREWALL_ALLOW: &str = "firewall-allow";
-/// `addr . proto . port . slot : endpoint . port`: the Cluster endpoint list of every
-/// ClusterIP, externalIP and LoadBalancer IP frontend balanced by a shared DNAT chain.
-pub(crate) const BACKENDS: &str = "backends";
-/// The same for node-local endpoint lists (iTP=Local ClusterIPs, eTP=Local external IPs).
-pub(crate) const LOCAL_BACKENDS: &str = "local-backends";
-/// `proto . port . slot : endpoint . port` for NodePorts (Cluster list).
-pub(crate) const NODEPORT_BACKENDS: &str = "nodeport-backends";
-/// The same for NodePorts with eTP=Local (local list).
-pub(crate) const NODEPORT_LOCAL_BACKENDS: &str = "nodeport-local-backends";
 /// `addr . proto . port : goto external-local-…` | `return`: eTP=Local externalIPs and
 /// LoadBalancer IPs, for sources outside this node (looked up before `service-ips`).
 pub(crate) const EXTERNAL_LOCAL_IPS: &str = "external-local-ips";
@@ -347,35 +338,6 @@ fn add_sets(table: &mut Table, family: Family) {
             "externalTrafficPolicy Local NodePorts, for clients not on this node",
         ),
     ];
-    let slot = |mut key: Vec<DataType>| {
-        key.push(DataType::Integer);
-        key
-    };
-    let endpoint = vec![addr, DataType::InetService];
-    for (name, key, comment) in [
-        (
-            BACKENDS,
-            slot(app.clone()),
-            "service IP . proto . port . slot : endpoint",
-        ),
-        (
-            LOCAL_BACKENDS,
-            slot(app.clone()),
-            "service IP . proto . port . slot : local endpoint",
-        ),
-        (
-            NODEPORT_BACKENDS,
-            slot(pp.clone()),
-            "NodePort proto . port . slot : endpoint",
-        ),
-        (
-            NODEPORT_LOCAL_BACKENDS,
-            slot(pp.clone()),
-            "NodePort proto . port . slot : local endpoint",
-        ),
-    ] {
-        sets.push(set_decl(name, key, endpoint.clone(), comment));
-    }
     let mut nodeport_ips = set_decl(
         NODEPORT_IPS,
         vec![addr],
