@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::graph::Graph;
-use crate::ir::{Element, Family, Ruleset, Table};
+use crate::ir::{ElemData, Element, Family, Ruleset, Table, Value};
 use crate::lower::{self, Fragment};
 use crate::normalize::{Inputs, Key};
 use crate::plan::{self, Transaction};
@@ -73,6 +73,38 @@ struct Stored {
     shared: Vec<String>,
     sets: Vec<crate::ir::Set>,
     elements: Vec<(u16, Element)>,
+    /// The elements in shared maps, one group per frontend.
+    slots: Vec<SlotGroup>,
+}
+
+/// A frontend's K slots in a shared chain's map, `frontend . i : endpoint_i`, kept as one
+/// record: at 50k Services the slots are most of the ruleset's elements (1.4 million), and
+/// the frontends of a port share one endpoint list. Every map belongs to one shared chain and
+/// so to one K, so of several Services claiming a frontend in a map the first claims every
+/// slot, which is what per-key ownership would give: the group is the ownership unit.
+#[derive(Debug)]
+struct SlotGroup {
+    set: u16,
+    frontend: Box<[Value]>,
+    endpoints: Arc<[(Value, Value)]>,
+}
+
+impl SlotGroup {
+    fn element(&self, i: usize) -> Option<Element> {
+        let (addr, port) = self.endpoints.get(i)?;
+        let mut key = Vec::with_capacity(self.frontend.len() + 1);
+        key.extend_from_slice(&self.frontend);
+        key.push(Value::Int(i as u32));
+        Some(Element {
+            key,
+            data: Some(ElemData::Values(vec![addr.clone(), port.clone()])),
+            comment: None,
+        })
+    }
+
+    fn elements(&self) -> impl Iterator<Item = Element> + '_ {
+        (0..self.endpoints.len()).filter_map(|i| self.element(i))
+    }
 }
 
 /// A shared DNAT chain, its map (no elements) and how many installed Services enter it.
@@ -353,10 +385,44 @@ impl Incremental {
         let (shared_sets, sets): (Vec<_>, Vec<_>) =
             fragment.sets.into_iter().partition(|s| is_shared(&s.name));
         let mut maps = BTreeMap::new();
+        // (set, frontend, endpoints), in the order lower pushed them: a frontend's slots are
+        // consecutive and in slot order.
+        type Group = (u16, Vec<Value>, Vec<(Value, Value)>);
+        let mut groups: Vec<Group> = Vec::new();
         for mut map in shared_sets {
             let index = self.index_of(f, &map.name);
-            elements.extend(map.elements.drain(..).map(|e| (index, e)));
+            for mut element in map.elements.drain(..) {
+                let slot_value = element.key.pop();
+                let endpoint = match (element.data, slot_value) {
+                    (Some(ElemData::Values(mut v)), Some(Value::Int(i))) if v.len() == 2 => {
+                        let port = v.pop().expect("two values");
+                        let addr = v.pop().expect("two values");
+                        (i, (addr, port))
+                    }
+                    other => unreachable!("a shared map's slot: {other:?}"),
+                };
+                match groups.last_mut() {
+                    Some((set, frontend, list)) if *set == index && *frontend == element.key => {
+                        debug_assert_eq!(endpoint.0 as usize, list.len());
+                        list.push(endpoint.1);
+                    }
+                    _ => groups.push((index, element.key, vec![endpoint.1])),
+                }
+            }
             maps.insert(map.name.clone(), map);
+        }
+        let mut slots: Vec<SlotGroup> = Vec::with_capacity(groups.len());
+        for (set, frontend, list) in groups {
+            // The frontends of a port pick from the same list: keep one copy.
+            let endpoints = match slots.iter().find(|g| *g.endpoints == *list) {
+                Some(same) => same.endpoints.clone(),
+                None => Arc::from(list),
+            };
+            slots.push(SlotGroup {
+                set,
+                frontend: frontend.into(),
+                endpoints,
+            });
         }
         let (shared, chains): (Vec<_>, Vec<_>) = fragment
             .chains
@@ -376,6 +442,7 @@ impl Incremental {
             shared: shared.iter().map(|(c, _)| c.name.clone()).collect(),
             sets,
             elements,
+            slots,
         };
         (stored, shared)
     }
@@ -413,8 +480,10 @@ impl Incremental {
             }
         }
         for (f, stored) in lowered.fragments.iter().enumerate() {
-            for (s, element) in &stored.elements {
-                let owners = self.owners.entry(slot(f, *s, &element.key)).or_default();
+            let keys = (stored.elements.iter().map(|(s, e)| (*s, &e.key[..])))
+                .chain(stored.slots.iter().map(|g| (g.set, &g.frontend[..])));
+            for (s, key) in keys {
+                let owners = self.owners.entry(slot(f, s, key)).or_default();
                 let owner = Owner::Service(lowered.key.clone());
                 let at = owners.binary_search(&owner).unwrap_or_else(|at| at);
                 owners.insert(at, owner);
@@ -438,8 +507,10 @@ impl Incremental {
                     }
                 }
             }
-            for (s, element) in &stored.elements {
-                let id = slot(f, *s, &element.key);
+            let keys = (stored.elements.iter().map(|(s, e)| (*s, &e.key[..])))
+                .chain(stored.slots.iter().map(|g| (g.set, &g.frontend[..])));
+            for (s, element_key) in keys {
+                let id = slot(f, s, element_key);
                 if let Some(owners) = self.owners.get_mut(&id) {
                     owners.retain(|o| !matches!(o, Owner::Service(k) if **k == *key));
                     if owners.is_empty() {
@@ -456,6 +527,24 @@ impl Incremental {
     fn winner(&self, id: &ElemId) -> Option<Element> {
         let (f, s, key) = id;
         let (fi, si) = (*f as usize, usize::from(*s));
+        if si >= self.skeletons[fi].sets.len() {
+            // A shared map's slot: owned by frontend (see `SlotGroup`).
+            let (frontend, i) = key.split_at(key.len().checked_sub(1)?);
+            let [Value::Int(i)] = i else { return None };
+            return self
+                .owners
+                .get(&slot(fi, *s, frontend))?
+                .iter()
+                .find_map(|owner| {
+                    let Owner::Service(service) = owner else {
+                        return None;
+                    };
+                    let stored = &self.services.get(service)?.fragments[fi];
+                    let group =
+                        (stored.slots.iter()).find(|g| g.set == *s && *g.frontend == *frontend)?;
+                    group.element(*i as usize)
+                });
+        }
         self.owners
             .get(&slot(fi, *s, key))?
             .iter()
@@ -499,6 +588,11 @@ impl Incremental {
                     }
                     for (s, element) in &stored.elements {
                         touched.insert((f as u8, *s, element.key.clone()));
+                    }
+                    for group in &stored.slots {
+                        for element in group.elements() {
+                            touched.insert((f as u8, group.set, element.key));
+                        }
                     }
                     for name in &stored.shared {
                         touched_chains.insert((f, name.clone()));
@@ -589,8 +683,13 @@ impl Incremental {
                 }
                 for (s, element) in &stored.elements {
                     let name = &self.set_names[f][usize::from(*s)];
-                    let set = table.sets.get_mut(name).expect("global set or shared map");
+                    let set = table.sets.get_mut(name).expect("global set");
                     set.elements.push(element.clone());
+                }
+                for group in &stored.slots {
+                    let name = &self.set_names[f][usize::from(group.set)];
+                    let set = table.sets.get_mut(name).expect("shared map");
+                    set.elements.extend(group.elements());
                 }
             }
             for set in table.sets.values_mut() {

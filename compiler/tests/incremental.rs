@@ -204,9 +204,27 @@ fn contested_elements_change_hands() {
     let only_b = snapshot_of(vec![svc("b", "172.30.0.2"), slice("b", "10.1.0.2")]);
     let empty = Snapshot::default();
     run(
-        &[both.clone(), only_b.clone(), both, empty, only_b],
+        &[both.clone(), only_b.clone(), both.clone(), empty, only_b],
         &config(),
     );
+    // With another endpoint count, b's slots for the shared address are in another map: both
+    // Services' slot groups exist, only a's dispatch element leads to them.
+    let slice3 = |name: &str, ip: &str| {
+        let mut s = slice(name, ip);
+        s["endpoints"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"addresses": ["10.1.0.98"], "nodeName": "node-b"}));
+        s
+    };
+    let uneven = snapshot_of(vec![
+        svc("a", "172.30.0.1"),
+        slice("a", "10.1.0.1"),
+        svc("b", "172.30.0.2"),
+        slice3("b", "10.1.0.2"),
+    ]);
+    let only_b3 = snapshot_of(vec![svc("b", "172.30.0.2"), slice3("b", "10.1.0.2")]);
+    run(&[uneven.clone(), only_b3, uneven, both], &config());
 }
 
 /// A Node change that moves the node-wide part (its InternalIP, hence NodePort addresses)

@@ -1,10 +1,12 @@
 //! Graph → IR: chooses the nftables layout. One table per family (`ip kube-nft`, `ip6
 //! kube-nft`), a fixed skeleton of base chains, dispatch chains and global sets/maps
-//! (`skeleton`), and per service port at most three small chains plus elements in the global maps
-//! (`service`). The layout and its performance reasoning are described in `compiler/README.md`;
-//! the invariants that matter here: no per-service set or map in the common case (kernel commit
-//! cost grows quadratically with them), few chains, and endpoint churn that only rewrites one
-//! chain and plain-set elements.
+//! (`skeleton`), and per service port only elements: dispatch elements entering shared DNAT
+//! chains (one per way in, scheduler and endpoint count, each with a map of its own) and the
+//! port's endpoints as slots in that map (`service`); round robin and ClientIP affinity keep
+//! small per-port chains. The layout and its performance reasoning are described in
+//! `compiler/README.md`; the invariants that matter here: the number of chains and rules does
+//! not grow with the Services, no set or map per Service in the common case (kernel commit cost
+//! grows quadratically with them), and endpoint or Service churn is element operations.
 
 mod build;
 mod service;

@@ -1,9 +1,10 @@
-//! One Service in one family: elements in the global dispatch maps and at most three chains per
-//! service port — `service-…` (Cluster-policy endpoints), `local-…` (node-local endpoints) and
-//! `external-…` (NodePort / externalIP / LoadBalancer entry, where masquerade and
-//! externalTrafficPolicy are decided). Endpoint selection is flattened into the policy chain as
-//! a cascade of `numgen` rules (see [`add_balancing`]), so a Service owns no set or map unless it
-//! uses ClientIP affinity.
+//! One Service in one family. A service port balanced at random or by source hash is data only
+//! ([`add_port_as_data`]): dispatch elements that enter shared DNAT chains, and its endpoints as
+//! slots in those chains' maps. A port with round robin or ClientIP affinity keeps kube-proxy's
+//! shape of at most three chains of its own — `service-…` (Cluster-policy endpoints), `local-…`
+//! (node-local endpoints) and `external-…` (NodePort / externalIP / LoadBalancer entry, where
+//! masquerade and externalTrafficPolicy are decided) — with the endpoint selection flattened
+//! into a cascade of `numgen` rules (see [`add_balancing`]).
 
 use std::net::IpAddr;
 

@@ -1,7 +1,7 @@
 //! The fixed part of each table: base chains on the netfilter hooks, the dispatch and check
 //! chains, and the global sets and maps that every Service adds elements to. The skeleton is the
 //! same for every cluster (only the masquerade mark and the ServiceCIDR drop rules vary), so the
-//! runtime can create it once and afterwards change only elements and per-service chains.
+//! runtime can create it once and afterwards change only elements and the shared and per-port chains.
 //!
 //! Hook placement follows kube-proxy's documented contract so other components can order
 //! themselves around us: DNAT in `type nat` at `dstnat` (-100) on prerouting/output, masquerade
