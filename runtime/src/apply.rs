@@ -24,15 +24,14 @@ use crate::netlink::socket::{self, Socket};
 /// The estimated kernel cost one transaction of a cold start may have, in units of one rule
 /// (see [`cost`]). The kernel parses and commits a batch with the namespace's nf_tables commit
 /// mutex held, at roughly 10–20 µs per rule or chain on a 2-vCPU VM (`performance-anchors.md`
-/// §2.3 and `BENCHMARKS.md`); 10,000 units kept every transaction but the last under 0.16 s at
-/// 50k Services, well under the 0.5 s goal (§3, C6), while a 10k-Service cold start is about
-/// 200,000 units. The last transaction, which attaches the hooks, costs what the kernel's
-/// validation of the whole jump graph costs (≈0.5 s at 50k Services), like any commit that
-/// adds a verdict to a table that size.
-pub const COLD_START_COST: usize = 10_000;
+/// §2.3 and `BENCHMARKS.md`); 5,000 units keep a transaction of the 50k-Service cold start
+/// under about 0.1 s. The last transaction, which attaches the hooks, costs what the kernel's
+/// validation of the whole jump graph costs, like any commit that adds a verdict to a table
+/// that size: with the endpoints as map data, ≈45 ms at 50k Services.
+pub const COLD_START_COST: usize = 5_000;
 
-/// Elements per unit of cost: an element costs the kernel well under a microsecond.
-const ELEMENTS_PER_UNIT: usize = 8;
+/// Elements per unit of cost: the kernel inserts an element into a large map in 2–3 µs.
+const ELEMENTS_PER_UNIT: usize = 5;
 
 /// What an applied change consisted of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,10 +252,12 @@ pub fn plan_transactions(
 /// that looks one up, costs in proportion to the sets that exist: with the 5,000 affinity sets
 /// of a 10k-Service cluster, creating them was a third of the cold start's kernel time (perf,
 /// kernel 6.18; about 80 ns per existing set). A chain counts one, elements one per
-/// [`ELEMENTS_PER_UNIT`]. Calibrated on `kube-nft-bench` at 10k Services.
+/// [`ELEMENTS_PER_UNIT`]. Calibrated on `kube-nft-bench` at 50k Services
+/// (`KUBE_NFT_BENCH_DEBUG=1`): with 5,500 sets, a set cost ≈400 µs to create and an affinity
+/// rule (a lookup and an update) ≈230 µs.
 fn cost(op: &plan::Op, sets: usize) -> usize {
     match &op.object {
-        Object::Set(_) => 1 + sets / 128,
+        Object::Set(_) => 1 + sets / 96,
         Object::Rule { rule, .. } => {
             let lookups = rule
                 .stmts
@@ -268,7 +269,7 @@ fn cost(op: &plan::Op, sets: usize) -> usize {
                     )
                 })
                 .count();
-            1 + lookups * sets / 4096
+            1 + lookups * sets / 512
         }
         Object::Elements { elements, .. } => elements.len().div_ceil(ELEMENTS_PER_UNIT),
         _ => 1,
