@@ -27,6 +27,18 @@ fn check_named(old: &Ruleset, new: &Ruleset, name: &str) -> Transaction {
         got == *new,
         "{name}: applying the plan does not give the new ruleset:\n{tx}"
     );
+    // Its retirements split off and applied second end in the same place.
+    let (now, later) = tx.split_retired();
+    let mut got = old.clone();
+    for part in [&now, &later] {
+        if let Err(e) = apply(&mut got, part) {
+            panic!("{name}: the kernel model refused a part of the split plan: {e}\n{part}");
+        }
+    }
+    assert!(
+        got == *new,
+        "{name}: the split plan ends elsewhere:\n{now}\n--\n{later}"
+    );
     tx
 }
 
@@ -143,6 +155,37 @@ fn removing_an_endpoint_changes_slots_and_the_dispatch_element() {
             c[CLUSTER_IP].endpoints.pop();
         },
         "add chain 1, add set 1, add rule 2, add element 3, delete element 5",
+    );
+}
+
+#[test]
+fn what_a_change_retires_of_shared_chains_goes_second() {
+    // An endpoint removed: the new dispatch element, the new map's 2 slots and the new chain
+    // come first; the 3 slots the port leaves in `clusterip-random-3`'s map go second, so a
+    // packet that took the old dispatch element still finds them.
+    let before = uniform(20);
+    let mut after = before.clone();
+    after[CLUSTER_IP].endpoints.pop();
+    let tx = check(&ruleset(&before), &ruleset(&after));
+    let (now, later) = tx.split_retired();
+    assert_eq!(
+        now.counts().to_string(),
+        "add chain 1, add set 1, add rule 2, add element 3, delete element 2"
+    );
+    assert_eq!(later.counts().to_string(), "delete element 3");
+    for op in &later.ops {
+        assert!(op.to_string().contains("clusterip-random-3"), "{op}");
+    }
+    // The only Service with 4 endpoints back to 3: the chain and map for 4 are retired too
+    // (deleting the map deletes its slots).
+    let mut before = uniform(20);
+    before[CLUSTER_IP].endpoints.push(Ep::ready(4, 1));
+    let after = uniform(20);
+    let tx = check(&ruleset(&before), &ruleset(&after));
+    let (_, later) = tx.split_retired();
+    assert_eq!(
+        later.counts().to_string(),
+        "flush chain 1, delete chain 1, delete set 1"
     );
 }
 

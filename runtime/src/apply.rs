@@ -146,9 +146,10 @@ pub fn plan_transaction(
     Ok(batch.finish())
 }
 
-/// The transactions [`apply_plan`] sends: [`plan_transaction`]'s one, except for a cold start
-/// (`old` has no tables: the kernel holds none of ours) whose estimated cost exceeds
-/// `max_cost`, which is split into transactions of at most `max_cost` each (see [`cost`]; a
+/// The transactions [`apply_plan`] sends: for a change, [`plan_transaction`]'s one, followed by
+/// a second that retires shared DNAT chains, maps and slots when the change leaves any; for a
+/// cold start (`old` has no tables: the kernel holds none of ours) whose estimated cost exceeds
+/// `max_cost`, transactions of at most `max_cost` each (see [`cost`]; a
 /// set's elements are split between transactions too, an operation costlier than `max_cost`
 /// goes alone). The plan's order already declares every object before anything refers to it,
 /// so each transaction only refers to objects committed before it or created in it; the base
@@ -165,7 +166,20 @@ pub fn plan_transactions(
         .filter(|op| matches!(op.object, Object::Set(_)))
         .count();
     let total: usize = tx.ops.iter().map(|op| cost(op, all_sets)).sum();
-    if !old.tables.is_empty() || total <= max_cost {
+    if !old.tables.is_empty() {
+        // A change: one transaction, and the shared DNAT chains, maps and slots it retires in a
+        // second one, so that no packet crossing the first commit finds its path half gone
+        // (`plan::Transaction::split_retired`).
+        let (now, later) = tx.split_retired();
+        let mut out = Vec::with_capacity(2);
+        for part in [now, later] {
+            if !part.is_empty() {
+                out.push(plan_transaction(old, &part)?);
+            }
+        }
+        return Ok(out);
+    }
+    if total <= max_cost {
         return Ok(vec![plan_transaction(old, tx)?]);
     }
     let base_chains: BTreeSet<(Family, &str, &str)> = tx
@@ -277,8 +291,10 @@ fn cost(op: &plan::Op, sets: usize) -> usize {
 }
 
 /// Applies an incremental change: `tx` is `plan::plan(old, new)` and the kernel must hold
-/// exactly `old` (see [`plan_transaction`]). It is one transaction, except for a large cold
-/// start, which [`plan_transactions`] splits at [`COLD_START_COST`] operations. An empty plan
+/// exactly `old` (see [`plan_transaction`]). It is one transaction, followed by a second when
+/// it retires shared DNAT chains, maps or slots (which must outlive the commit that stops
+/// using them, see `plan::Transaction::split_retired`), except for a large cold start, which
+/// [`plan_transactions`] splits at [`COLD_START_COST`] operations. An empty plan
 /// sends nothing and returns a report whose [`nothing_sent`](ApplyReport::nothing_sent) is
 /// true. If the kernel refuses any operation of a transaction, nothing of that transaction is
 /// applied and the error names the operation and its object; the caller should then fall back

@@ -43,6 +43,88 @@ impl Transaction {
         self.ops.iter().all(Op::is_empty)
     }
 
+    /// Splits off what this transaction retires of the shared DNAT chains: slots deleted from
+    /// their maps (keys not re-added), and shared chains and maps deleted (names not re-added).
+    /// Returns `(now, later)`; `later` must be committed after `now`.
+    ///
+    /// Why: a packet that crosses the commit can see both generations. nf_tables picks a
+    /// chain's rules by the generation current when the packet entered the hook, but a set
+    /// lookup reads the current generation each time (`nft_rhash_lookup`, kernel 6.x). So a
+    /// new connection that took the old dispatch element into, say, `clusterip-random-2` and
+    /// looks up that chain's map after the commit would miss slots deleted by it, leave
+    /// un-NATed and be rejected as a ClusterIP packet to no endpoint (`tests/lab.rs`, updates
+    /// under live traffic, saw it once). Retiring the old chain, map and slots in a second
+    /// transaction keeps every path of the old generation whole in the first one's, and in the
+    /// second no dispatch element of either generation leads to what it deletes. Between the
+    /// two the table holds unreachable extra elements only.
+    pub fn split_retired(&self) -> (Transaction, Transaction) {
+        use std::collections::BTreeSet;
+        let shared = |name: &str| crate::ir::names::is_dnat_chain(name);
+        type Id<'a> = (Family, &'a str, &'a str);
+        let mut added_sets: BTreeSet<Id<'_>> = BTreeSet::new();
+        let mut added_chains: BTreeSet<Id<'_>> = BTreeSet::new();
+        let mut deleted_chains: BTreeSet<Id<'_>> = BTreeSet::new();
+        let mut added_keys: BTreeSet<(Id<'_>, &[crate::ir::Value])> = BTreeSet::new();
+        for op in &self.ops {
+            let table = op.table.as_str();
+            match (&op.object, op.verb) {
+                (Object::Set(h), Verb::Add) => {
+                    added_sets.insert((op.family, table, &h.name));
+                }
+                (Object::Chain(h), Verb::Add) => {
+                    added_chains.insert((op.family, table, &h.name));
+                }
+                (Object::Chain(h), Verb::Delete) => {
+                    deleted_chains.insert((op.family, table, &h.name));
+                }
+                (Object::Elements { set, elements }, Verb::Add) if shared(set) => {
+                    for e in elements {
+                        added_keys.insert(((op.family, table, set), &e.key));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (mut now, mut later) = (Vec::new(), Vec::new());
+        for op in &self.ops {
+            let table = op.table.as_str();
+            match (&op.object, op.verb) {
+                (Object::Elements { set, elements }, Verb::Delete) if shared(set) => {
+                    let (kept, retired): (Vec<_>, Vec<_>) =
+                        elements.iter().cloned().partition(|e| {
+                            added_keys.contains(&((op.family, table, set.as_str()), &e.key[..]))
+                        });
+                    for (list, to) in [(kept, &mut now), (retired, &mut later)] {
+                        if !list.is_empty() {
+                            to.push(Op {
+                                object: Object::Elements {
+                                    set: set.clone(),
+                                    elements: list,
+                                },
+                                ..op.clone()
+                            });
+                        }
+                    }
+                }
+                (Object::Chain(h), Verb::Flush | Verb::Delete)
+                    if shared(&h.name)
+                        && deleted_chains.contains(&(op.family, table, h.name.as_str()))
+                        && !added_chains.contains(&(op.family, table, h.name.as_str())) =>
+                {
+                    later.push(op.clone());
+                }
+                (Object::Set(h), Verb::Delete)
+                    if shared(&h.name)
+                        && !added_sets.contains(&(op.family, table, h.name.as_str())) =>
+                {
+                    later.push(op.clone());
+                }
+                _ => now.push(op.clone()),
+            }
+        }
+        (Transaction { ops: now }, Transaction { ops: later })
+    }
+
     /// How many operations of each verb and object kind (elements counted one by one).
     pub fn counts(&self) -> Counts {
         let mut counts = Counts::default();
