@@ -27,17 +27,17 @@ fn check_named(old: &Ruleset, new: &Ruleset, name: &str) -> Transaction {
         got == *new,
         "{name}: applying the plan does not give the new ruleset:\n{tx}"
     );
-    // Its retirements split off and applied second end in the same place.
-    let (now, later) = tx.split_retired();
+    // Its phases (prepare, switch, retire) applied in order end in the same place.
+    let phases = tx.phases();
     let mut got = old.clone();
-    for part in [&now, &later] {
+    for part in &phases {
         if let Err(e) = apply(&mut got, part) {
-            panic!("{name}: the kernel model refused a part of the split plan: {e}\n{part}");
+            panic!("{name}: the kernel model refused a phase of the plan: {e}\n{part}");
         }
     }
     assert!(
         got == *new,
-        "{name}: the split plan ends elsewhere:\n{now}\n--\n{later}"
+        "{name}: the phases end elsewhere:\n{phases:#?}"
     );
     tx
 }
@@ -159,32 +159,37 @@ fn removing_an_endpoint_changes_slots_and_the_dispatch_element() {
 }
 
 #[test]
-fn what_a_change_retires_of_shared_chains_goes_second() {
-    // An endpoint removed: the new dispatch element, the new map's 2 slots and the new chain
-    // come first; the 3 slots the port leaves in `clusterip-random-3`'s map go second, so a
-    // packet that took the old dispatch element still finds them.
+fn new_paths_go_first_and_old_ones_last() {
+    // An endpoint removed: `clusterip-random-2` with its map, rules and the port's 2 slots
+    // first; then the dispatch element moved to it and the endpoint's hairpin pair deleted;
+    // then the 3 slots the port leaves in `clusterip-random-3`'s map.
     let before = uniform(20);
     let mut after = before.clone();
     after[CLUSTER_IP].endpoints.pop();
     let tx = check(&ruleset(&before), &ruleset(&after));
-    let (now, later) = tx.split_retired();
+    let [prepare, switch, retire] = tx.phases();
     assert_eq!(
-        now.counts().to_string(),
-        "add chain 1, add set 1, add rule 2, add element 3, delete element 2"
+        prepare.counts().to_string(),
+        "add chain 1, add set 1, add rule 2, add element 2"
     );
-    assert_eq!(later.counts().to_string(), "delete element 3");
-    for op in &later.ops {
+    assert_eq!(
+        switch.counts().to_string(),
+        "add element 1, delete element 2"
+    );
+    assert_eq!(retire.counts().to_string(), "delete element 3");
+    for op in &retire.ops {
         assert!(op.to_string().contains("clusterip-random-3"), "{op}");
     }
-    // The only Service with 4 endpoints back to 3: the chain and map for 4 are retired too
-    // (deleting the map deletes its slots).
+    // The only Service with 4 endpoints back to 3: the chain and map for 4 are retired
+    // (deleting the map deletes its slots); the slots in the map for 3 come first.
     let mut before = uniform(20);
     before[CLUSTER_IP].endpoints.push(Ep::ready(4, 1));
     let after = uniform(20);
     let tx = check(&ruleset(&before), &ruleset(&after));
-    let (_, later) = tx.split_retired();
+    let [prepare, _, retire] = tx.phases();
+    assert_eq!(prepare.counts().to_string(), "add element 3");
     assert_eq!(
-        later.counts().to_string(),
+        retire.counts().to_string(),
         "flush chain 1, delete chain 1, delete set 1"
     );
 }

@@ -83,7 +83,7 @@ pub enum Error {
     Incomplete {
         /// Transactions committed before the failing one.
         committed: usize,
-        /// Transactions in the cold start.
+        /// Transactions of the apply (a split cold start, or a change's phases).
         total: usize,
         /// Why the failing one was refused.
         #[source]
@@ -146,8 +146,9 @@ pub fn plan_transaction(
     Ok(batch.finish())
 }
 
-/// The transactions [`apply_plan`] sends: for a change, [`plan_transaction`]'s one, followed by
-/// a second that retires shared DNAT chains, maps and slots when the change leaves any; for a
+/// The transactions [`apply_plan`] sends: for a change, [`plan_transaction`]'s one, preceded by
+/// one that creates the shared DNAT chains, maps and slots it adds and followed by one that
+/// retires those it leaves, when there are any; for a
 /// cold start (`old` has no tables: the kernel holds none of ours) whose estimated cost exceeds
 /// `max_cost`, transactions of at most `max_cost` each (see [`cost`]; a
 /// set's elements are split between transactions too, an operation costlier than `max_cost`
@@ -167,12 +168,11 @@ pub fn plan_transactions(
         .count();
     let total: usize = tx.ops.iter().map(|op| cost(op, all_sets)).sum();
     if !old.tables.is_empty() {
-        // A change: one transaction, and the shared DNAT chains, maps and slots it retires in a
-        // second one, so that no packet crossing the first commit finds its path half gone
-        // (`plan::Transaction::split_retired`).
-        let (now, later) = tx.split_retired();
-        let mut out = Vec::with_capacity(2);
-        for part in [now, later] {
+        // A change: the shared DNAT chains and slots it creates first, then the change, then
+        // what it retires, so that no packet crossing a commit finds its path half there
+        // (`plan::Transaction::phases`).
+        let mut out = Vec::with_capacity(3);
+        for part in tx.phases() {
             if !part.is_empty() {
                 out.push(plan_transaction(old, &part)?);
             }
@@ -291,9 +291,9 @@ fn cost(op: &plan::Op, sets: usize) -> usize {
 }
 
 /// Applies an incremental change: `tx` is `plan::plan(old, new)` and the kernel must hold
-/// exactly `old` (see [`plan_transaction`]). It is one transaction, followed by a second when
-/// it retires shared DNAT chains, maps or slots (which must outlive the commit that stops
-/// using them, see `plan::Transaction::split_retired`), except for a large cold start, which
+/// exactly `old` (see [`plan_transaction`]). It is one transaction, with the shared DNAT
+/// chains, maps and slots it creates committed before it and those it retires after it (see
+/// `plan::Transaction::phases`), except for a large cold start, which
 /// [`plan_transactions`] splits at [`COLD_START_COST`] operations. An empty plan
 /// sends nothing and returns a report whose [`nothing_sent`](ApplyReport::nothing_sent) is
 /// true. If the kernel refuses any operation of a transaction, nothing of that transaction is
@@ -303,7 +303,42 @@ pub fn apply_plan(old: &ir::Ruleset, tx: &plan::Transaction) -> Result<ApplyRepo
     if tx.is_empty() {
         return Ok(ApplyReport::NOTHING_SENT);
     }
-    apply_transactions(&plan_transactions(old, tx, COLD_START_COST)?)
+    if old.tables.is_empty() {
+        return apply_transactions(&plan_transactions(old, tx, COLD_START_COST)?);
+    }
+    // A change: its phases (see `plan_transactions`). When the kernel refuses the change
+    // itself after the shared chains and slots it prepares were committed, those are taken
+    // out again, so that a refused change leaves the kernel as it found it. (A refused
+    // retirement leaves the change applied and unreachable leftovers, which the caller's
+    // read-back after any failure removes.)
+    let [prepare, change, retire] = tx.phases();
+    let prepared = !prepare.is_empty();
+    let mut transactions = Vec::with_capacity(3);
+    for part in [&prepare, &change, &retire] {
+        if !part.is_empty() {
+            transactions.push(plan_transaction(old, part)?);
+        }
+    }
+    match apply_transactions(&transactions) {
+        Err(Error::Incomplete {
+            committed: 1,
+            total,
+            source,
+        }) if prepared && !change.is_empty() => {
+            let mut mid = old.clone();
+            if plan::apply(&mut mid, &prepare).is_ok() {
+                let undo = plan::plan(&mid, old);
+                // Best effort: if this fails too, the caller's read-back repairs it.
+                let _ = send(&[plan_transaction(&mid, &undo)?]);
+            }
+            Err(Error::Incomplete {
+                committed: 1,
+                total,
+                source,
+            })
+        }
+        other => other,
+    }
 }
 
 /// Sends transactions in order over one socket, stopping at the first the kernel refuses

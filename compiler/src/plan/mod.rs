@@ -43,58 +43,102 @@ impl Transaction {
         self.ops.iter().all(Op::is_empty)
     }
 
-    /// Splits off what this transaction retires of the shared DNAT chains: slots deleted from
-    /// their maps (keys not re-added), and shared chains and maps deleted (names not re-added).
-    /// Returns `(now, later)`; `later` must be committed after `now`.
+    /// Splits this transaction into three to be committed in order: `prepare` (shared DNAT
+    /// chains and maps it creates, with their rules, and slots it adds to shared maps under new
+    /// keys), `switch` (everything else: the dispatch elements that now lead there, in-place
+    /// slot changes, all other objects) and `retire` (slots deleted from shared maps under keys
+    /// not re-added, and shared chains and maps deleted). Parts may be empty; a transaction
+    /// that creates or deletes a table is all `switch`.
     ///
-    /// Why: a packet that crosses the commit can see both generations. nf_tables picks a
-    /// chain's rules by the generation current when the packet entered the hook, but a set
-    /// lookup reads the current generation each time (`nft_rhash_lookup`, kernel 6.x). So a
-    /// new connection that took the old dispatch element into, say, `clusterip-random-2` and
-    /// looks up that chain's map after the commit would miss slots deleted by it, leave
-    /// un-NATed and be rejected as a ClusterIP packet to no endpoint (`tests/lab.rs`, updates
-    /// under live traffic, saw it once). Retiring the old chain, map and slots in a second
-    /// transaction keeps every path of the old generation whole in the first one's, and in the
-    /// second no dispatch element of either generation leads to what it deletes. Between the
-    /// two the table holds unreachable extra elements only.
-    pub fn split_retired(&self) -> (Transaction, Transaction) {
+    /// Why: a packet that crosses a commit can see both generations. nf_tables picks a chain's
+    /// rules by the generation current when the packet entered the hook, but a set lookup reads
+    /// the current generation each time (`nft_rhash_lookup`, kernel 6.x). A new connection
+    /// that took the old dispatch element into, say, `clusterip-random-2` and looks that
+    /// chain's map up after the commit would miss slots the commit deleted, leave un-NATed and
+    /// be rejected as a ClusterIP packet to no endpoint (`tests/lab.rs`, updates under live
+    /// traffic, saw it once); one that read the new dispatch element would enter a chain whose
+    /// rules did not exist in its generation. With the new paths committed before any dispatch
+    /// element leads to them, and the old ones retired after none does, every path either
+    /// generation can take is whole at every commit; between the commits the table holds
+    /// unreachable extra objects only.
+    pub fn phases(&self) -> [Transaction; 3] {
         use std::collections::BTreeSet;
+        // Creating or deleting a table (a cold start, a cleanup) has no old or new paths to
+        // keep whole: one phase.
+        if (self.ops.iter()).any(|op| matches!(op.object, Object::Table { .. })) {
+            let whole = Transaction {
+                ops: self.ops.clone(),
+            };
+            return [Transaction::default(), whole, Transaction::default()];
+        }
         let shared = |name: &str| crate::ir::names::is_dnat_chain(name);
         type Id<'a> = (Family, &'a str, &'a str);
-        let mut added_sets: BTreeSet<Id<'_>> = BTreeSet::new();
-        let mut added_chains: BTreeSet<Id<'_>> = BTreeSet::new();
-        let mut deleted_chains: BTreeSet<Id<'_>> = BTreeSet::new();
-        let mut added_keys: BTreeSet<(Id<'_>, &[crate::ir::Value])> = BTreeSet::new();
+        type Key<'a> = (Id<'a>, &'a [crate::ir::Value]);
+        let (mut added_sets, mut deleted_sets) = (BTreeSet::<Id<'_>>::new(), BTreeSet::new());
+        let (mut added_chains, mut deleted_chains) = (BTreeSet::<Id<'_>>::new(), BTreeSet::new());
+        let (mut added_keys, mut deleted_keys) = (BTreeSet::<Key<'_>>::new(), BTreeSet::new());
         for op in &self.ops {
             let table = op.table.as_str();
             match (&op.object, op.verb) {
                 (Object::Set(h), Verb::Add) => {
-                    added_sets.insert((op.family, table, &h.name));
+                    added_sets.insert((op.family, table, h.name.as_str()));
+                }
+                (Object::Set(h), Verb::Delete) => {
+                    deleted_sets.insert((op.family, table, h.name.as_str()));
                 }
                 (Object::Chain(h), Verb::Add) => {
-                    added_chains.insert((op.family, table, &h.name));
+                    added_chains.insert((op.family, table, h.name.as_str()));
                 }
                 (Object::Chain(h), Verb::Delete) => {
-                    deleted_chains.insert((op.family, table, &h.name));
+                    deleted_chains.insert((op.family, table, h.name.as_str()));
                 }
-                (Object::Elements { set, elements }, Verb::Add) if shared(set) => {
+                (Object::Elements { set, elements }, verb) if shared(set) => {
+                    let keys = match verb {
+                        Verb::Add => &mut added_keys,
+                        _ => &mut deleted_keys,
+                    };
                     for e in elements {
-                        added_keys.insert(((op.family, table, set), &e.key));
+                        keys.insert(((op.family, table, set.as_str()), &e.key[..]));
                     }
                 }
                 _ => {}
             }
         }
-        let (mut now, mut later) = (Vec::new(), Vec::new());
+        let [mut prepare, mut switch, mut retire] = [Vec::new(), Vec::new(), Vec::new()];
         for op in &self.ops {
-            let table = op.table.as_str();
+            fn named<'a>(op: &'a Op, name: &'a str) -> (Family, &'a str, &'a str) {
+                (op.family, op.table.as_str(), name)
+            }
+            let created_chain = |name: &str| {
+                shared(name)
+                    && added_chains.contains(&named(op, name))
+                    && !deleted_chains.contains(&named(op, name))
+            };
             match (&op.object, op.verb) {
-                (Object::Elements { set, elements }, Verb::Delete) if shared(set) => {
-                    let (kept, retired): (Vec<_>, Vec<_>) =
-                        elements.iter().cloned().partition(|e| {
-                            added_keys.contains(&((op.family, table, set.as_str()), &e.key[..]))
-                        });
-                    for (list, to) in [(kept, &mut now), (retired, &mut later)] {
+                (Object::Set(h), Verb::Add)
+                    if shared(&h.name) && !deleted_sets.contains(&named(op, &h.name)) =>
+                {
+                    prepare.push(op.clone());
+                }
+                (Object::Chain(h), Verb::Add) if created_chain(&h.name) => {
+                    prepare.push(op.clone());
+                }
+                (Object::Rule { chain, .. }, Verb::Add) if created_chain(chain) => {
+                    prepare.push(op.clone());
+                }
+                (Object::Elements { set, elements }, verb) if shared(set) => {
+                    let (moved, kept): (Vec<_>, Vec<_>) = elements.iter().cloned().partition(|e| {
+                        let key = (named(op, set), &e.key[..]);
+                        match verb {
+                            Verb::Add => !deleted_keys.contains(&key),
+                            _ => !added_keys.contains(&key),
+                        }
+                    });
+                    let to = match verb {
+                        Verb::Add => &mut prepare,
+                        _ => &mut retire,
+                    };
+                    for (list, to) in [(moved, to), (kept, &mut switch)] {
                         if !list.is_empty() {
                             to.push(Op {
                                 object: Object::Elements {
@@ -108,21 +152,20 @@ impl Transaction {
                 }
                 (Object::Chain(h), Verb::Flush | Verb::Delete)
                     if shared(&h.name)
-                        && deleted_chains.contains(&(op.family, table, h.name.as_str()))
-                        && !added_chains.contains(&(op.family, table, h.name.as_str())) =>
+                        && deleted_chains.contains(&named(op, &h.name))
+                        && !added_chains.contains(&named(op, &h.name)) =>
                 {
-                    later.push(op.clone());
+                    retire.push(op.clone());
                 }
                 (Object::Set(h), Verb::Delete)
-                    if shared(&h.name)
-                        && !added_sets.contains(&(op.family, table, h.name.as_str())) =>
+                    if shared(&h.name) && !added_sets.contains(&named(op, &h.name)) =>
                 {
-                    later.push(op.clone());
+                    retire.push(op.clone());
                 }
-                _ => now.push(op.clone()),
+                _ => switch.push(op.clone()),
             }
         }
-        (Transaction { ops: now }, Transaction { ops: later })
+        [prepare, switch, retire].map(|ops| Transaction { ops })
     }
 
     /// How many operations of each verb and object kind (elements counted one by one).
