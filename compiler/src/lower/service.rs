@@ -171,14 +171,7 @@ fn add_port(
 
     // ClusterIP dispatch.
     if internal_list.is_empty() {
-        // iTP=Local with endpoints only on other nodes: drop, as kube-proxy does.
-        add_element(
-            table,
-            NO_ENDPOINT_SERVICES,
-            key(cluster_ip),
-            Some(ElemData::Verdict(Verdict::Drop)),
-            Some(label.clone()),
-        );
+        drop_internal_local(table, key(cluster_ip), &label);
     } else {
         add_element(
             table,
@@ -302,14 +295,7 @@ fn add_port_as_data(
 
     // ClusterIP dispatch.
     if internal_list.is_empty() {
-        // iTP=Local with endpoints only on other nodes: drop, as kube-proxy does.
-        add_element(
-            table,
-            NO_ENDPOINT_SERVICES,
-            addr_key(cluster_ip),
-            Some(ElemData::Verdict(Verdict::Drop)),
-            Some(label.to_string()),
-        );
+        drop_internal_local(table, addr_key(cluster_ip), label);
     } else {
         let entry = if svc.internal_local {
             DnatEntry::ClusterIpLocal
@@ -390,6 +376,18 @@ fn add_port_as_data(
             add_slots(table, &chain, key, local);
         }
     }
+}
+
+/// iTP=Local with endpoints only on other nodes: the ClusterIP drops, as kube-proxy's does.
+fn drop_internal_local(table: &mut Table, key: Vec<Value>, label: &str) {
+    let drop = Some(ElemData::Verdict(Verdict::Drop));
+    add_element(
+        table,
+        NO_ENDPOINT_SERVICES,
+        key,
+        drop,
+        Some(label.to_string()),
+    );
 }
 
 fn goto_data(chain: &str) -> Option<ElemData> {
