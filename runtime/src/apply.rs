@@ -148,9 +148,9 @@ pub fn plan_transaction(
 
 /// The transactions [`apply_plan`] sends: for a change, [`plan_transaction`]'s one, preceded by
 /// one that creates the shared DNAT chains, maps and slots it adds and followed by one that
-/// retires those it leaves, when there are any; for a
-/// cold start (`old` has no tables: the kernel holds none of ours) whose estimated cost exceeds
-/// `max_cost`, transactions of at most `max_cost` each (see [`cost`]; a
+/// retires those it leaves, when there are any; for a cold start (`old` has no tables: the
+/// kernel holds none of ours) whose estimated cost exceeds `max_cost`, transactions of at most
+/// `max_cost` each (see [`cost`]; a
 /// set's elements are split between transactions too, an operation costlier than `max_cost`
 /// goes alone). The plan's order already declares every object before anything refers to it,
 /// so each transaction only refers to objects committed before it or created in it; the base
@@ -303,33 +303,25 @@ pub fn apply_plan(old: &ir::Ruleset, tx: &plan::Transaction) -> Result<ApplyRepo
     if tx.is_empty() {
         return Ok(ApplyReport::NOTHING_SENT);
     }
-    if old.tables.is_empty() {
-        return apply_transactions(&plan_transactions(old, tx, COLD_START_COST)?);
-    }
-    // A change: its phases (see `plan_transactions`). When the kernel refuses the change
-    // itself after the shared chains and slots it prepares were committed, those are taken
-    // out again, so that a refused change leaves the kernel as it found it. (A refused
-    // retirement leaves the change applied and unreachable leftovers, which the caller's
-    // read-back after any failure removes.)
-    let [prepare, change, retire] = tx.phases();
-    let prepared = !prepare.is_empty();
-    let mut transactions = Vec::with_capacity(3);
-    for part in [&prepare, &change, &retire] {
-        if !part.is_empty() {
-            transactions.push(plan_transaction(old, part)?);
-        }
-    }
+    let transactions = plan_transactions(old, tx, COLD_START_COST)?;
     match apply_transactions(&transactions) {
+        // A change whose prepared shared chains and slots were committed and whose change the
+        // kernel refused: take them out again, so that a refused change leaves the kernel as
+        // it found it. (A refused retirement leaves the change applied with unreachable
+        // leftovers, which the caller's read-back after any failure removes.)
         Err(Error::Incomplete {
             committed: 1,
             total,
             source,
-        }) if prepared && !change.is_empty() => {
+        }) if !old.tables.is_empty() => {
+            let [prepare, ..] = tx.phases();
             let mut mid = old.clone();
-            if plan::apply(&mut mid, &prepare).is_ok() {
+            if !prepare.is_empty() && plan::apply(&mut mid, &prepare).is_ok() {
                 let undo = plan::plan(&mid, old);
                 // Best effort: if this fails too, the caller's read-back repairs it.
-                let _ = send(&[plan_transaction(&mid, &undo)?]);
+                if let Ok(undo) = plan_transaction(&mid, &undo) {
+                    let _ = send(&[undo]);
+                }
             }
             Err(Error::Incomplete {
                 committed: 1,
