@@ -904,7 +904,17 @@ fn health_and_metrics_answer_from_node_a() {
         json!({"endpoints.kubernetes.io/last-change-trigger-time": rfc3339_now()});
     s.api.apply(slice).expect("apply");
     s.converges("web-x without web-b2");
-    let scrape = s.get(METRICS, "/metrics").expect("metrics").body;
+    // The daemon records the round's metrics once its last commit (a change may be up to three
+    // transactions) is acknowledged, just after the kernel already shows the change.
+    let programmed = "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"}";
+    let deadline = Instant::now() + CONVERGE;
+    let scrape = loop {
+        let scrape = s.get(METRICS, "/metrics").expect("metrics").body;
+        if metric(&scrape, programmed).unwrap_or(0.0) > 0.0 || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(metric(&scrape, changes).expect("endpoint changes") > before);
     let sample =
         |name: &str| metric(&scrape, name).unwrap_or_else(|| panic!("{name} in:\n{scrape}"));
