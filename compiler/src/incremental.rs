@@ -77,6 +77,15 @@ struct Stored {
     slots: Vec<SlotGroup>,
 }
 
+impl Stored {
+    /// The keys this fragment claims in the ownership index: each element in a global set, and
+    /// each slot group by its frontend (see [`SlotGroup`]).
+    fn owned_keys(&self) -> impl Iterator<Item = (u16, &[Value])> {
+        (self.elements.iter().map(|(s, e)| (*s, &e.key[..])))
+            .chain(self.slots.iter().map(|g| (g.set, &g.frontend[..])))
+    }
+}
+
 /// A frontend's K slots in a shared chain's map, `frontend . i : endpoint_i`, kept as one
 /// record: at 50k Services the slots are most of the ruleset's elements (1.4 million), and
 /// the frontends of a port share one endpoint list. Every map belongs to one shared chain and
@@ -480,9 +489,7 @@ impl Incremental {
             }
         }
         for (f, stored) in lowered.fragments.iter().enumerate() {
-            let keys = (stored.elements.iter().map(|(s, e)| (*s, &e.key[..])))
-                .chain(stored.slots.iter().map(|g| (g.set, &g.frontend[..])));
-            for (s, key) in keys {
+            for (s, key) in stored.owned_keys() {
                 let owners = self.owners.entry(slot(f, s, key)).or_default();
                 let owner = Owner::Service(lowered.key.clone());
                 let at = owners.binary_search(&owner).unwrap_or_else(|at| at);
@@ -507,9 +514,7 @@ impl Incremental {
                     }
                 }
             }
-            let keys = (stored.elements.iter().map(|(s, e)| (*s, &e.key[..])))
-                .chain(stored.slots.iter().map(|g| (g.set, &g.frontend[..])));
-            for (s, element_key) in keys {
+            for (s, element_key) in stored.owned_keys() {
                 let id = slot(f, s, element_key);
                 if let Some(owners) = self.owners.get_mut(&id) {
                     owners.retain(|o| !matches!(o, Owner::Service(k) if **k == *key));
