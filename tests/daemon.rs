@@ -237,14 +237,16 @@ fn restart_adopts_the_kernel_and_keeps_affinity_state() {
         assert!(status.success(), "SIGTERM exits cleanly: {status}");
         assert_eq!(kernel(), expected, "the rules stay after the daemon exits");
 
-        // Packet-path state: a ClientIP affinity entry, as a packet would have added it.
-        let set = expected.tables[0]
-            .sets
-            .keys()
-            .find(|n| n.starts_with("affinity-"))
-            .expect("an affinity set")
-            .clone();
-        ns.nft(&["add", "element", "ip", "kube-nft", &set, "{ 203.0.113.9 }"])
+        // Packet-path state: a ClientIP affinity entry, as a packet would have added it (a
+        // client remembered on one of the Service's endpoints).
+        let maps = kube_nft_compiler::conntrack::AffinityMaps::of_ruleset(&expected);
+        let (_, set, endpoints) = maps.iter().next().expect("an affinity map");
+        let set = set.to_owned();
+        let entry = format!(
+            "{{ 203.0.113.9 : {} }}",
+            endpoints.first().expect("an endpoint")
+        );
+        ns.nft(&["add", "element", "ip", "kube-nft", &set, &entry])
             .expect("add an affinity entry");
 
         let mut d = daemon(&folder, &[]);
@@ -259,7 +261,7 @@ fn restart_adopts_the_kernel_and_keeps_affinity_state() {
             "a restart with nothing changed sends nothing: {line}"
         );
         let listing = ns
-            .nft(&["list", "set", "ip", "kube-nft", &set])
+            .nft(&["list", "map", "ip", "kube-nft", &set])
             .expect("list");
         assert!(
             listing.contains("203.0.113.9"),

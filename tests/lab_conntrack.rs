@@ -464,6 +464,117 @@ fn the_daemon_reconciles_conntrack_after_each_change() {
     daemon.terminate();
 }
 
+// --- ClientIP affinity ----------------------------------------------------------------------
+
+/// [`cluster`] with `sessionAffinity: ClientIP` on the Service.
+fn with_affinity(cluster: &str) -> String {
+    let out = cluster.replace(
+        r#""type":"NodePort","#,
+        r#""type":"NodePort","sessionAffinity":"ClientIP","#,
+    );
+    assert_ne!(out, cluster, "the Service is there");
+    out
+}
+
+/// The endpoint each of `client`'s ten IPv4 addresses sticks to through the NodePort (three new
+/// UDP flows each, from new source ports, which must all land on one pod).
+fn stuck(s: &Scene) -> Vec<(std::net::IpAddr, String)> {
+    let addrs = s
+        .lab
+        .topology()
+        .host("client")
+        .expect("client")
+        .addrs
+        .clone();
+    addrs
+        .into_iter()
+        .filter(|a| a.is_ipv4())
+        .map(|src| {
+            let probe = kube_nft_lab::Probe::new(
+                kube_nft_lab::Proto::Udp,
+                "192.168.0.2:30053".parse().expect("address"),
+            )
+            .from_addr(src);
+            let hosts: std::collections::BTreeSet<String> = (0..3)
+                .map(|i| match s.lab.probe("client", &probe) {
+                    Outcome::Reply(r) => r.host,
+                    other => panic!("{src}: probe {i}: {other}"),
+                })
+                .collect();
+            assert_eq!(hosts.len(), 1, "{src} moved between endpoints: {hosts:?}");
+            (src, hosts.into_iter().next().expect("one"))
+        })
+        .collect()
+}
+
+/// After `dns-<gone>` stopped being an endpoint (its pod still answers): every client that was
+/// on it is on another endpoint now, and every other client kept its endpoint (the sweep deleted
+/// only the affinity entries of the endpoint that left).
+fn assert_moved_only_from(
+    before: &[(std::net::IpAddr, String)],
+    after: &[(std::net::IpAddr, String)],
+    gone: &str,
+) {
+    assert!(before.iter().any(|(_, h)| h == gone), "{before:?}");
+    for ((src, was), (_, now)) in before.iter().zip(after) {
+        if was == gone {
+            assert_ne!(now, gone, "{src} still goes to the removed endpoint");
+        } else {
+            assert_eq!(
+                now, was,
+                "{src} lost its affinity although its endpoint stayed"
+            );
+        }
+    }
+}
+
+#[test]
+fn clients_with_affinity_to_a_removed_endpoint_move_and_the_others_stay() {
+    let Some(s) = Scene::build("affinity_to_a_removed_endpoint") else {
+        return;
+    };
+    s.change(
+        "step-1.yaml",
+        &with_affinity(&cluster(Some(&[1, 2, 3]), false)),
+    );
+    let before = stuck(&s);
+    // The endpoint of the first client leaves; its pod keeps answering, so a client the kernel
+    // still remembered on it would still get replies from it.
+    let gone = before[0].1.clone();
+    let keep: Vec<usize> = (1..=3).filter(|i| PODS[i - 1].0 != gone).collect();
+    let stderr = s.program(&s.file("step-2.yaml", &with_affinity(&cluster(Some(&keep), false))));
+    assert!(
+        stderr.contains("stale ClientIP affinity entries"),
+        "compile -f reports the sweep: {stderr}"
+    );
+    assert_moved_only_from(&before, &stuck(&s), &gone);
+}
+
+#[test]
+fn the_daemon_sweeps_affinity_to_a_removed_endpoint() {
+    let Some(s) = Scene::build("daemon_sweeps_affinity") else {
+        return;
+    };
+    let manifests = s.dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    let write = |text: &str| {
+        let tmp = manifests.join(".cluster.yaml.tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, manifests.join("cluster.yaml")).expect("rename");
+    };
+    write(&with_affinity(&cluster(Some(&[1, 2, 3]), false)));
+    let mut daemon = start_daemon(&s, &manifests);
+    let before = stuck(&s);
+    let gone = before[0].1.clone();
+    let keep: Vec<usize> = (1..=3).filter(|i| PODS[i - 1].0 != gone).collect();
+    write(&with_affinity(&cluster(Some(&keep), false)));
+    daemon
+        .wait_log("swept ClientIP affinity", 1, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("no sweep: {e}\n{}", daemon.log()));
+    assert_moved_only_from(&before, &stuck(&s), &gone);
+    daemon.terminate();
+}
+
 /// Starts `kube-nft run --manifests DIR` in node-a and waits for its first sync.
 fn start_daemon(s: &Scene, manifests: &Path) -> Daemon {
     let mut args = vec![

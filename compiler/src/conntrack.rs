@@ -37,7 +37,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::graph::{Backend, Graph, Service};
-use crate::ir::{Family, L4Proto, Ruleset, Value};
+use crate::ir::{Chain, Family, L4Proto, Ruleset, Stmt, Value};
 use crate::lower::{NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, SERVICE_IPS, SERVICE_NODEPORTS};
 
 /// `IPPROTO_UDP`.
@@ -536,6 +536,60 @@ pub fn frontends_of(ruleset: &Ruleset) -> BTreeSet<Frontend> {
     }
     out.retain(|f| reconciled(f.proto));
     out
+}
+
+/// The ClientIP affinity maps of a ruleset (`affinity-…`, client address → endpoint address,
+/// filled from the packet path; see `lower`) with the endpoint addresses each may hold: the data
+/// of the map's `update` statements. The kernel never rewrites an existing element's data, so an
+/// element whose endpoint left the list would keep DNATing its client to it until the element
+/// times out (hours, by default); the reconciler deletes such elements after each change, which
+/// is what kube-proxy gets by deleting the endpoint's affinity set. Maps the ruleset does not
+/// have are not listed: they go with their chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AffinityMaps {
+    maps: BTreeMap<(Family, String), BTreeSet<IpAddr>>,
+}
+
+impl AffinityMaps {
+    /// The affinity maps of every table of `ruleset`.
+    pub fn of_ruleset(ruleset: &Ruleset) -> AffinityMaps {
+        let mut out = AffinityMaps::default();
+        for table in &ruleset.tables {
+            for chain in table.chains.values() {
+                out.add_chain(table.family, chain);
+            }
+        }
+        out
+    }
+
+    /// Adds the maps `chain` (of a `family` table) records endpoints in.
+    pub fn add_chain(&mut self, family: Family, chain: &Chain) {
+        for stmt in chain.rules.iter().flat_map(|r| &r.stmts) {
+            if let Stmt::Update {
+                set,
+                data: Some(Value::Addr(addr)),
+                ..
+            } = stmt
+            {
+                self.maps
+                    .entry((family, set.clone()))
+                    .or_default()
+                    .insert(*addr);
+            }
+        }
+    }
+
+    /// Each map, by family and name, with the endpoint addresses its elements may hold.
+    pub fn iter(&self) -> impl Iterator<Item = (Family, &str, &BTreeSet<IpAddr>)> {
+        self.maps
+            .iter()
+            .map(|((family, name), addrs)| (*family, name.as_str(), addrs))
+    }
+
+    /// No affinity map at all (no Service uses ClientIP affinity).
+    pub fn is_empty(&self) -> bool {
+        self.maps.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -180,6 +180,8 @@ pub struct Incremental {
     /// every round, kept so that they need not walk every Service.
     with_health_check: BTreeSet<Key>,
     with_udp: BTreeSet<Key>,
+    /// Services with ClientIP affinity: what [`Incremental::affinity_maps`] reads.
+    with_affinity: BTreeSet<Key>,
     /// The next sync must be [`Sync::Full`].
     full: bool,
     /// ... after re-lowering every Service (first sync, or the node-wide part changed).
@@ -213,6 +215,7 @@ impl Incremental {
             no_local: (0, 0),
             with_health_check: BTreeSet::new(),
             with_udp: BTreeSet::new(),
+            with_affinity: BTreeSet::new(),
             full: true,
             rebuild: true,
             quarantined: BTreeMap::new(),
@@ -315,6 +318,7 @@ impl Incremental {
         self.no_local = (0, 0);
         self.with_health_check.clear();
         self.with_udp.clear();
+        self.with_affinity.clear();
         for (f, skeleton) in self.skeletons.iter().enumerate() {
             for (s, set) in skeleton.sets.values().enumerate() {
                 for element in &set.elements {
@@ -487,6 +491,9 @@ impl Incremental {
             {
                 self.with_udp.insert((*lowered.key).clone());
             }
+            if service.affinity_timeout.is_some() {
+                self.with_affinity.insert((*lowered.key).clone());
+            }
         }
         for (f, stored) in lowered.fragments.iter().enumerate() {
             for (s, key) in stored.owned_keys() {
@@ -505,6 +512,7 @@ impl Incremental {
         self.no_local.1 -= lowered.no_local.1 as usize;
         self.with_health_check.remove(key);
         self.with_udp.remove(key);
+        self.with_affinity.remove(key);
         for (f, stored) in lowered.fragments.iter().enumerate() {
             for name in &stored.shared {
                 if let Some(entry) = self.shared[f].get_mut(name) {
@@ -777,6 +785,21 @@ impl Incremental {
                 .filter_map(|key| self.services.get(key))
                 .filter_map(|l| l.service.as_ref()),
         )
+    }
+
+    /// The ClientIP affinity maps of the programmed Services with the endpoints each may hold:
+    /// what the reconciler sweeps. Equal to [`crate::conntrack::AffinityMaps::of_ruleset`] of
+    /// [`Incremental::ruleset`]. O(Services with affinity).
+    pub fn affinity_maps(&self) -> crate::conntrack::AffinityMaps {
+        let mut out = crate::conntrack::AffinityMaps::default();
+        for lowered in (self.with_affinity.iter()).filter_map(|key| self.services.get(key)) {
+            for (stored, family) in lowered.fragments.iter().zip([Family::Ip, Family::Ip6]) {
+                for chain in &stored.chains {
+                    out.add_chain(family, chain);
+                }
+            }
+        }
+        out
     }
 
     /// Every current diagnostic, sorted and deduplicated, including the checks across

@@ -304,7 +304,22 @@ impl Display for StmtText<'_> {
             Stmt::Vmap { left, map } => write!(f, "{} vmap @{map}", ExprText(left)),
             Stmt::MarkOr(bits) => write!(f, "meta mark set meta mark | {bits:#010x}"),
             Stmt::MarkXor(bits) => write!(f, "meta mark set meta mark ^ {bits:#010x}"),
-            Stmt::Update { set, key } => write!(f, "update @{set} {{ {} }}", ExprText(key)),
+            Stmt::Update {
+                set,
+                key,
+                data: None,
+            } => write!(f, "update @{set} {{ {} }}", ExprText(key)),
+            Stmt::Update {
+                set,
+                key,
+                data: Some(data),
+            } => {
+                let data = ValueText {
+                    value: data,
+                    hex: false,
+                };
+                write!(f, "update @{set} {{ {} : {data} }}", ExprText(key))
+            }
             Stmt::Dnat(target) => write!(f, "{}", NatText(target)),
             Stmt::Masquerade { fully_random } => {
                 f.write_str("masquerade")?;
@@ -362,6 +377,18 @@ impl Display for NatText<'_> {
             NatTarget::Map { family, key, map } => {
                 write!(f, "dnat {family} to {} map @{map}", ExprText(key))
             }
+            // The spaces around `:` matter: nft 1.0.6 lists this as `@map:port` and then reads
+            // `map:port` back as the map's name.
+            NatTarget::AddrMap {
+                proto,
+                key,
+                map,
+                port,
+            } => write!(
+                f,
+                "meta l4proto {proto} dnat to {} map @{map} : {port}",
+                ExprText(key)
+            ),
         }
     }
 }
@@ -664,6 +691,7 @@ mod tests {
             Stmt::Update {
                 set: "aff-x".into(),
                 key: Expr::Saddr(Family::Ip),
+                data: None,
             },
             expect!["update @aff-x { ip saddr }"],
         );

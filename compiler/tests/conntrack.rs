@@ -15,7 +15,8 @@ use std::net::IpAddr;
 
 use kube_nft_compiler::compile;
 use kube_nft_compiler::conntrack::{
-    frontends_of, Address, Destinations, Flow, Frontend, Kept, Stale, Targets, Tuple, Verdict,
+    frontends_of, Address, AffinityMaps, Destinations, Flow, Frontend, Kept, Stale, Targets, Tuple,
+    Verdict,
 };
 use kube_nft_compiler::incremental::Incremental;
 use kube_nft_compiler::ir::L4Proto;
@@ -144,7 +145,7 @@ proptest! {
     }
 
     #[test]
-    fn the_warm_compiler_has_the_destinations_of_compile(
+    fn the_warm_compiler_has_the_destinations_and_affinity_maps_of_compile(
         before in prop::collection::vec(svc(), 1..5),
         after in prop::collection::vec(svc(), 1..5),
     ) {
@@ -163,8 +164,9 @@ proptest! {
             snap.endpoint_slices.iter().for_each(|o| inputs.apply_slice(o));
             snap.nodes.iter().for_each(|o| inputs.apply_node(o));
             let _ = inc.sync();
-            let want = Destinations::of_graph(&compile(&snap, &config()).graph);
-            prop_assert_eq!(inc.udp_destinations(), want);
+            let compiled = compile(&snap, &config());
+            prop_assert_eq!(inc.udp_destinations(), Destinations::of_graph(&compiled.graph));
+            prop_assert_eq!(inc.affinity_maps(), AffinityMaps::of_ruleset(&compiled.ruleset));
         }
     }
 }

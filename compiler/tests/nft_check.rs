@@ -333,6 +333,7 @@ fn every_form(family: Family) -> Table {
                 Rule::new(vec![Stmt::Update {
                     set: "affinity-a".into(),
                     key: saddr.clone(),
+                    data: None,
                 }]),
                 Rule::new(vec![Stmt::Dnat(NatTarget::Addr {
                     proto: L4Proto::Tcp,

@@ -246,9 +246,10 @@ fn changing_the_cluster_ip_moves_its_elements_only() {
 }
 
 #[test]
-fn an_affinity_timeout_change_replaces_the_sets_and_rewrites_their_chain() {
-    // Three affinity sets change their timeout: each is deleted and re-added; the service chain
-    // uses them, so it is flushed and refilled even though its rules are the same.
+fn an_affinity_timeout_change_replaces_the_map_and_rewrites_its_chain() {
+    // The affinity map (one for the three endpoints) changes its timeout: it is deleted and
+    // re-added; the service chain uses it, so it is flushed and refilled even though its rules
+    // (the known-client DNAT and the three-rule cascade, after the masquerade rule) are the same.
     let mut before = uniform(20);
     before[CLUSTER_IP].affinity = Some(None);
     let mut after = before.clone();
@@ -256,7 +257,7 @@ fn an_affinity_timeout_change_replaces_the_sets_and_rewrites_their_chain() {
     let tx = check(&ruleset(&before), &ruleset(&after));
     assert_eq!(
         tx.counts().to_string(),
-        "add set 3, add rule 7, flush chain 1, delete set 3"
+        "add set 1, add rule 5, flush chain 1, delete set 1"
     );
 }
 

@@ -279,7 +279,12 @@ fn cost(op: &plan::Op, sets: usize) -> usize {
                 .filter(|stmt| {
                     matches!(
                         stmt,
-                        ir::Stmt::Lookup { .. } | ir::Stmt::Update { .. } | ir::Stmt::Vmap { .. }
+                        ir::Stmt::Lookup { .. }
+                            | ir::Stmt::Update { .. }
+                            | ir::Stmt::Vmap { .. }
+                            | ir::Stmt::Dnat(
+                                ir::NatTarget::Map { .. } | ir::NatTarget::AddrMap { .. }
+                            )
                     )
                 })
                 .count();

@@ -25,7 +25,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kube_nft_compiler::conntrack::{Destinations, Stale, Verdict};
+use kube_nft_compiler::conntrack::{AffinityMaps, Destinations, Stale, Verdict};
 use kube_nft_compiler::ir::Family;
 use tracing::{debug, error, info};
 
@@ -70,6 +70,9 @@ pub enum Error {
     /// Listing the node's addresses (for NodePort entries) failed.
     #[error("list the node's addresses")]
     Addresses(#[source] socket::Error),
+    /// The ClientIP affinity sweep that follows the conntrack pass failed.
+    #[error("sweep ClientIP affinity maps")]
+    Affinity(#[source] crate::affinity::Error),
 }
 
 /// What one pass did in one family.
@@ -319,7 +322,7 @@ fn dump(
 // The daemon's reconciler thread
 
 enum Command {
-    Update(Destinations),
+    Update(Destinations, AffinityMaps),
     Stop,
 }
 
@@ -349,9 +352,9 @@ impl Reconciler {
         }
     }
 
-    /// The ruleset changed: reconcile against `destinations` soon.
-    pub fn update(&self, destinations: Destinations) {
-        let _ = self.tx.send(Command::Update(destinations));
+    /// The ruleset changed: reconcile against `destinations` and sweep `affinity` soon.
+    pub fn update(&self, destinations: Destinations, affinity: AffinityMaps) {
+        let _ = self.tx.send(Command::Update(destinations, affinity));
     }
 
     /// Stops the thread and waits for it (at most one pass).
@@ -376,18 +379,18 @@ impl Drop for Reconciler {
 /// The thread's loop. Every wait is bounded by the period (or the retry delay).
 fn run(rx: &mpsc::Receiver<Command>, period: Duration, metrics: Option<&Metrics>) {
     let period = period.max(Duration::from_millis(100));
-    let mut current: Option<Destinations> = None;
+    let mut current: Option<(Destinations, AffinityMaps)> = None;
     let mut due: Option<Instant> = None;
     let mut retry = RETRY_MIN;
     loop {
         let wait = due.map_or(period, |d| d.saturating_duration_since(Instant::now()));
         match rx.recv_timeout(wait) {
-            Ok(Command::Update(next)) => {
-                take(&mut current, next);
+            Ok(Command::Update(next, affinity)) => {
+                take(&mut current, next, affinity);
                 // Coalesce whatever else is queued into the same pass.
                 loop {
                     match rx.try_recv() {
-                        Ok(Command::Update(next)) => take(&mut current, next),
+                        Ok(Command::Update(next, affinity)) => take(&mut current, next, affinity),
                         Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
                         Err(mpsc::TryRecvError::Empty) => break,
                     }
@@ -397,15 +400,22 @@ fn run(rx: &mpsc::Receiver<Command>, period: Duration, metrics: Option<&Metrics>
             Ok(Command::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let Some(destinations) = current.as_mut() else {
+        let Some((destinations, affinity)) = current.as_mut() else {
             due = None;
             continue;
         };
         if due.is_some_and(|d| d > Instant::now()) {
             continue;
         }
-        match reconcile_here(destinations) {
-            Ok(report) => {
+        let pass = reconcile_here(destinations).and_then(|report| {
+            let swept = crate::affinity::sweep(affinity).map_err(Error::Affinity)?;
+            Ok((report, swept))
+        });
+        match pass {
+            Ok((report, swept)) => {
+                if swept.deleted > 0 {
+                    info!(report = %swept, "swept ClientIP affinity");
+                }
                 destinations.forget_retired();
                 retry = RETRY_MIN;
                 due = Some(Instant::now() + period);
@@ -437,12 +447,16 @@ fn run(rx: &mpsc::Receiver<Command>, period: Duration, metrics: Option<&Metrics>
     }
 }
 
-/// The latest state, remembering what the previous ones had that it lacks.
-fn take(current: &mut Option<Destinations>, mut next: Destinations) {
-    if let Some(previous) = current.as_ref() {
+/// The latest state, remembering the frontends the previous ones had that it lacks.
+fn take(
+    current: &mut Option<(Destinations, AffinityMaps)>,
+    mut next: Destinations,
+    affinity: AffinityMaps,
+) {
+    if let Some((previous, _)) = current.as_ref() {
         next.inherit(previous);
     }
-    *current = Some(next);
+    *current = Some((next, affinity));
 }
 
 #[cfg(test)]
@@ -476,11 +490,12 @@ mod tests {
     #[test]
     fn coalesced_updates_forget_nothing_before_a_pass() {
         let mut current = None;
-        take(&mut current, state(&["172.30.0.1", "172.30.0.2"]));
+        let none = AffinityMaps::default;
+        take(&mut current, state(&["172.30.0.1", "172.30.0.2"]), none());
         // Two updates before the next pass: the first drops .1, the second drops .2 too.
-        take(&mut current, state(&["172.30.0.2"]));
-        take(&mut current, state(&["172.30.0.3"]));
-        let d = current.as_mut().unwrap();
+        take(&mut current, state(&["172.30.0.2"]), none());
+        take(&mut current, state(&["172.30.0.3"]), none());
+        let d = &mut current.as_mut().unwrap().0;
         let retired: Vec<_> = d.retired().copied().collect();
         assert_eq!(retired, [frontend("172.30.0.1"), frontend("172.30.0.2")]);
         assert!(matches!(
@@ -489,8 +504,8 @@ mod tests {
         ));
         // A pass saw them: gone; the next update retires only what it drops itself.
         d.forget_retired();
-        take(&mut current, state(&[]));
-        let d = current.as_ref().unwrap();
+        take(&mut current, state(&[]), none());
+        let d = &current.as_ref().unwrap().0;
         assert_eq!(
             d.retired().copied().collect::<Vec<_>>(),
             [frontend("172.30.0.3")]

@@ -262,7 +262,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                     matches!(&result, Some(Ok(o)) if o.sent() || o.kind == SyncKind::Full);
                 let ok = record(&current, result, drift, &metrics, &health, &mut reported);
                 if conntrack_due {
-                    conntrack.update(current.conntrack_destinations());
+                    conntrack.update(current.conntrack_destinations(), current.affinity_maps());
                 }
                 if committed && monitor_thread.is_none() {
                     match Monitor::open() {

@@ -3,11 +3,13 @@
 //! compiler and decides what the kernel needs; [`netlink`] encodes the compiler's IR as
 //! nf_tables batches and sends them, reads our tables back ([`readback`]) and watches for
 //! foreign changes; [`apply`] wraps that into the operations the proxy needs; [`conntrack`]
-//! deletes the conntrack entries the ruleset no longer agrees with; [`serve`] answers health,
+//! deletes the conntrack entries the ruleset no longer agrees with and [`affinity`] the ClientIP
+//! affinity entries of endpoints that left; [`serve`] answers health,
 //! metrics and health-check node ports; [`lock`] keeps one daemon per network namespace; and
 //! [`daemon`] wires them into `kube-nft run`. The compiler stays pure; this crate is where IO
 //! happens.
 
+pub mod affinity;
 pub mod apply;
 pub mod conntrack;
 pub mod daemon;

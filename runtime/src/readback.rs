@@ -131,15 +131,8 @@ pub fn read_table(
             continue;
         }
         let mut set = decoded.set;
-        let what = format!("elements of set {family} {name} {}", set.name);
         if !set.flags.dynamic {
-            let filter = decode::filter_attrs(name, Some(&set.name));
-            let mut raw = Vec::new();
-            for bytes in socket.dump(decode::NFT_MSG_GETSETELEM, nfproto, &filter)? {
-                let msg = Message::parse(&bytes).map_err(decode_err(what.clone()))?;
-                raw.extend(decode::raw_elements(&msg, &set).map_err(decode_err(what.clone()))?);
-            }
-            set.elements = decode::elements(&set, raw).map_err(decode_err(what))?;
+            set.elements = read_elements(socket, family, name, &set)?;
         }
         if decoded.anonymous {
             anonymous.push(set);
@@ -181,6 +174,29 @@ pub fn read_table(
         }
     }
     Ok(Some(table))
+}
+
+/// The elements of `set` (its header as the kernel has it: name, key and data types, flags) in
+/// table `family` `table`, sorted by key. A set that does not exist is a netlink error whose
+/// errno [`is_not_found`](socket::Errno::is_not_found).
+pub(crate) fn read_elements(
+    socket: &mut Socket,
+    family: Family,
+    table: &str,
+    set: &ir::Set,
+) -> Result<Vec<ir::Element>, Error> {
+    let what = format!("elements of set {family} {table} {}", set.name);
+    let decode_err = |source| Error::Decode {
+        object: what.clone(),
+        source,
+    };
+    let filter = decode::filter_attrs(table, Some(&set.name));
+    let mut raw = Vec::new();
+    for bytes in socket.dump(decode::NFT_MSG_GETSETELEM, nfproto(family), &filter)? {
+        let msg = Message::parse(&bytes).map_err(decode_err)?;
+        raw.extend(decode::raw_elements(&msg, set).map_err(decode_err)?);
+    }
+    decode::elements(set, raw).map_err(decode_err)
 }
 
 /// `ruleset` in the form [`read`] returns it: elements of dynamic sets removed (they are

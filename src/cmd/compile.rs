@@ -2,14 +2,15 @@
 //! (`--dry-run`) or program it into the current network namespace: read our tables back,
 //! plan the difference and apply it in one netlink transaction (nothing when equal), then
 //! delete the UDP/SCTP conntrack entries the new ruleset disagrees with (the frontends the
-//! tables held before count as ours, so a Service deleted from the input is reconciled too).
+//! tables held before count as ours, so a Service deleted from the input is reconciled too) and
+//! the ClientIP affinity entries of endpoints that left.
 
 use anyhow::Context;
-use kube_nft_compiler::conntrack::{frontends_of, Destinations};
+use kube_nft_compiler::conntrack::{frontends_of, AffinityMaps, Destinations};
 use kube_nft_compiler::ir::{Family, Ruleset};
 use kube_nft_compiler::plan::plan;
 use kube_nft_compiler::render::render;
-use kube_nft_runtime::{apply, conntrack, readback};
+use kube_nft_runtime::{affinity, apply, conntrack, readback};
 
 use super::{load_and_compile, print_stdout};
 use crate::cli::CompileArgs;
@@ -29,6 +30,11 @@ pub(super) fn run(args: &CompileArgs) -> anyhow::Result<u8> {
         Ok(report) if report.deleted() > 0 => eprintln!("{report}"),
         Ok(_) => {}
         // The rules are in: a failed reconcile is reported, not fatal (a rerun retries it).
+        Err(err) => eprintln!("warning: {:#}", anyhow::Error::from(err)),
+    }
+    match affinity::sweep(&AffinityMaps::of_ruleset(&compiled.ruleset)) {
+        Ok(report) if report.deleted > 0 => eprintln!("{report}"),
+        Ok(_) => {}
         Err(err) => eprintln!("warning: {:#}", anyhow::Error::from(err)),
     }
     Ok(0)

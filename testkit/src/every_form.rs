@@ -134,11 +134,30 @@ pub fn every_form(family: Family) -> ir::Table {
                     Stmt::Update {
                         set: "affinity".into(),
                         key: Expr::Saddr(family),
+                        data: None,
                     },
                     Stmt::Dnat(NatTarget::Addr {
                         proto: L4Proto::Tcp,
                         addr: addr("10.1.0.9", "fd00:1::9"),
                         port: 8080,
+                    }),
+                ]),
+                Rule::new(vec![Stmt::Dnat(NatTarget::AddrMap {
+                    proto: L4Proto::Sctp,
+                    key: Expr::Saddr(family),
+                    map: "affinity-map".into(),
+                    port: 3868,
+                })]),
+                Rule::new(vec![
+                    Stmt::Update {
+                        set: "affinity-map".into(),
+                        key: Expr::Saddr(family),
+                        data: Some(Value::Addr(addr("10.1.0.7", "fd00:1::7"))),
+                    },
+                    Stmt::Dnat(NatTarget::Addr {
+                        proto: L4Proto::Sctp,
+                        addr: addr("10.1.0.7", "fd00:1::7"),
+                        port: 3868,
                     }),
                 ]),
                 Rule::new(vec![Stmt::Verdict(Verdict::Return)]),
@@ -323,6 +342,13 @@ pub fn every_form(family: Family) -> ir::Table {
         timeout: true,
     };
     affinity.timeout = Some(10800);
+    let mut affinity_map = Set::new(
+        "affinity-map",
+        vec![family.addr_type()],
+        vec![family.addr_type()],
+    );
+    affinity_map.flags = affinity.flags;
+    affinity_map.timeout = Some(60);
     let mut everything_open = Set::new("open", vec![family.addr_type()], vec![]);
     everything_open.flags.interval = true;
     everything_open.elements = vec![element(
@@ -337,6 +363,7 @@ pub fn every_form(family: Family) -> ir::Table {
         ports,
         marks,
         affinity,
+        affinity_map,
         everything_open,
     ] {
         sets.insert(set.name.clone(), set);

@@ -261,12 +261,15 @@ pub enum Stmt {
     MarkOr(u32),
     /// `meta mark set meta mark ^ bits`.
     MarkXor(u32),
-    /// `update @set { key }`: add the key or refresh its timeout.
+    /// `update @set { key }` or `update @map { key : data }`: add the key (with its data) or,
+    /// when present, refresh its timeout. The kernel never rewrites an existing element's data.
     Update {
-        /// Set name (a dynamic set with timeout).
+        /// Set or map name (dynamic, with timeout).
         set: String,
         /// The key expression.
         key: Expr,
+        /// The constant data of a map's new element (`None` for a set).
+        data: Option<Value>,
     },
     /// `dnat to ...`: terminal, like every NAT statement.
     Dnat(NatTarget),
@@ -325,6 +328,20 @@ pub enum NatTarget {
         key: Expr,
         /// A map whose data is `addr . inet_service` of the table's family.
         map: String,
+    },
+    /// `meta l4proto P dnat to KEY map @MAP : PORT`: the endpoint address looked up in a named
+    /// map whose data is one address of the table's family, the port a constant. A key that is
+    /// not in the map ends the rule without a DNAT. ClientIP affinity uses it: the map is the
+    /// service port's client → endpoint memory, filled from the packet path (see `lower`).
+    AddrMap {
+        /// Transport protocol matched before the DNAT (a port mapping needs one).
+        proto: L4Proto,
+        /// The lookup key.
+        key: Expr,
+        /// A map whose data is an address of the table's family.
+        map: String,
+        /// Endpoint port.
+        port: u16,
     },
 }
 

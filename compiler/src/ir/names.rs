@@ -9,8 +9,6 @@
 //! Service names are DNS labels (`[a-z0-9-]`), ports are numbers, and an IPv6 address has its `:`
 //! replaced by `.` (`:` is not legal in an identifier).
 
-use std::net::IpAddr;
-
 use sha2::{Digest, Sha256};
 
 use super::L4Proto;
@@ -158,10 +156,13 @@ pub fn is_dnat_chain(name: &str) -> bool {
         })
 }
 
-/// Per (service port, endpoint) ClientIP affinity set.
-pub fn affinity_set(id: &ServicePortId<'_>, addr: IpAddr, port: u16) -> String {
-    let addr = addr.to_string().replace(':', ".");
-    hashed("affinity", &format!("{}__{}/{}", id.body(), addr, port))
+/// The ClientIP affinity map of one of a service port's endpoint lists (`local`: the
+/// node-local one) for the endpoints listening on `target_port`: client address → endpoint
+/// address. One map per list and target port (almost always one per list), never one per
+/// endpoint: every rule naming a set makes the kernel search the table's sets by name.
+pub fn affinity_map(id: &ServicePortId<'_>, local: bool, target_port: u16) -> String {
+    let list = if local { "local" } else { "cluster" };
+    hashed("affinity", &format!("{}__{list}/{target_port}", id.body()))
 }
 
 /// `prefix-HASH-body`, with the body truncated (ending in `...`) if needed.
@@ -224,10 +225,10 @@ mod tests {
             proto: L4Proto::Sctp,
             port: 65535,
         };
-        let ip: IpAddr = "fd80:abcd:12::a1b2:c3d4:e5f6:9999".parse().unwrap();
-        let a = affinity_set(&id, ip, 65535);
+        let a = affinity_map(&id, true, 65535);
         assert!(is_legal(&a), "{a}");
-        assert!(a.contains("fd80.abcd.12.0.a1b2"), "{a}");
+        assert_ne!(a, affinity_map(&id, false, 65535));
+        assert_ne!(a, affinity_map(&id, true, 65534));
         // Two different ports that truncate identically keep distinct names.
         let long_ns = "n".repeat(200);
         let id1 = ServicePortId {

@@ -357,18 +357,31 @@ impl<'a> TableCheck<'a, '_> {
                     Some(s) => self.check_key(object, at, left, s),
                 }
             }
-            Stmt::Update { set, key } => {
+            Stmt::Update { set, key, data } => {
                 self.check_expr(object, at, key);
                 match self.table.sets.get(set) {
                     None => self.err(object, format!("{at}set @{set} does not exist")),
-                    Some(s) if s.is_map() => {
-                        self.err(object, format!("{at}@{set} is a map; update needs a set"));
-                    }
                     Some(s) => {
                         if !s.flags.dynamic {
                             // The kernel only lets the packet path add to sets created with
                             // NFT_SET_EVAL (`flags dynamic`).
                             self.err(object, format!("{at}@{set} is not dynamic"));
+                        }
+                        match data {
+                            None if s.is_map() => self.err(
+                                object,
+                                format!("{at}@{set} is a map; update needs the data"),
+                            ),
+                            Some(_) if !s.is_map() => {
+                                self.err(object, format!("{at}@{set} is a set; update has data"))
+                            }
+                            Some(v) => {
+                                if let Err(e) = values_fit(std::slice::from_ref(v), &s.data, false)
+                                {
+                                    self.err(object, format!("{at}update data: {e}"));
+                                }
+                            }
+                            None => {}
                         }
                         self.check_key(object, at, key, s);
                     }
@@ -455,6 +468,16 @@ impl<'a> TableCheck<'a, '_> {
                             object,
                             format!("{at}@{map} does not map to an address and a port"),
                         );
+                    }
+                    Some(s) => self.check_key(object, at, key, s),
+                }
+            }
+            NatTarget::AddrMap { key, map, .. } => {
+                self.check_expr(object, at, key);
+                match self.table.sets.get(map) {
+                    None => self.err(object, format!("{at}map @{map} does not exist")),
+                    Some(s) if s.data != [family.addr_type()] => {
+                        self.err(object, format!("{at}@{map} does not map to an address"));
                     }
                     Some(s) => self.check_key(object, at, key, s),
                 }
@@ -989,6 +1012,7 @@ mod tests {
                     Stmt::Update {
                         set: "affinity-a".into(),
                         key: Expr::Saddr(Family::Ip),
+                        data: None,
                     },
                     jump("endpoint-1"),
                 ],
@@ -1462,27 +1486,58 @@ mod tests {
     }
 
     #[test]
-    fn updates_need_an_existing_dynamic_set() {
-        let update = |set: &str| Stmt::Update {
+    fn updates_need_an_existing_dynamic_set_and_data_exactly_for_a_map() {
+        let update = |set: &str, data: Option<&str>| Stmt::Update {
             set: set.into(),
             key: Expr::Saddr(Family::Ip),
+            data: data.map(|a| Value::Addr(ip(a))),
+        };
+        let addr_map = |map: &str| {
+            Stmt::Dnat(NatTarget::AddrMap {
+                proto: L4Proto::Tcp,
+                key: Expr::Saddr(Family::Ip),
+                map: map.into(),
+                port: 8080,
+            })
         };
         check(
             |t| {
+                let clients = add_set(
+                    t,
+                    "affinity-m",
+                    vec![DataType::Ipv4Addr],
+                    vec![DataType::Ipv4Addr],
+                );
+                clients.flags.dynamic = true;
+                clients.flags.timeout = true;
                 rule(
                     t,
                     "service-a",
                     vec![
-                        update("missing"),
-                        update("service-ips"),
-                        update("nodeport-ips"),
+                        update("missing", None),
+                        update("service-ips", None),
+                        update("nodeport-ips", None),
+                        update("affinity-m", None),
+                        update("affinity-a", Some("10.0.0.1")),
+                        update("affinity-m", Some("fd00::1")),
+                        update("affinity-m", Some("10.0.0.1")),
                     ],
-                )
+                );
+                for map in ["missing", "service-ips", "affinity-m"] {
+                    rule(t, "service-a", vec![addr_map(map)]);
+                }
             },
             expect![[r#"
                 ip kube-nft: chain service-a rule 2: statement 0: set @missing does not exist
-                ip kube-nft: chain service-a rule 2: statement 1: @service-ips is a map; update needs a set
+                ip kube-nft: chain service-a rule 2: statement 1: @service-ips is not dynamic
+                ip kube-nft: chain service-a rule 2: statement 1: @service-ips is a map; update needs the data
+                ip kube-nft: chain service-a rule 2: statement 1: key is ipv4_addr but @service-ips has ipv4_addr . inet_proto . inet_service
                 ip kube-nft: chain service-a rule 2: statement 2: @nodeport-ips is not dynamic
+                ip kube-nft: chain service-a rule 2: statement 3: @affinity-m is a map; update needs the data
+                ip kube-nft: chain service-a rule 2: statement 4: @affinity-a is a set; update has data
+                ip kube-nft: chain service-a rule 2: statement 5: update data: part 0: `fd00::1` is not of type ipv4_addr
+                ip kube-nft: chain service-a rule 3: statement 0: map @missing does not exist
+                ip kube-nft: chain service-a rule 4: statement 0: @service-ips does not map to an address
             "#]],
         );
     }
@@ -1543,6 +1598,7 @@ mod tests {
                     vec![Stmt::Update {
                         set: "affinity-a".into(),
                         key,
+                        data: None,
                     }],
                 );
             },

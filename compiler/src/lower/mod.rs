@@ -142,7 +142,9 @@ pub(crate) fn lower_service(
 mod tests {
     use super::*;
     use crate::graph::{Backend, Scheduler, Service, ServicePort};
-    use crate::ir::{ElemData, Expr, L4Proto, NatTarget, NumgenMode, Stmt, Value, Verdict};
+    use crate::ir::{
+        DataType, ElemData, Expr, L4Proto, NatTarget, NumgenMode, Stmt, Value, Verdict,
+    };
 
     fn backend(addr: &str, port: u16) -> Backend {
         Backend {
@@ -327,22 +329,63 @@ mod tests {
     }
 
     #[test]
-    fn affinity_adds_one_timeout_set_per_endpoint() {
+    fn affinity_adds_one_map_per_endpoint_list_and_target_port() {
         let mut svc = service(
             "sticky",
-            vec![backend("10.0.1.1", 80), backend("10.0.1.2", 80)],
+            vec![
+                backend("10.0.1.1", 80),
+                backend("10.0.1.2", 80),
+                backend("10.0.1.3", 81),
+            ],
         );
         svc.affinity_timeout = Some(30);
         let table = lower_one(svc);
-        let aff: Vec<_> = table
+        let maps: Vec<_> = table
             .sets
             .values()
             .filter(|s| s.name.starts_with("affinity-"))
             .collect();
-        assert_eq!(aff.len(), 2);
-        assert!(aff
-            .iter()
-            .all(|s| s.timeout == Some(30) && s.flags.dynamic && s.flags.timeout));
+        assert_eq!(maps.len(), 2, "one per target port, none per endpoint");
+        assert!(maps.iter().all(|s| s.timeout == Some(30)
+            && s.flags.dynamic
+            && s.flags.timeout
+            && s.key == [DataType::Ipv4Addr]
+            && s.data == [DataType::Ipv4Addr]));
+        let chain = (table.chains.values())
+            .find(|c| c.name.starts_with("service-"))
+            .expect("affinity keeps a chain of its own");
+        // A known client first (one DNAT per map), then the cascade, each rule recording
+        // its choice in the map of its endpoint's port.
+        let remembered: Vec<(&str, u16)> = (chain.rules.iter())
+            .filter_map(|r| match &r.stmts[..] {
+                [Stmt::Dnat(NatTarget::AddrMap { map, port, .. })] => Some((map.as_str(), *port)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(remembered.len(), 2);
+        assert!(remembered.iter().all(|(m, _)| table.sets.contains_key(*m)));
+        let recorded: Vec<(&str, Value)> = (chain.rules.iter())
+            .flat_map(|r| &r.stmts)
+            .filter_map(|s| match s {
+                Stmt::Update {
+                    set,
+                    data: Some(data),
+                    ..
+                } => Some((set.as_str(), data.clone())),
+                _ => None,
+            })
+            .collect();
+        let addr = |a: &str| Value::Addr(a.parse().unwrap());
+        let map_of = |port| remembered.iter().find(|(_, p)| *p == port).unwrap().0;
+        assert_eq!(
+            recorded,
+            [
+                (map_of(80), addr("10.0.1.1")),
+                (map_of(80), addr("10.0.1.2")),
+                (map_of(81), addr("10.0.1.3")),
+            ]
+        );
+        assert_eq!(chain.rules.len(), 2 + 3);
     }
 
     #[test]

@@ -182,9 +182,9 @@ fn add_port(
         );
     }
 
-    for (name, list, needed) in [
-        (&service_chain, &cluster, needs_service_chain),
-        (&local_chain, &local, needs_local_chain),
+    for (name, list, needed, is_local) in [
+        (&service_chain, &cluster, needs_service_chain, false),
+        (&local_chain, &local, needs_local_chain, true),
     ] {
         if !needed {
             continue;
@@ -193,7 +193,7 @@ fn add_port(
         if name == internal_chain {
             c.rules.extend(cluster_ip_masquerade(ctx, Some(cluster_ip)));
         }
-        add_balancing(&mut c.rules, table, ctx, svc, &id, port, list);
+        add_balancing(&mut c.rules, table, ctx, svc, &id, port, list, is_local);
         insert_chain(table, c);
         for b in list {
             add_element(
@@ -591,9 +591,12 @@ fn external_rules(
 /// saddr` with a different seed per rule gives a stable per-client choice (one seed for all rules
 /// would nest the hash thresholds and skew the split).
 ///
-/// With ClientIP affinity every endpoint first gets `ip saddr @affinity-e … dnat to e`, and each
-/// choice refreshes the client's entry in the endpoint's timeout set (kube-proxy's semantics:
-/// keyed on client IP, per service port, across all the port's addresses).
+/// With ClientIP affinity the chain first DNATs a client its affinity map knows
+/// (`dnat to ip saddr map @affinity-… : port`), and each cascade rule records its choice
+/// (`update @affinity-… { ip saddr : e }`): keyed on the client address, per service port,
+/// across all the port's addresses, as kube-proxy; the node-local list (`local`) has a map of its
+/// own, so an eTP=Local client is never sent to a remote endpoint remembered from the Cluster list.
+#[allow(clippy::too_many_arguments)]
 fn add_balancing(
     rules: &mut Vec<Rule>,
     table: &mut Table,
@@ -602,6 +605,7 @@ fn add_balancing(
     id: &ServicePortId<'_>,
     port: &ServicePort,
     list: &[Backend],
+    local: bool,
 ) {
     let family = ctx.family;
     let dnat = |b: &Backend| {
@@ -611,47 +615,52 @@ fn add_balancing(
             port: b.port,
         })
     };
-    let affinity_sets: Vec<Option<String>> = list
+    // ClientIP affinity: one map per endpoint list and target port, client address → endpoint
+    // address. A client the map knows is DNATed straight to its endpoint; the others take the
+    // cascade, whose every rule records the choice. The kernel keeps an existing element's
+    // data, so an entry for an endpoint that left the list would keep sending its client there
+    // until it times out: the conntrack reconciler deletes such entries after each change
+    // (`conntrack::Destinations::affinity`).
+    let affinity: Vec<Option<String>> = list
         .iter()
         .map(|b| {
             svc.affinity_timeout.map(|timeout| {
-                let name = names::affinity_set(id, b.addr, b.port);
-                table.sets.entry(name.clone()).or_insert_with(|| Set {
-                    name: name.clone(),
-                    key: vec![family.addr_type()],
-                    data: vec![],
-                    // `dynamic` is set explicitly: some kernels add it to sets updated from the
-                    // packet path and a later identical `add set` then fails (kube-proxy note).
-                    flags: SetFlags {
-                        interval: false,
-                        dynamic: true,
-                        timeout: true,
-                    },
-                    timeout: Some(timeout),
-                    comment: None,
-                    elements: Vec::new(),
+                let name = names::affinity_map(id, local, b.port);
+                table.sets.entry(name.clone()).or_insert_with(|| {
+                    rules.push(Rule::new(vec![Stmt::Dnat(NatTarget::AddrMap {
+                        proto: port.proto,
+                        key: Expr::Saddr(family),
+                        map: name.clone(),
+                        port: b.port,
+                    })]));
+                    Set {
+                        name: name.clone(),
+                        key: vec![family.addr_type()],
+                        data: vec![family.addr_type()],
+                        // `dynamic` is set explicitly: some kernels add it to sets updated from
+                        // the packet path and a later identical `add set` then fails (kube-proxy
+                        // note).
+                        flags: SetFlags {
+                            interval: false,
+                            dynamic: true,
+                            timeout: true,
+                        },
+                        timeout: Some(timeout),
+                        comment: None,
+                        elements: Vec::new(),
+                    }
                 });
                 name
             })
         })
         .collect();
-
-    for (b, set) in list.iter().zip(&affinity_sets) {
-        if let Some(set) = set {
-            rules.push(Rule::new(vec![
-                Stmt::Lookup {
-                    left: Expr::Saddr(family),
-                    set: set.clone(),
-                    negate: false,
-                },
-                Stmt::Update {
-                    set: set.clone(),
-                    key: Expr::Saddr(family),
-                },
-                dnat(b),
-            ]));
-        }
-    }
+    let update = |map: &Option<String>, b: &Backend| {
+        map.as_ref().map(|map| Stmt::Update {
+            set: map.clone(),
+            key: Expr::Saddr(family),
+            data: Some(Value::Addr(b.addr)),
+        })
+    };
 
     let k = list.len();
     if k > CASCADE_MAX && svc.affinity_timeout.is_none() {
@@ -662,7 +671,7 @@ fn add_balancing(
         })]));
         return;
     }
-    for (j, (b, set)) in list.iter().zip(&affinity_sets).enumerate() {
+    for (j, (b, map)) in list.iter().zip(&affinity).enumerate() {
         let mut stmts = Vec::new();
         if j + 1 < k {
             stmts.push(Stmt::Match {
@@ -671,12 +680,7 @@ fn add_balancing(
                 right: Value::Int(0),
             });
         }
-        if let Some(set) = set {
-            stmts.push(Stmt::Update {
-                set: set.clone(),
-                key: Expr::Saddr(family),
-            });
-        }
+        stmts.extend(update(map, b));
         stmts.push(dnat(b));
         rules.push(Rule::new(stmts));
     }

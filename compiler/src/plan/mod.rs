@@ -428,11 +428,15 @@ fn rule_chains(rule: &Rule) -> impl Iterator<Item = &str> {
     })
 }
 
-/// The named sets and maps a rule uses (lookups, verdict maps, updates).
+/// The named sets and maps a rule uses (lookups, verdict maps, updates, DNAT maps).
 fn rule_sets(rule: &Rule) -> impl Iterator<Item = &str> {
+    use crate::ir::NatTarget;
     rule.stmts.iter().filter_map(|stmt| match stmt {
         Stmt::Lookup { set, .. } | Stmt::Update { set, .. } => Some(set.as_str()),
-        Stmt::Vmap { map, .. } => Some(map.as_str()),
+        Stmt::Vmap { map, .. }
+        | Stmt::Dnat(NatTarget::Map { map, .. } | NatTarget::AddrMap { map, .. }) => {
+            Some(map.as_str())
+        }
         _ => None,
     })
 }

@@ -401,6 +401,32 @@ impl Interp<'_> {
                 });
                 (self.packet.proto, groups)
             }
+            // The affinity map of a stateless trace holds no client (its elements come from the
+            // packet path), so this misses unless a test put one there.
+            NatTarget::AddrMap {
+                proto,
+                key,
+                map,
+                port,
+            } => {
+                let set = match self.set(map) {
+                    Ok(set) => set,
+                    Err(e) => {
+                        out.push((b, RuleFlow::End(Flow::Error(e))));
+                        return;
+                    }
+                };
+                let groups = self.classify(&b, key, |k| {
+                    Ok(find(set, k)?.and_then(|i| match &set.elements[i].data {
+                        Some(ElemData::Values(v)) => match v[..] {
+                            [Value::Addr(addr)] => Some((addr, *port)),
+                            _ => None,
+                        },
+                        _ => None,
+                    }))
+                });
+                (*proto, groups)
+            }
         };
         if proto != self.packet.proto {
             out.push((b, RuleFlow::Next));

@@ -274,6 +274,7 @@ fn fixture() -> Ruleset {
                     Stmt::Update {
                         set: "affinity-BBBB".to_string(),
                         key: Expr::Saddr(Family::Ip),
+                        data: None,
                     },
                     Stmt::Dnat(NatTarget::NumgenMap {
                         proto: L4Proto::Tcp,
@@ -884,6 +885,7 @@ fn dnat_to_a_node_address_is_delivered_through_input() {
         Stmt::Update {
             set: "seen-in-input".to_string(),
             key: Expr::Saddr(Family::Ip),
+            data: None,
         },
     ]));
     // Routed in and delivered locally: postrouting (and so masquerade) never runs, although

@@ -97,8 +97,21 @@ fn put_stmt(
             mark_set(buf, u32::MAX, *bits);
             Ok(())
         }
-        Stmt::Update { set, key } => {
+        // nft: the key in register 1 onwards, a map's data (a constant) in the next 128-bit
+        // register, which is free because a key of this kind is at most one address long.
+        Stmt::Update { set, key, data } => {
             load(buf, ctx, key, BASE, false)?;
+            if let Some(data) = data {
+                let bytes = match data {
+                    Value::Addr(addr) if Family::of(*addr) == ctx.family => addr_octets(*addr),
+                    other => {
+                        return Err(ErrorKind::Unsupported(format!(
+                            "update data {other:?} (only an address of the table's family)"
+                        )))
+                    }
+                };
+                immediate_value(buf, reg(BASE + 4), &bytes);
+            }
             let id = ctx.set(set).and_then(|i| i.id);
             expr(buf, "dynset", |buf| {
                 attr::put_strz(buf, NFTA_DYNSET_SET_NAME, set);
@@ -107,6 +120,9 @@ fn put_stmt(
                 }
                 attr::put_be32(buf, NFTA_DYNSET_OP, NFT_DYNSET_OP_UPDATE);
                 attr::put_be32(buf, NFTA_DYNSET_SREG_KEY, reg(BASE));
+                if data.is_some() {
+                    attr::put_be32(buf, NFTA_DYNSET_SREG_DATA, reg(BASE + 4));
+                }
             });
             Ok(())
         }
@@ -162,6 +178,28 @@ fn put_stmt(
             let addr_len = ctx.family.addr_type();
             let port_slot = BASE + padded(super::encode::type_len(addr_len)) / 4;
             nat(buf, ctx.family, reg(BASE), reg(port_slot), 0);
+            Ok(())
+        }
+        // nft: `lookup … dreg 1` puts the address in register 1, the port is an immediate in the
+        // next 128-bit register.
+        Stmt::Dnat(NatTarget::AddrMap {
+            proto,
+            key,
+            map,
+            port,
+        }) => {
+            let id = ctx.set(map).and_then(|i| i.id);
+            match_l4proto(buf, proto.number());
+            load(buf, ctx, key, BASE, false)?;
+            lookup(buf, map, id, Some(reg(BASE)), 0);
+            immediate_value(buf, reg(BASE + 4), &port.to_be_bytes());
+            nat(
+                buf,
+                ctx.family,
+                reg(BASE),
+                reg(BASE + 4),
+                NF_NAT_RANGE_PROTO_SPECIFIED,
+            );
             Ok(())
         }
         Stmt::Masquerade { fully_random } => {

@@ -193,6 +193,7 @@ pub(crate) const NFTA_DYNSET_SET_NAME: u16 = 1;
 pub(crate) const NFTA_DYNSET_SET_ID: u16 = 2;
 pub(crate) const NFTA_DYNSET_OP: u16 = 3;
 pub(crate) const NFTA_DYNSET_SREG_KEY: u16 = 4;
+pub(crate) const NFTA_DYNSET_SREG_DATA: u16 = 5;
 pub(crate) const NFT_DYNSET_OP_UPDATE: u32 = 1;
 pub(crate) const NFTA_NAT_TYPE: u16 = 1;
 pub(crate) const NFTA_NAT_FAMILY: u16 = 2;

@@ -265,6 +265,11 @@ impl<K: Kernel> Engine<K> {
         destinations
     }
 
+    /// The ClientIP affinity maps of the desired state, for the reconciler's sweep.
+    pub fn affinity_maps(&self) -> kube_nft_compiler::conntrack::AffinityMaps {
+        self.compiler.affinity_maps()
+    }
+
     /// The whole desired ruleset.
     pub fn desired(&self) -> Ruleset {
         self.compiler.ruleset()

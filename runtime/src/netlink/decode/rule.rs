@@ -154,8 +154,10 @@ enum Ex {
         set: String,
         op: u32,
         sreg_key: u32,
-        /// Anything beyond `update @set { key }`: a data register, a timeout, flags or
-        /// expressions (`NFTA_DYNSET_*` type and value).
+        /// A map's data register.
+        sreg_data: Option<u32>,
+        /// Anything beyond `update @set { key : data }`: a timeout, flags or expressions
+        /// (`NFTA_DYNSET_*` type and value).
         extra: Option<(u16, Vec<u8>)>,
     },
     Immediate {
@@ -192,7 +194,6 @@ const NFTA_NAT_REG_ADDR_MAX: u16 = 4;
 const NFTA_NAT_REG_PROTO_MAX: u16 = 6;
 const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
 const NFTA_CT_DIRECTION: u16 = 3;
-const NFTA_DYNSET_SREG_DATA: u16 = 5;
 const NFTA_DYNSET_TIMEOUT: u16 = 6;
 const NFTA_DYNSET_EXPR: u16 = 7;
 const NFTA_DYNSET_FLAGS: u16 = 9;
@@ -288,11 +289,12 @@ impl Ex {
                 )?,
                 op: u(NFTA_DYNSET_OP)?,
                 sreg_key: r(NFTA_DYNSET_SREG_KEY)?,
+                sreg_data: opt_r(NFTA_DYNSET_SREG_DATA)?,
                 // The kernel always dumps the timeout (0: the set's default) and the flags.
                 extra: a
                     .iter()
                     .find(|(ty, value)| match *ty {
-                        NFTA_DYNSET_SREG_DATA | NFTA_DYNSET_EXPR | NFTA_DYNSET_EXPRESSIONS => true,
+                        NFTA_DYNSET_EXPR | NFTA_DYNSET_EXPRESSIONS => true,
                         NFTA_DYNSET_TIMEOUT | NFTA_DYNSET_FLAGS => value.iter().any(|b| *b != 0),
                         _ => false,
                     })
@@ -564,10 +566,7 @@ impl<'a> Cursor<'a> {
                 NatTarget::Addr { proto, addr, port }
             }
             _ => {
-                let (index, _) = self.load(BASE).ok()?;
-                if !matches!(index, Expr::Numgen { .. } | Expr::JhashSaddr { .. }) {
-                    return None;
-                }
+                let (key, _) = self.load(BASE).ok()?;
                 let Ok(Ex::Lookup {
                     set,
                     sreg: BASE,
@@ -577,12 +576,42 @@ impl<'a> Cursor<'a> {
                 else {
                     return None;
                 };
-                let targets = self.anon_maps.get(set)?.clone();
-                self.nat(port_slot)?;
-                NatTarget::NumgenMap {
-                    proto,
-                    index,
-                    targets,
+                match self.anon_maps.get(set) {
+                    Some(targets) => {
+                        if !matches!(key, Expr::Numgen { .. } | Expr::JhashSaddr { .. }) {
+                            return None;
+                        }
+                        let targets = targets.clone();
+                        self.nat(port_slot)?;
+                        NatTarget::NumgenMap {
+                            proto,
+                            index: key,
+                            targets,
+                        }
+                    }
+                    // A named map of addresses, the port an immediate after it.
+                    None => {
+                        let Ok(Ex::Immediate {
+                            dreg,
+                            data: Imm::Value(port),
+                        }) = self.next()
+                        else {
+                            return None;
+                        };
+                        let Ok(Value::Port(port)) = value_of(port, DataType::InetService) else {
+                            return None;
+                        };
+                        if *dreg != BASE + 4 {
+                            return None;
+                        }
+                        self.nat(BASE + 4)?;
+                        NatTarget::AddrMap {
+                            proto,
+                            key,
+                            map: set.clone(),
+                            port,
+                        }
+                    }
                 }
             }
         };
@@ -691,11 +720,37 @@ impl<'a> Cursor<'a> {
                 set,
                 op: NFT_DYNSET_OP_UPDATE,
                 sreg_key: BASE,
+                sreg_data: None,
                 extra: None,
             } => Ok(Stmt::Update {
                 set: set.clone(),
                 key: left,
+                data: None,
             }),
+            // `update @map { key : address }`: the address an immediate in the next 128-bit
+            // register.
+            Ex::Immediate {
+                dreg,
+                data: Imm::Value(bytes),
+            } if *dreg == BASE + 4 => {
+                let Ok(Value::Addr(addr)) = value_of(bytes, self.family.addr_type()) else {
+                    return miss("an update's data that is not an address");
+                };
+                match self.next()? {
+                    Ex::Dynset {
+                        set,
+                        op: NFT_DYNSET_OP_UPDATE,
+                        sreg_key: BASE,
+                        sreg_data: Some(data),
+                        extra: None,
+                    } if *data == BASE + 4 => Ok(Stmt::Update {
+                        set: set.clone(),
+                        key: left,
+                        data: Some(Value::Addr(addr)),
+                    }),
+                    _ => miss("an update of a map after its data"),
+                }
+            }
             _ if parts.len() > 1 => {
                 self.at -= 1;
                 miss("a lookup of the concatenation")
