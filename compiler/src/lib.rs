@@ -40,8 +40,17 @@ pub struct Compiled {
 /// Bad objects become diagnostics and never stop the others from being programmed. The result
 /// is verified; a verifier failure is a compiler bug and panics with the full list.
 pub fn compile(snapshot: &model::Snapshot, config: &Config) -> Compiled {
-    let (graph, diagnostics) = normalize::normalize(snapshot, config);
-    let ruleset = lower::lower(&graph, config);
+    compile_inputs(normalize::Inputs::from_snapshot(snapshot, config))
+}
+
+/// [`compile`] of objects already folded into the compact store (`Inputs::add` as the loader
+/// reads them): the same result, without ever holding the Kubernetes objects of the whole
+/// cluster. The store is dropped before lowering.
+pub fn compile_inputs(inputs: normalize::Inputs) -> Compiled {
+    let config = inputs.config().clone();
+    let (graph, diagnostics) = inputs.graph();
+    drop(inputs);
+    let ruleset = lower::lower(&graph, &config);
     if let Err(errors) = ir::verify(&ruleset) {
         panic!("compiler produced an invalid ruleset (a bug):\n{errors}");
     }

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::Diagnostic;
@@ -79,6 +80,37 @@ fn line_suffix(line: Option<u64>) -> String {
     line.map(|l| format!(":{l}")).unwrap_or_default()
 }
 
+/// One object of a kind kube-nft uses, typed.
+// Sizes differ (a Node is about twice a Service), but an object only passes from the loader
+// to its sink, by value, once: boxing would cost an allocation per object and save nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// `v1 Service`.
+    Service(Service),
+    /// `discovery.k8s.io/v1 EndpointSlice`.
+    EndpointSlice(EndpointSlice),
+    /// `v1 Endpoints`.
+    Endpoints(Endpoints),
+    /// `v1 Node`.
+    Node(Node),
+    /// `networking.k8s.io/v1 ServiceCIDR` (v1beta1 relabelled).
+    ServiceCidr(ServiceCIDR),
+}
+
+impl Snapshot {
+    /// Adds an object, in input order.
+    pub fn push(&mut self, object: Object) {
+        match object {
+            Object::Service(o) => self.services.push(o),
+            Object::EndpointSlice(o) => self.endpoint_slices.push(o),
+            Object::Endpoints(o) => self.endpoints.push(o),
+            Object::Node(o) => self.nodes.push(o),
+            Object::ServiceCidr(o) => self.service_cidrs.push(o),
+        }
+    }
+}
+
 /// Reads every source into one snapshot.
 ///
 /// Each source is JSON (one value or several concatenated) or multi-document YAML; empty and
@@ -86,29 +118,305 @@ fn line_suffix(line: Option<u64>) -> String {
 /// unused kinds are counted in [`Loaded::skipped`]; objects that fail to deserialize become
 /// diagnostics. Only unparseable text fails the whole load.
 pub fn load(sources: &[Source]) -> Result<Loaded, LoadError> {
+    let mut snapshot = Snapshot::default();
+    let mut loaded = load_each(sources, |object| snapshot.push(object))?;
+    loaded.snapshot = snapshot;
+    Ok(loaded)
+}
+
+/// [`load`], handing each object to `sink` as soon as it is read instead of keeping a
+/// snapshot (the returned [`Loaded::snapshot`] is empty), so a caller that folds objects into a
+/// compact form never holds the whole input twice. The items of a JSON `List` are read one at a
+/// time: `kubectl get … -o json` of a large cluster is one such document, and as a
+/// `serde_json::Value` tree it takes about ten times its text. YAML documents are read whole.
+pub fn load_each(sources: &[Source], mut sink: impl FnMut(Object)) -> Result<Loaded, LoadError> {
     let mut loaded = Loaded::default();
     for source in sources {
+        let mut loader = Loader {
+            loaded: &mut loaded,
+            sink: &mut sink,
+        };
+        if let Some(result) = stream_json(source, &mut loader) {
+            result?;
+            continue;
+        }
         for (index, doc) in documents(source)?.into_iter().enumerate() {
-            match doc {
-                Value::Null => {}
-                Value::Object(_) => loaded.object(&source.origin, doc, None),
-                Value::Array(items) => {
-                    // A bare array of objects is read like the items of a `List`.
-                    for item in items {
-                        loaded.object(&source.origin, item, None);
-                    }
-                }
-                other => {
-                    return Err(LoadError::NotAnObject {
-                        origin: source.origin.clone(),
-                        document: index + 1,
-                        found: json_type(&other),
-                    })
-                }
-            }
+            loader.document(&source.origin, index, doc)?;
         }
     }
     Ok(loaded)
+}
+
+/// Where [`load_each`] files what it reads.
+struct Loader<'a, F: FnMut(Object)> {
+    loaded: &'a mut Loaded,
+    sink: &'a mut F,
+}
+
+impl<F: FnMut(Object)> Loader<'_, F> {
+    /// One whole document (0-based `index` in its source).
+    fn document(&mut self, origin: &str, index: usize, doc: Value) -> Result<(), LoadError> {
+        match doc {
+            Value::Null => {}
+            Value::Object(_) => self.object(origin, doc, None),
+            Value::Array(items) => {
+                // A bare array of objects is read like the items of a `List`.
+                for item in items {
+                    self.object(origin, item, None);
+                }
+            }
+            other => {
+                return Err(LoadError::NotAnObject {
+                    origin: origin.to_owned(),
+                    document: index + 1,
+                    found: json_type(&other),
+                })
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a JSON source document by document, streaming the items of each `*List` (see
+/// [`load_each`]), or returns `None` when the text does not look like JSON or does not parse
+/// as JSON (it may still be YAML: [`documents`] decides and reports). A first pass reads only
+/// each document's `kind` and `apiVersion` (JSON does not order keys, and `items` often comes
+/// first); the second reads the documents again, feeding list items one at a time.
+fn stream_json<F: FnMut(Object)>(
+    source: &Source,
+    loader: &mut Loader<'_, F>,
+) -> Option<Result<(), LoadError>> {
+    use serde::de::DeserializeSeed;
+
+    let trimmed = source.text.trim_start();
+    if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
+        return None;
+    }
+    let heads = serde_json::Deserializer::from_str(&source.text)
+        .into_iter::<Head>()
+        .collect::<Result<Vec<Head>, _>>()
+        .ok()?;
+    let mut de = serde_json::Deserializer::from_str(&source.text);
+    for (index, head) in heads.into_iter().enumerate() {
+        let result = match head.list_items() {
+            Some(inferred) => ListSeed {
+                origin: &source.origin,
+                inferred,
+                loader: &mut *loader,
+            }
+            .deserialize(&mut de)
+            .map(|_| ()),
+            None => match Value::deserialize(&mut de) {
+                Ok(doc) => {
+                    if let Err(e) = loader.document(&source.origin, index, doc) {
+                        return Some(Err(e));
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        // The first pass accepted this text, so only a bug could fail here.
+        if let Err(e) = result {
+            return Some(Err(LoadError::Syntax {
+                origin: source.origin.clone(),
+                line: Some(e.line() as u64),
+                message: e.to_string(),
+            }));
+        }
+    }
+    Some(Ok(()))
+}
+
+/// What the first pass of [`stream_json`] keeps of a document: its kind and apiVersion when it
+/// is an object whose `items` is an array.
+#[derive(Default)]
+struct Head {
+    api_version: Option<String>,
+    kind: Option<String>,
+    items_array: bool,
+}
+
+impl Head {
+    /// For a `*List` with an `items` array (what [`Loaded::object`] flattens): the type its items
+    /// inherit (`ServiceList` → `v1 Service`; none for a plain `List`).
+    fn list_items(&self) -> Option<Option<(String, String)>> {
+        let kind = self.kind.as_deref()?;
+        let list_kind = kind.strip_suffix("List")?;
+        if !self.items_array {
+            return None;
+        }
+        let api_version = self.api_version.clone().unwrap_or_default();
+        Some((!list_kind.is_empty()).then(|| (api_version, list_kind.to_owned())))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Head, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Head;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON document")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head, A::Error> {
+                let mut head = Head::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        // As values: a kind that is not a string is the object's problem,
+                        // reported when the object is read.
+                        "kind" => head.kind = map.next_value::<Value>()?.as_str().map(Into::into),
+                        "apiVersion" => {
+                            head.api_version = map.next_value::<Value>()?.as_str().map(Into::into)
+                        }
+                        "items" => head.items_array = map.next_value::<IsArray>()?.0,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(head)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Head, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Head::default())
+            }
+            fn visit_unit<E>(self) -> Result<Head, E> {
+                Ok(Head::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Head, E> {
+                Ok(Head::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Head, E> {
+                Ok(Head::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Head, E> {
+                Ok(Head::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Head, E> {
+                Ok(Head::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Head, E> {
+                Ok(Head::default())
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
+/// Whether a value is an array (skipping it either way).
+struct IsArray(bool);
+
+impl<'de> serde::Deserialize<'de> for IsArray {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<IsArray, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = IsArray;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<IsArray, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(IsArray(true))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<IsArray, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(IsArray(false))
+            }
+            fn visit_unit<E>(self) -> Result<IsArray, E> {
+                Ok(IsArray(false))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IsArray, E> {
+                Ok(IsArray(false))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<IsArray, E> {
+                Ok(IsArray(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<IsArray, E> {
+                Ok(IsArray(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<IsArray, E> {
+                Ok(IsArray(false))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<IsArray, E> {
+                Ok(IsArray(false))
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
+/// The second pass over a `*List` document: every other field skipped, each item of `items`
+/// filed as it is read.
+struct ListSeed<'l, 'a, F: FnMut(Object)> {
+    origin: &'l str,
+    inferred: Option<(String, String)>,
+    loader: &'l mut Loader<'a, F>,
+}
+
+impl<'de, F: FnMut(Object)> serde::de::DeserializeSeed<'de> for ListSeed<'_, '_, F> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(Object)> serde::de::Visitor<'de> for ListSeed<'_, '_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a List object")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "items" {
+                map.next_value_seed(ItemsSeed {
+                    origin: self.origin,
+                    inferred: self.inferred.as_ref(),
+                    loader: &mut *self.loader,
+                })?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `items` array of a [`ListSeed`].
+struct ItemsSeed<'l, 'a, F: FnMut(Object)> {
+    origin: &'l str,
+    inferred: Option<&'l (String, String)>,
+    loader: &'l mut Loader<'a, F>,
+}
+
+impl<'de, F: FnMut(Object)> serde::de::DeserializeSeed<'de> for ItemsSeed<'_, '_, F> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(Object)> serde::de::Visitor<'de> for ItemsSeed<'_, '_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("the items of a List")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inferred = self.inferred.map(|(v, k)| (v.as_str(), k.as_str()));
+        while let Some(item) = seq.next_element::<Value>()? {
+            self.loader.object(self.origin, item, inferred);
+        }
+        Ok(())
+    }
 }
 
 /// Splits one source into documents. Text that looks like JSON is read as a JSON stream first
@@ -154,12 +462,12 @@ fn json_type(value: &Value) -> &'static str {
 /// `(apiVersion, kind)` of a list's items when the list is typed (`ServiceList` → `Service`).
 type Inferred<'a> = Option<(&'a str, &'a str)>;
 
-impl Loaded {
-    /// Files one object (or the items of a list) into the snapshot.
+impl<F: FnMut(Object)> Loader<'_, F> {
+    /// Files one object (or the items of a list).
     fn object(&mut self, origin: &str, mut value: Value, inferred: Inferred<'_>) {
         let Value::Object(map) = &mut value else {
             let found = json_type(&value);
-            self.diagnostics.push(Diagnostic::new(
+            self.loaded.diagnostics.push(Diagnostic::new(
                 origin,
                 "",
                 "",
@@ -191,19 +499,11 @@ impl Loaded {
         }
 
         match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Service") => push(&mut self.diagnostics, &mut self.snapshot.services, value),
-            ("discovery.k8s.io/v1", "EndpointSlice") => push(
-                &mut self.diagnostics,
-                &mut self.snapshot.endpoint_slices,
-                value,
-            ),
-            ("v1", "Endpoints") => push(&mut self.diagnostics, &mut self.snapshot.endpoints, value),
-            ("v1", "Node") => push(&mut self.diagnostics, &mut self.snapshot.nodes, value),
-            ("networking.k8s.io/v1", "ServiceCIDR") => push(
-                &mut self.diagnostics,
-                &mut self.snapshot.service_cidrs,
-                value,
-            ),
+            ("v1", "Service") => self.typed(value, Object::Service),
+            ("discovery.k8s.io/v1", "EndpointSlice") => self.typed(value, Object::EndpointSlice),
+            ("v1", "Endpoints") => self.typed(value, Object::Endpoints),
+            ("v1", "Node") => self.typed(value, Object::Node),
+            ("networking.k8s.io/v1", "ServiceCIDR") => self.typed(value, Object::ServiceCidr),
             ("networking.k8s.io/v1beta1", "ServiceCIDR") => {
                 // v1beta1 has the same schema; k8s-openapi checks apiVersion, so relabel it.
                 if let Value::Object(map) = &mut value {
@@ -212,15 +512,11 @@ impl Loaded {
                         Value::String("networking.k8s.io/v1".to_owned()),
                     );
                 }
-                push(
-                    &mut self.diagnostics,
-                    &mut self.snapshot.service_cidrs,
-                    value,
-                )
+                self.typed(value, Object::ServiceCidr)
             }
             (_, "") => {
                 let (namespace, name) = metadata(&value);
-                self.diagnostics.push(Diagnostic::new(
+                self.loaded.diagnostics.push(Diagnostic::new(
                     origin,
                     namespace,
                     name,
@@ -228,34 +524,36 @@ impl Loaded {
                     "object has no kind; skipped",
                 ));
             }
-            ("", kind) => *self.skipped.entry(kind.to_owned()).or_default() += 1,
+            ("", kind) => *self.loaded.skipped.entry(kind.to_owned()).or_default() += 1,
             (api_version, kind) => {
                 *self
+                    .loaded
                     .skipped
                     .entry(format!("{api_version}/{kind}"))
                     .or_default() += 1
             }
         }
     }
-}
 
-/// Deserializes one object into its k8s-openapi type, or records why it could not be.
-fn push<T: DeserializeOwned>(diagnostics: &mut Vec<Diagnostic>, into: &mut Vec<T>, value: Value) {
-    let kind = str_field(&value, "kind").to_owned();
-    let (namespace, name) = metadata(&value);
-    // serde_path_to_error tracks where in the object deserialization failed, so the
-    // diagnostic names the field (`spec.ports[0].port`) instead of the whole object.
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(object) => into.push(object),
-        Err(e) => {
-            let field = e.path().to_string();
-            diagnostics.push(Diagnostic::new(
-                kind,
-                namespace,
-                name,
-                field,
-                format!("{}; object skipped", e.into_inner()),
-            ))
+    /// Deserializes one object into its k8s-openapi type and hands it on, or records why it
+    /// could not be.
+    fn typed<T: DeserializeOwned>(&mut self, value: Value, wrap: fn(T) -> Object) {
+        let kind = str_field(&value, "kind").to_owned();
+        let (namespace, name) = metadata(&value);
+        // serde_path_to_error tracks where in the object deserialization failed, so the
+        // diagnostic names the field (`spec.ports[0].port`) instead of the whole object.
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(object) => (self.sink)(wrap(object)),
+            Err(e) => {
+                let field = e.path().to_string();
+                self.loaded.diagnostics.push(Diagnostic::new(
+                    kind,
+                    namespace,
+                    name,
+                    field,
+                    format!("{}; object skipped", e.into_inner()),
+                ))
+            }
         }
     }
 }
@@ -335,6 +633,72 @@ mod tests {
         assert_eq!(loaded.snapshot.services.len(), 1);
         assert_eq!(loaded.snapshot.service_cidrs.len(), 1);
         assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+    }
+
+    /// What [`load`] makes of `text` when every document is first read whole (the YAML path
+    /// and the pre-streaming JSON path), as a comparable string.
+    fn whole_documents(text: &str) -> String {
+        let mut snapshot = Snapshot::default();
+        let mut loaded = Loaded::default();
+        let mut sink = |o| snapshot.push(o);
+        let mut loader = Loader {
+            loaded: &mut loaded,
+            sink: &mut sink,
+        };
+        for (i, doc) in documents(&src(text)).unwrap().into_iter().enumerate() {
+            loader.document("test.yaml", i, doc).unwrap();
+        }
+        loaded.snapshot = snapshot;
+        format!("{loaded:?}")
+    }
+
+    #[test]
+    fn json_lists_stream_their_items_with_the_same_result() {
+        let cases = [
+            // `items` before `kind`, as `kubectl get -o json` and serde write it.
+            r#"{"apiVersion":"v1","items":[
+                {"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"}},
+                {"apiVersion":"v1","kind":"Service","metadata":{"name":"bad","namespace":"ns"},
+                 "spec":{"ports":[{"port":"abc"}]}},
+                {"apiVersion":"v1","kind":"ServiceList","items":[{"metadata":{"name":"s","namespace":"d"}}]},
+                {"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"x"}},
+                "not an object"
+               ],"kind":"List","metadata":{"resourceVersion":""}}"#,
+            // A typed list whose items carry no kind, the kind after the items.
+            r#"{"items":[{"metadata":{"name":"s1","namespace":"d"}},{"metadata":{"name":"s2","namespace":"d"}}],
+                "kind":"ServiceList","apiVersion":"v1"}
+               {"apiVersion":"v1","kind":"Node","metadata":{"name":"n2"}}"#,
+            // A List whose `items` is not an array is an unused kind; a bare array of objects.
+            r#"{"apiVersion":"v1","kind":"List","items":{"a":1}}
+               [{"apiVersion":"v1","kind":"Node","metadata":{"name":"n3"}}]"#,
+        ];
+        for text in cases {
+            let streamed = format!("{:?}", load_one(text));
+            assert_eq!(streamed, whole_documents(text), "{text}");
+        }
+        let loaded = load_one(cases[0]);
+        assert_eq!(loaded.snapshot.nodes.len(), 1);
+        assert_eq!(loaded.snapshot.services.len(), 1);
+        assert_eq!(loaded.diagnostics.len(), 2, "{:?}", loaded.diagnostics);
+        assert_eq!(loaded.skipped.get("apps/v1/Deployment"), Some(&1));
+        assert_eq!(load_one(cases[1]).snapshot.services.len(), 2);
+        assert_eq!(load_one(cases[2]).skipped.get("v1/List"), Some(&1));
+    }
+
+    #[test]
+    fn load_each_hands_on_objects_and_keeps_no_snapshot() {
+        let mut names = Vec::new();
+        let loaded = load_each(
+            &[src(r#"{"items":[{"apiVersion":"v1","kind":"Node","metadata":{"name":"n1"}}],"kind":"List","apiVersion":"v1"}"#)],
+            |o| {
+                if let Object::Node(n) = o {
+                    names.push(n.metadata.name.clone().unwrap_or_default());
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(names, ["n1"]);
+        assert!(loaded.snapshot.nodes.is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! cluster of 20 Services as in one of 200 (proportional to the change, not to the cluster).
 
 use kube_nft_compiler::ir::Ruleset;
-use kube_nft_compiler::plan::{apply, plan, Transaction};
+use kube_nft_compiler::plan::{apply, plan, plan_owned, Transaction};
 use kube_nft_testkit::cluster::{ruleset, svc, uniform, Ep, Kind, Svc};
 use kube_nft_testkit::golden;
 use proptest::prelude::*;
@@ -275,6 +275,10 @@ proptest! {
         let new = ruleset(&new);
         check(&old, &new);
         prop_assert!(plan(&new, &new).is_empty());
+        // The owning variant plans the same, from nothing (a cold start: elements moved) and
+        // from another cluster.
+        prop_assert_eq!(plan_owned(&Ruleset::default(), new.clone()), plan(&Ruleset::default(), &new));
+        prop_assert_eq!(plan_owned(&old, new.clone()), plan(&old, &new));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use anyhow::Context;
 use kube_nft_compiler::conntrack::{frontends_of, AffinityMaps, Destinations};
 use kube_nft_compiler::ir::{Family, Ruleset};
-use kube_nft_compiler::plan::plan;
+use kube_nft_compiler::plan::plan_owned;
 use kube_nft_compiler::render::render;
 use kube_nft_runtime::{affinity, apply, conntrack, readback};
 
@@ -17,12 +17,14 @@ use crate::cli::CompileArgs;
 
 /// Runs `compile`.
 pub(super) fn run(args: &CompileArgs) -> anyhow::Result<u8> {
-    let compiled = load_and_compile(&args.input, &args.node)?;
+    let mut compiled = load_and_compile(&args.input, &args.node)?;
     if args.dry_run {
         print_stdout(&render(&compiled))?;
         return Ok(0);
     }
-    let (summary, before) = program_keeping(&compiled.ruleset)?;
+    // What the sweep needs of the ruleset, before planning takes the ruleset over.
+    let affinity_maps = AffinityMaps::of_ruleset(&compiled.ruleset);
+    let (summary, before) = program_keeping(std::mem::take(&mut compiled.ruleset))?;
     eprintln!("{summary}");
     let mut destinations = Destinations::of_graph(&compiled.graph);
     destinations.retire(before.as_ref().map(frontends_of).unwrap_or_default());
@@ -32,7 +34,7 @@ pub(super) fn run(args: &CompileArgs) -> anyhow::Result<u8> {
         // The rules are in: a failed reconcile is reported, not fatal (a rerun retries it).
         Err(err) => eprintln!("warning: {:#}", anyhow::Error::from(err)),
     }
-    match affinity::sweep(&AffinityMaps::of_ruleset(&compiled.ruleset)) {
+    match affinity::sweep(&affinity_maps) {
         Ok(report) if report.deleted > 0 => eprintln!("{report}"),
         Ok(_) => {}
         Err(err) => eprintln!("warning: {:#}", anyhow::Error::from(err)),
@@ -42,19 +44,19 @@ pub(super) fn run(args: &CompileArgs) -> anyhow::Result<u8> {
 
 /// Programs `desired` into the calling thread's network namespace: reads our tables back, plans
 /// the difference and applies it in one transaction. Returns what was done, for stderr.
-pub(super) fn program(desired: &Ruleset) -> anyhow::Result<String> {
+pub(super) fn program(desired: Ruleset) -> anyhow::Result<String> {
     program_keeping(desired).map(|(summary, _)| summary)
 }
 
 /// [`program`], also returning our tables as they were before (when they could be read).
-fn program_keeping(desired: &Ruleset) -> anyhow::Result<(String, Option<Ruleset>)> {
+fn program_keeping(desired: Ruleset) -> anyhow::Result<(String, Option<Ruleset>)> {
     let current = match readback::read(&[Family::Ip, Family::Ip6]) {
         Ok(current) => current,
         // Someone edited our tables with rules we did not write: planning against them is
         // impossible, so replace the tables wholesale (still one atomic transaction).
         Err(err @ readback::Error::UnrecognisedRule { .. }) => {
             eprintln!("warning: {err}; replacing the kube-nft tables");
-            let report = apply::replace(desired).context("program the kernel")?;
+            let report = apply::replace(&desired).context("program the kernel")?;
             let summary = format!(
                 "replaced ip/ip6 kube-nft in one transaction ({} messages, {} bytes)",
                 report.messages, report.bytes
@@ -63,7 +65,8 @@ fn program_keeping(desired: &Ruleset) -> anyhow::Result<(String, Option<Ruleset>
         }
         Err(err) => return Err(err).context("read the current kube-nft tables"),
     };
-    let tx = plan(&current, desired);
+    // Owned: a cold start moves the ruleset's elements into the plan instead of copying them.
+    let tx = plan_owned(&current, desired);
     if tx.is_empty() {
         let summary = "no changes: the kernel already holds this ruleset".to_owned();
         return Ok((summary, Some(current)));

@@ -66,7 +66,7 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         started.elapsed()
     );
     let summary = lab
-        .run_in(&node, || program(&compiled.ruleset))
+        .run_in(&node, || program(compiled.ruleset.clone()))
         .context("enter this node's namespace")??;
     eprintln!("{node}: {summary}");
     let rows = tour(&lab, &compiled.graph);

@@ -153,8 +153,12 @@ fn node_config_and_file(
 fn load_and_compile(input: &InputArgs, node: &NodeArgs) -> anyhow::Result<Compiled> {
     let config = node_config(node)?;
     let sources = read_sources(&input.path)?;
-    let loaded = model::load(&sources)?;
-    let mut compiled = kube_nft_compiler::compile(&loaded.snapshot, &config);
+    // Each object goes into the compact store as it is read: a 50k-Service file is never
+    // held as Kubernetes objects (or as a JSON tree) all at once.
+    let mut inputs = kube_nft_compiler::normalize::Inputs::new(&config);
+    let loaded = model::load_each(&sources, |object| inputs.add(&object))?;
+    drop(sources);
+    let mut compiled = kube_nft_compiler::compile_inputs(inputs);
     compiled.diagnostics.splice(0..0, loaded.diagnostics);
     for diagnostic in &compiled.diagnostics {
         eprintln!("warning: {diagnostic}");

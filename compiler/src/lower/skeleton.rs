@@ -363,9 +363,12 @@ fn add_sets(table: &mut Table, family: Family) {
 
 /// Sorts every set's elements and removes duplicates (the same key added by two services, e.g.
 /// a hairpin pair for an endpoint shared by two Services). Keeps the first element for a key.
+/// Then returns the spare capacity the vectors grew by doubling (up to half of a large set's
+/// allocation; a reallocation of a large block is a remap, not a copy).
 pub(crate) fn finish(table: &mut Table) {
     for set in table.sets.values_mut() {
         set.elements.sort_by(|a, b| a.key.cmp(&b.key));
         set.elements.dedup_by(|a, b| a.key == b.key);
+        set.elements.shrink_to_fit();
     }
 }

@@ -17,7 +17,7 @@ use super::endpoints::{self, Slice, SERVICE_NAME_LABEL};
 use super::service::{self, ServiceIn};
 use super::{conflicts, detect, namespace_of, node, Obj};
 use crate::graph::{Graph, Service};
-use crate::model::Snapshot;
+use crate::model::{Object, Snapshot};
 use crate::{Config, Diagnostic};
 
 /// A namespaced object's identity (cluster-scoped objects use an empty namespace).
@@ -177,42 +177,78 @@ impl Inputs {
     pub fn from_snapshot(snapshot: &Snapshot, config: &Config) -> Inputs {
         let mut inputs = Inputs::new(config);
         for svc in &snapshot.services {
-            let obj = Obj::of("Service", &svc.metadata);
-            if inputs.services.contains_key(&Key::of(&obj)) {
-                inputs.duplicate(&obj, "Service");
-            } else {
-                inputs.apply_service(svc);
-            }
+            inputs.add_service(svc);
         }
         for slice in &snapshot.endpoint_slices {
-            let obj = Obj::of("EndpointSlice", &slice.metadata);
-            if inputs.slices.contains_key(&Key::of(&obj)) {
-                inputs.duplicate(&obj, "EndpointSlice");
-            } else {
-                inputs.apply_slice(slice);
-            }
+            inputs.add_slice(slice);
         }
         for eps in &snapshot.endpoints {
-            let obj = Obj::of("Endpoints", &eps.metadata);
-            if inputs.endpoints.contains_key(&Key::of(&obj)) {
-                inputs.duplicate(&obj, "Endpoints");
-            } else {
-                inputs.apply_endpoints(eps);
-            }
+            inputs.add_endpoints(eps);
         }
-        // The first Node with our name, as kube-proxy's informer would only ever see one.
-        if let Some(node) = snapshot.nodes.iter().find(|n| inputs.is_our_node(n)) {
-            inputs.node = Some(node.clone());
+        for node in &snapshot.nodes {
+            inputs.add_node(node);
         }
         for cidr in &snapshot.service_cidrs {
-            let name = cidr.metadata.name.clone().unwrap_or_default();
-            inputs
-                .service_cidrs
-                .entry(name)
-                .or_insert_with(|| cidr.clone());
+            inputs.add_service_cidr(cidr);
         }
         inputs.changes.context = true;
         inputs
+    }
+
+    /// Adds an object read from files, as [`Inputs::from_snapshot`] reads a snapshot: the
+    /// first copy of a name wins (a later one is a diagnostic), and so does the first Node with
+    /// our name. `compile` feeds objects here as the loader reads them
+    /// (`model::load_each`), so the Kubernetes objects are dropped at once.
+    pub fn add(&mut self, object: &Object) {
+        match object {
+            Object::Service(svc) => self.add_service(svc),
+            Object::EndpointSlice(slice) => self.add_slice(slice),
+            Object::Endpoints(eps) => self.add_endpoints(eps),
+            Object::Node(node) => self.add_node(node),
+            Object::ServiceCidr(cidr) => self.add_service_cidr(cidr),
+        }
+        self.changes.context = true;
+    }
+
+    fn add_service(&mut self, svc: &K8sService) {
+        let obj = Obj::of("Service", &svc.metadata);
+        if self.services.contains_key(&Key::of(&obj)) {
+            self.duplicate(&obj, "Service");
+        } else {
+            self.apply_service(svc);
+        }
+    }
+
+    fn add_slice(&mut self, slice: &EndpointSlice) {
+        let obj = Obj::of("EndpointSlice", &slice.metadata);
+        if self.slices.contains_key(&Key::of(&obj)) {
+            self.duplicate(&obj, "EndpointSlice");
+        } else {
+            self.apply_slice(slice);
+        }
+    }
+
+    fn add_endpoints(&mut self, eps: &Endpoints) {
+        let obj = Obj::of("Endpoints", &eps.metadata);
+        if self.endpoints.contains_key(&Key::of(&obj)) {
+            self.duplicate(&obj, "Endpoints");
+        } else {
+            self.apply_endpoints(eps);
+        }
+    }
+
+    /// The first Node with our name, as kube-proxy's informer would only ever see one.
+    fn add_node(&mut self, node: &Node) {
+        if self.node.is_none() && self.is_our_node(node) {
+            self.node = Some(node.clone());
+        }
+    }
+
+    fn add_service_cidr(&mut self, cidr: &ServiceCIDR) {
+        let name = cidr.metadata.name.clone().unwrap_or_default();
+        self.service_cidrs
+            .entry(name)
+            .or_insert_with(|| cidr.clone());
     }
 
     fn duplicate(&mut self, obj: &Obj, kind: &str) {

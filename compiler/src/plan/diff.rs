@@ -71,6 +71,47 @@ pub fn plan(old: &Ruleset, new: &Ruleset) -> Transaction {
     tx
 }
 
+/// [`plan`], taking `new` by value: the elements of a table `old` lacks (a cold start: about a
+/// million at 50k Services) move into the transaction instead of being copied, so it never
+/// exists twice. The result equals `plan(old, &new)`.
+pub fn plan_owned(old: &Ruleset, mut new: Ruleset) -> Transaction {
+    let old_tables = by_key(old);
+    let keys: BTreeSet<(Family, String)> = (old.tables.iter())
+        .chain(&new.tables)
+        .map(|t| (t.family, t.name.clone()))
+        .collect();
+    let mut tx = Transaction::default();
+    for (family, name) in keys {
+        let o = old_tables.get(&(family, name.as_str())).copied();
+        let n = (new.tables.iter_mut()).find(|t| t.family == family && t.name == name);
+        match (o, n) {
+            (None, Some(n)) => {
+                // Step 7 of a creation adds every set's elements, in set name order.
+                let elements: Vec<(String, Vec<Element>)> = (n.sets.iter_mut())
+                    .map(|(set, s)| (set.clone(), std::mem::take(&mut s.elements)))
+                    .collect();
+                create_table(&mut tx, n);
+                let mut emit = Emit::new(&mut tx, n);
+                for (set, elements) in elements {
+                    emit.elements(Verb::Add, &set, elements);
+                }
+            }
+            (Some(o), None) => {
+                let comment = o.comment.clone();
+                Emit::new(&mut tx, o).push(Verb::Delete, Object::Table { comment });
+            }
+            (Some(o), Some(n)) if o.comment != n.comment => {
+                let comment = o.comment.clone();
+                Emit::new(&mut tx, o).push(Verb::Delete, Object::Table { comment });
+                create_table(&mut tx, n);
+            }
+            (Some(o), Some(n)) => diff_table(&mut tx, o, n),
+            (None, None) => unreachable!("key comes from one of the two rulesets"),
+        }
+    }
+    tx
+}
+
 fn by_key(ruleset: &Ruleset) -> BTreeMap<(Family, &str), &Table> {
     ruleset
         .tables

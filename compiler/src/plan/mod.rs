@@ -21,7 +21,7 @@ use std::fmt;
 use crate::ir::{BaseChain, Chain, DataType, Element, Family, Rule, Set, SetFlags, Stmt};
 
 pub use apply::{apply, ErrorKind, PlanError};
-pub use diff::plan;
+pub use diff::{plan, plan_owned};
 
 /// An ordered list of operations, meant to be sent as one nftables transaction (one netlink
 /// batch), so the kernel goes from the old ruleset to the new one atomically.
