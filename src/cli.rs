@@ -57,7 +57,8 @@ Diagnostics about individual objects go to stderr as `warning:` lines (and into 
 
 ", exit_codes!()))]
     Compile(CompileArgs),
-    /// Compile, then follow one packet through the ruleset and print what happens to it.
+    /// Compile, then follow one packet through the ruleset and print what happens to it; or,
+    /// with `--live`, follow it through the ruleset this node holds now.
     #[command(after_long_help = concat!("\
 Examples:
   # A client outside the cluster connects to a ClusterIP through node-a:
@@ -67,6 +68,9 @@ Examples:
   # The same from a pod on node-a:
   kube-nft trace -f examples/cluster.yaml --hostname-override node-a \\
       --cluster-cidr 10.0.0.0/8 --from pod 'udp 10.0.1.7:5353 -> 172.30.0.10:53'
+
+  # Where does this packet go on this node right now (needs root; reads the kernel):
+  sudo kube-nft trace --live 'tcp 192.0.2.2:40000 -> 172.30.0.10:53'
 
 ", exit_codes!()))]
     Trace(TraceArgs),
@@ -237,8 +241,19 @@ pub(crate) struct DiffArgs {
 /// `kube-nft trace`.
 #[derive(Debug, Args)]
 pub(crate) struct TraceArgs {
-    #[command(flatten)]
-    pub(crate) input: InputArgs,
+    /// The cluster to compile (as `compile -f`): a file, a directory or `-` for stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "PATH",
+        required_unless_present = "live"
+    )]
+    pub(crate) path: Option<PathBuf>,
+    /// Trace through the ruleset in this network namespace's kernel (kube-nft's tables read
+    /// back over netlink) instead of compiling one; the node's addresses are the kernel's too.
+    /// Needs no input file; node options are ignored.
+    #[arg(long, conflicts_with = "path")]
+    pub(crate) live: bool,
     #[command(flatten)]
     pub(crate) node: NodeArgs,
     /// Where the packet comes from.

@@ -1003,3 +1003,83 @@ fn node_hints_keep_traffic_on_the_node() {
         expect!["1  dnat 10.0.1.235:8080"],
     );
 }
+
+// --- Live: the kernel's ruleset ------------------------------------------------------------
+
+/// `kube-nft trace --live PACKET` in the calling thread's network namespace, as [`trace`]
+/// prints it (header and chain paths dropped); `Err(stderr)` when it fails.
+fn trace_live(from: &str, packet: &str) -> Result<String, String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
+        .args(["trace", "--live", "--from", from, packet])
+        .output()
+        .expect("run kube-nft trace --live");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    Ok(stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split("  via ").next().unwrap_or(l).trim().to_string())
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+#[test]
+fn a_live_trace_of_the_programmed_node_equals_the_compiled_trace() {
+    use kube_nft_testkit::netns::{can_run, in_netns};
+    if !can_run("a_live_trace_of_the_programmed_node_equals_the_compiled_trace") {
+        return;
+    }
+    let case = "cluster/small-cluster";
+    let packets = [
+        ("pod", "udp 10.0.1.7:5353 -> 172.30.0.10:53"),
+        ("outside", "tcp 192.0.2.2:40000 -> 172.30.0.10:53"),
+        ("host", "tcp 192.168.0.2:40000 -> 172.30.20.11:80"),
+        ("outside", "tcp 203.0.113.5:40000 -> 198.51.100.200:80"),
+        ("outside", "tcp 192.0.2.9:40000 -> 198.51.100.200:80"),
+        ("outside", "tcp 192.0.2.9:40000 -> 192.168.0.2:30200"),
+        ("outside", "tcp 192.0.2.9:40000 -> 192.168.0.2:30300"),
+        ("pod", "tcp 10.0.1.7:40000 -> 172.30.20.12:80"),
+        ("pod", "tcp 10.0.1.7:40000 -> 172.30.20.13:80"),
+        ("pod", "tcp 10.0.1.7:40000 -> 172.30.20.15:80"),
+        ("pod", "tcp 10.0.1.7:40000 -> 172.30.99.99:80"),
+    ];
+    let compiled: Vec<String> = packets
+        .iter()
+        .map(|(from, packet)| trace(case, from, packet))
+        .collect();
+    in_netns(|_| {
+        // The Node's address, so the kernel's local addresses are the compiled trace's.
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["addr", "add", "192.168.0.2/32", "dev", "lo"],
+        ] {
+            let out = Command::new("ip").args(&args).output().expect("run ip");
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        }
+        let empty = trace_live("outside", packets[1].1).expect_err("nothing programmed yet");
+        assert!(
+            empty.contains("are not in this network namespace"),
+            "{empty}"
+        );
+
+        let file = repo_root().join(format!("testdata/compile/{case}.yaml"));
+        let program = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
+            .arg("compile")
+            .arg("-f")
+            .arg(&file)
+            .args(args_of(&file))
+            .output()
+            .expect("run kube-nft compile -f");
+        assert!(
+            program.status.success(),
+            "{}",
+            String::from_utf8_lossy(&program.stderr)
+        );
+        for ((from, packet), want) in packets.iter().zip(&compiled) {
+            let live = trace_live(from, packet).unwrap_or_else(|e| panic!("{packet}: {e}"));
+            assert_eq!(&live, want, "{from} {packet}");
+        }
+    });
+}

@@ -1,10 +1,19 @@
-//! `kube-nft trace`: compile, then follow one packet through the ruleset with the compiler's
-//! interpreter and print the trace.
+//! `kube-nft trace`: compile, or with `--live` read kube-nft's tables back from the kernel, then
+//! follow one packet through the ruleset with the compiler's interpreter and print the trace.
+//! The live trace takes the node's addresses from the kernel too, and its pod interface from
+//! the ruleset's own `meta iifname` matches, so it answers "where does this packet go on this
+//! node right now" without any input file.
 
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use kube_nft_compiler::ir::{Family, Ruleset};
 use kube_nft_compiler::trace::{self, Env, Origin, Packet};
+use kube_nft_runtime::netlink::socket;
+use kube_nft_runtime::readback;
 
 use super::{load_and_compile, print_stdout, UsageError};
-use crate::cli::{PacketOrigin, TraceArgs};
+use crate::cli::{InputArgs, PacketOrigin, TraceArgs};
 
 /// Runs `trace`.
 pub(super) fn run(args: &TraceArgs) -> anyhow::Result<()> {
@@ -13,8 +22,15 @@ pub(super) fn run(args: &TraceArgs) -> anyhow::Result<()> {
         .packet
         .parse()
         .map_err(|err| UsageError(format!("invalid packet {:?}: {err}", args.packet)))?;
-    let compiled = load_and_compile(&args.input, &args.node)?;
-    let mut env = Env::from_graph(&compiled.graph);
+    let (ruleset, mut env) = match &args.path {
+        Some(path) if !args.live => {
+            let input = InputArgs { path: path.clone() };
+            let compiled = load_and_compile(&input, &args.node)?;
+            let env = Env::from_graph(&compiled.graph);
+            (compiled.ruleset, env)
+        }
+        _ => live()?,
+    };
     env.local_addrs.extend(&args.local_ip);
     env.local_addrs.sort();
     env.local_addrs.dedup();
@@ -27,6 +43,19 @@ pub(super) fn run(args: &TraceArgs) -> anyhow::Result<()> {
         None => Origin::Outside,
     };
     let packet = packet.with_origin(origin);
-    let trace = trace::trace(&compiled.ruleset, &env, &packet);
+    let trace = trace::trace(&ruleset, &env, &packet);
     print_stdout(&trace.to_string())
+}
+
+/// Our tables and the node's addresses, from the kernel.
+fn live() -> anyhow::Result<(Ruleset, Env)> {
+    let ruleset = readback::read(&[Family::Ip, Family::Ip6])
+        .context("read kube-nft's tables from the kernel")?;
+    if ruleset.tables.is_empty() {
+        bail!("kube-nft's tables (ip kube-nft, ip6 kube-nft) are not in this network namespace: nothing is programmed here");
+    }
+    let addresses = socket::local_addresses(Instant::now() + Duration::from_secs(5))
+        .context("list this node's addresses")?;
+    let env = Env::from_ruleset(&ruleset, addresses);
+    Ok((ruleset, env))
 }

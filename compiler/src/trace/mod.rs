@@ -20,7 +20,7 @@ use std::str::FromStr;
 use thiserror::Error;
 
 use crate::graph::{Graph, LocalDetector};
-use crate::ir::{L4Proto, Ruleset, IFNAME_MAX};
+use crate::ir::{Expr, L4Proto, Ruleset, Stmt, Value, IFNAME_MAX};
 
 pub use ratio::Ratio;
 
@@ -178,28 +178,63 @@ impl Env {
             .map(|(_, d)| d)
             .find(|d| d.matches_interface("").is_some());
         if let Some(detector) = interface {
-            env.pod_iifname = match detector {
-                LocalDetector::InterfacePrefix(prefix) if prefix.len() < IFNAME_MAX => {
-                    format!("{prefix}0")
-                }
-                LocalDetector::Interface(name) | LocalDetector::InterfacePrefix(name) => {
-                    name.clone()
-                }
-                LocalDetector::ClusterCidr(_) | LocalDetector::NodeCidr(_) => {
-                    env.pod_iifname.clone()
-                }
-            };
-            // Two names that differ in their first byte: no prefix or name matches both.
-            env.outside_iifname = ["eth0", "uplink0"]
-                .into_iter()
-                .find(|name| detector.matches_interface(name) == Some(false))
-                .unwrap_or("eth0")
-                .to_owned();
+            env.name_interfaces(detector);
         }
         env
     }
 
-    /// Whether `addr` is delivered locally (`fib daddr type local`).
+    /// The node as a ruleset read back from the kernel shows it (`kube-nft trace --live`):
+    /// `local_addrs` are the addresses the kernel holds, and the pod interface is the one
+    /// the ruleset's `meta iifname` matches name (with `--detect-local-mode`
+    /// `BridgeInterface` or `InterfaceNamePrefix`).
+    pub fn from_ruleset(ruleset: &Ruleset, local_addrs: Vec<IpAddr>) -> Env {
+        let mut env = Env {
+            local_addrs,
+            ..Env::default()
+        };
+        let detector = (ruleset.tables.iter())
+            .flat_map(|t| t.chains.values())
+            .flat_map(|c| &c.rules)
+            .flat_map(|r| &r.stmts)
+            .find_map(|stmt| match stmt {
+                Stmt::Match {
+                    left: Expr::Iifname,
+                    right: Value::Iface(name),
+                    ..
+                } => Some(LocalDetector::Interface(name.clone())),
+                Stmt::Match {
+                    left: Expr::Iifname,
+                    right: Value::IfacePrefix(prefix),
+                    ..
+                } => Some(LocalDetector::InterfacePrefix(prefix.clone())),
+                _ => None,
+            });
+        if let Some(detector) = detector {
+            env.name_interfaces(&detector);
+        }
+        env.local_addrs.sort();
+        env.local_addrs.dedup();
+        env
+    }
+
+    /// Names the pod and outside interfaces after an interface detector.
+    fn name_interfaces(&mut self, detector: &LocalDetector) {
+        self.pod_iifname = match detector {
+            LocalDetector::InterfacePrefix(prefix) if prefix.len() < IFNAME_MAX => {
+                format!("{prefix}0")
+            }
+            LocalDetector::Interface(name) | LocalDetector::InterfacePrefix(name) => name.clone(),
+            LocalDetector::ClusterCidr(_) | LocalDetector::NodeCidr(_) => self.pod_iifname.clone(),
+        };
+        // Two names that differ in their first byte: no prefix or name matches both.
+        self.outside_iifname = ["eth0", "uplink0"]
+            .into_iter()
+            .find(|name| detector.matches_interface(name) == Some(false))
+            .unwrap_or("eth0")
+            .to_owned();
+    }
+
+    /// Whether `addr` is one of this node's (or loopback).
     pub fn is_local(&self, addr: IpAddr) -> bool {
         addr.is_loopback() || self.local_addrs.contains(&addr)
     }
