@@ -15,6 +15,7 @@ pub mod graph;
 pub mod incremental;
 pub mod ir;
 pub mod lower;
+pub mod maglev;
 pub mod model;
 pub mod normalize;
 pub mod plan;
