@@ -84,6 +84,26 @@ Examples:
     /// Absent tables are not an error, so it can run any number of times.
     #[command(after_long_help = exit_codes!())]
     Cleanup,
+    /// Show what this node does with each Service now: every Service port and way in, read
+    /// from kube-nft's tables in the kernel, with the backends new connections go to, each
+    /// one's share, and its live connections from conntrack. Needs root.
+    ///
+    /// SHARE is the share of new connections from a client outside the cluster (of the hash
+    /// space, for source hashing), exactly as `trace` computes it. CONNS counts conntrack
+    /// entries DNATed to the backend through that address; UNREPLIED those that never saw a
+    /// reply. Rows are flagged when a Service has no backend, or a backend has connections
+    /// and none of them was ever answered.
+    #[command(after_long_help = "\
+Examples:
+  sudo kube-nft show
+  sudo kube-nft show -n kube-system kube-dns
+  sudo kube-nft show --address 10.96.0.10:53 -o json
+
+Exit status:
+  0  success
+  1  kube-nft's tables are not in this network namespace, or the kernel could not be read
+  2  usage error")]
+    Show(ShowArgs),
     /// Build a throwaway lab of network namespaces from a cluster file, program it, send
     /// traffic to every Service and print what each client saw. Needs root and iproute2.
     ///
@@ -236,6 +256,33 @@ pub(crate) struct DiffArgs {
     pub(crate) input: InputArgs,
     #[command(flatten)]
     pub(crate) node: NodeArgs,
+}
+
+/// `kube-nft show`.
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// Only Services of this namespace.
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub(crate) namespace: Option<String>,
+    /// Only rows reaching this address (`IP` or `IP:PORT`; a NodePort matches each of this
+    /// node's addresses).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub(crate) address: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = ShowFormat::Table)]
+    pub(crate) output: ShowFormat,
+    /// Only this Service (its name; with `-n` in that namespace only).
+    #[arg(value_name = "SERVICE")]
+    pub(crate) service: Option<String>,
+}
+
+/// `kube-nft show -o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ShowFormat {
+    /// Aligned columns, one line per backend.
+    Table,
+    /// One JSON document: `{"rows": [...]}` (see the README for the schema).
+    Json,
 }
 
 /// `kube-nft trace`.

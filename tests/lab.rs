@@ -822,7 +822,11 @@ fn demo_runs_the_bundled_example_and_cleans_up() {
     assert!(out.status.success(), "kube-nft demo failed:\n{stderr}");
     assert!(stderr.contains("node-a: applied"), "{stderr}");
     let stdout = String::from_utf8(out.stdout).expect("utf-8");
-    let rows = demo_rows(&stdout);
+    // The tour's table, then what `kube-nft show` says in node-a.
+    let (tour, shown) = stdout
+        .split_once("\n$ kube-nft show")
+        .unwrap_or_else(|| panic!("no show part in\n{stdout}"));
+    let rows = demo_rows(tour);
     let row = |service: &str, via: &str, from: &str| -> &Vec<String> {
         rows.iter()
             .find(|r| r[0] == service && r[1] == via && r[3] == from)
@@ -848,6 +852,30 @@ fn demo_runs_the_bundled_example_and_cleans_up() {
     // No endpoints: refused every time.
     let empty = row("shop/empty", "ClusterIP", "pod-client");
     assert_eq!(empty[4..], ["-", "refused ×4"], "{empty:?}");
+    // `show` after the tour: shop/web's three endpoints a third each, the tour's connections
+    // counted (eight probes: four from the pod, four from the client), all answered; the
+    // Service without endpoints flagged.
+    let lines: Vec<Vec<String>> = demo_rows(shown.split_once('\n').map_or("", |(_, rest)| rest));
+    let at = lines
+        .iter()
+        .position(|r| r[0] == "shop/web:http" && r[1] == "ClusterIP")
+        .unwrap_or_else(|| panic!("no shop/web:http ClusterIP row in\n{shown}"));
+    let web: Vec<&Vec<String>> = lines[at..at + 3].iter().collect();
+    assert_eq!(web[0][3], "random", "{shown}");
+    let (shares, conns): (Vec<&str>, Vec<u64>) = web
+        .iter()
+        .map(|r| {
+            let n = r.len();
+            assert_eq!(r[n - 1], "0", "unreplied: {shown}");
+            (r[n - 3].as_str(), r[n - 2].parse::<u64>().expect("CONNS"))
+        })
+        .unzip();
+    assert_eq!(shares, ["1/3", "1/3", "1/3"], "{shown}");
+    assert_eq!(conns.iter().sum::<u64>(), 8, "{shown}");
+    assert!(
+        shown.contains("! shop/empty:http tcp 172.30.9.200:80: no backends"),
+        "{shown}"
+    );
     // Nothing of the lab outlives the demo.
     let leftovers: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {

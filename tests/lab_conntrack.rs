@@ -575,6 +575,77 @@ fn the_daemon_sweeps_affinity_to_a_removed_endpoint() {
     daemon.terminate();
 }
 
+// --- kube-nft show ------------------------------------------------------------------------
+
+#[test]
+fn show_counts_live_connections_per_backend_and_flags_a_silent_one() {
+    let Some(s) = Scene::build("show_counts_connections") else {
+        return;
+    };
+    // dns-1, dns-2 and 10.0.2.99, an endpoint no pod holds: what is sent there is never
+    // answered.
+    let text = cluster(Some(&[1, 2]), false).replace(
+        r#""endpoints":["#,
+        r#""endpoints":[{"addresses":["10.0.2.99"],"nodeName":"node-b","conditions":{"ready":true}},"#,
+    );
+    s.change("step-1.yaml", &text);
+    // Fixed-port UDP flows: each keeps one conntrack entry, DNATed by its first packet. With
+    // 24 flows each backend gets one but with probability (2/3)^24 < 1e-4.
+    let flows: Vec<UdpFlow> = (0..24)
+        .map(|i| {
+            s.flow(
+                "pod-client",
+                &format!("10.0.1.250:{}", 41000 + i),
+                "172.30.3.10:53",
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let out = s
+        .lab
+        .command("node-a", BIN)
+        .expect("node-a")
+        .args(["show", "-o", "json", "--address", "172.30.3.10:53"])
+        .output()
+        .expect("run kube-nft show");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = doc["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{doc:#}");
+    let row = &rows[0];
+    assert_eq!(row["service"], "lab/dns:dns", "{row:#}");
+    let backends = row["backends"].as_array().expect("backends");
+    let conns = |addr: &str| -> (u64, u64) {
+        let b = backends
+            .iter()
+            .find(|b| b["address"] == addr)
+            .unwrap_or_else(|| panic!("{addr} in {row:#}"));
+        assert_eq!(b["share"], "1/3", "{row:#}");
+        (
+            b["connections"].as_u64().expect("connections"),
+            b["unreplied"].as_u64().expect("unreplied"),
+        )
+    };
+    let (one, two, silent) = (conns("10.0.1.21"), conns("10.0.2.21"), conns("10.0.2.99"));
+    assert_eq!(one.0 + two.0 + silent.0, 24, "one entry per flow: {row:#}");
+    assert!(one.0 > 0 && two.0 > 0 && silent.0 > 0, "{row:#}");
+    assert_eq!((one.1, two.1), (0, 0), "the pods answer: {row:#}");
+    assert_eq!(silent.1, silent.0, "nobody answers at 10.0.2.99: {row:#}");
+    let flags = row["flags"].as_array().expect("flags");
+    assert!(
+        flags.iter().any(|f| f
+            .as_str()
+            .is_some_and(|f| f.contains("10.0.2.99:5353 never replied"))),
+        "{row:#}"
+    );
+    assert_eq!(flags.len(), 1, "{row:#}");
+    drop(flows);
+}
+
 /// Starts `kube-nft run --manifests DIR` in node-a and waits for its first sync.
 fn start_daemon(s: &Scene, manifests: &Path) -> Daemon {
     let mut args = vec![

@@ -3,7 +3,9 @@
 //! same input always renders to the same bytes. The pipeline, one module per stage, in reading
 //! order: `model` (parse documents) → `normalize` (resolve Kubernetes semantics into a
 //! [`graph::Graph`]) → `lower` (choose the nftables layout) → `ir` (typed ruleset, `verify`) →
-//! `render` (nft script) | `trace` (packet interpreter).
+//! `render` (nft script) | `trace` (packet interpreter) | `show` (what each Service does, read off
+//! a ruleset). Beside the pipeline: `incremental` (the daemon's warm compiler), `plan` (diffs),
+//! `conntrack` (the reconciler's judgements) and `maglev` (consistent-hash tables).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -20,6 +22,7 @@ pub mod model;
 pub mod normalize;
 pub mod plan;
 pub mod render;
+pub mod show;
 pub mod trace;
 
 pub use config::Config;

@@ -1,6 +1,7 @@
 //! `kube-nft demo`: build the lab (`kube-nft-lab`) from a cluster file, program this node the
 //! way `compile -f` does, take the lab's tour of every Service and print what the clients saw
-//! as a table. The lab is dropped, and every namespace with it, before this returns.
+//! as a table, then what `kube-nft show` says in the node (shares and the tour's connections).
+//! The lab is dropped, and every namespace with it, before this returns.
 
 use anyhow::Context;
 use kube_nft_compiler::config::LocalMode;
@@ -10,7 +11,7 @@ use kube_nft_lab::topology::{default_lan_clients, pod_client};
 use kube_nft_lab::{Lab, Role, Topology};
 
 use super::{compile::program, node_config, print_stdout, read_sources};
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, ShowArgs, ShowFormat};
 
 /// The bundled example, so the demo works from any directory.
 const EXAMPLE: &str = include_str!("../../examples/cluster.yaml");
@@ -70,8 +71,22 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         .context("enter this node's namespace")??;
     eprintln!("{node}: {summary}");
     let rows = tour(&lab, &compiled.graph);
+    // What the node itself says after the tour: `kube-nft show` in its namespace, with the
+    // tour's connections still in conntrack.
+    let everything = ShowArgs {
+        namespace: None,
+        address: None,
+        output: ShowFormat::Table,
+        service: None,
+    };
+    let shown = lab
+        .run_in(&node, || super::show::text(&everything))
+        .context("enter this node's namespace")??;
     drop(lab);
-    print_stdout(&table(&rows))
+    print_stdout(&format!(
+        "{}\n$ kube-nft show    # in {node}, after the tour\n{shown}",
+        table(&rows)
+    ))
 }
 
 /// The first Node by name.

@@ -9,6 +9,7 @@ mod demo;
 mod deploy_tests;
 mod diff;
 mod run;
+mod show;
 mod trace;
 
 use std::fmt;
@@ -49,6 +50,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Trace(args) => trace::run(&args).map(|()| 0),
         Command::Diff(args) => diff::run(&args),
         Command::Cleanup => cleanup::run(),
+        Command::Show(args) => show::run(&args),
         Command::Demo(args) => demo::run(&args).map(|()| 0),
         Command::Run(args) => run::run(&args),
     }

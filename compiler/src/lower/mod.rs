@@ -14,7 +14,8 @@ mod skeleton;
 
 /// The dispatch maps whose keys are the Services' frontends (read by [`crate::conntrack`]).
 pub(crate) use skeleton::{
-    NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, SERVICE_IPS, SERVICE_NODEPORTS,
+    CLUSTER_IPS, FIREWALL_ALLOW, NODEPORT_IPS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES,
+    SERVICE_IPS, SERVICE_NODEPORTS,
 };
 
 use std::net::IpAddr;

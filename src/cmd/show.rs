@@ -1,0 +1,330 @@
+//! `kube-nft show`: what this node does with each Service now. It reads kube-nft's tables back
+//! from the kernel and the node's addresses (the compiler's `show::rows` turns them into one row
+//! per service port and way in, with each backend's share of new connections), counts the live
+//! DNATed connections in conntrack per frontend and backend, filters, and prints a table or JSON.
+//! A NodePort's connections are those whose original destination is any local address with
+//! that port.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use kube_nft_compiler::ir::{Family, L4Proto};
+use kube_nft_compiler::show::{self, Row};
+use kube_nft_compiler::trace::Env;
+use kube_nft_runtime::conntrack::{self, Census, Count};
+use kube_nft_runtime::netlink::socket;
+use kube_nft_runtime::readback;
+
+use super::{print_stdout, UsageError};
+use crate::cli::{ShowArgs, ShowFormat};
+
+/// Runs `show`; exit 0.
+pub(super) fn run(args: &ShowArgs) -> anyhow::Result<u8> {
+    print_stdout(&text(args)?)?;
+    Ok(0)
+}
+
+/// What `show` prints, for the calling thread's network namespace (`demo` calls it in the
+/// lab's node).
+pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
+    let address = args
+        .address
+        .as_deref()
+        .map(parse_address)
+        .transpose()
+        .map_err(UsageError)?;
+    let ruleset = readback::read(&[Family::Ip, Family::Ip6])
+        .context("read kube-nft's tables from the kernel")?;
+    if ruleset.tables.is_empty() {
+        bail!("kube-nft's tables (ip kube-nft, ip6 kube-nft) are not in this network namespace: nothing is programmed here (is kube-nft running on this node?)");
+    }
+    let local: Vec<IpAddr> = socket::local_addresses(Instant::now() + Duration::from_secs(5))
+        .context("list this node's addresses")?;
+    let env = Env::from_ruleset(&ruleset, local.clone());
+    let census = conntrack::census().context("count connections in conntrack")?;
+    let local: BTreeSet<IpAddr> = local.into_iter().collect();
+    let rows: Vec<Shown> = show::rows(&ruleset, &env)
+        .into_iter()
+        .filter(|row| wanted(args, address, &local, row))
+        .map(|row| Shown::new(row, &census, &local))
+        .collect();
+    Ok(match args.output {
+        ShowFormat::Table => table(&rows),
+        ShowFormat::Json => json(&rows),
+    })
+}
+
+/// `IP` or `IP:PORT` (`[IPv6]:PORT`).
+fn parse_address(text: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok((addr.ip(), Some(addr.port())));
+    }
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>()
+        .map(|ip| (ip, None))
+        .map_err(|_| format!("invalid --address {text:?}: expected IP or IP:PORT"))
+}
+
+fn wanted(
+    args: &ShowArgs,
+    address: Option<(IpAddr, Option<u16>)>,
+    local: &BTreeSet<IpAddr>,
+    row: &Row,
+) -> bool {
+    let f = &row.frontend;
+    // `ns/name:port`.
+    let (namespace, rest) = f.service.split_once('/').unwrap_or(("", &f.service));
+    let name = rest.rsplit_once(':').map_or(rest, |(name, _)| name);
+    if args.namespace.as_deref().is_some_and(|n| n != namespace) {
+        return false;
+    }
+    if args.service.as_deref().is_some_and(|s| s != name) {
+        return false;
+    }
+    match address {
+        None => true,
+        Some((ip, port)) => {
+            let port_ok = port.is_none_or(|p| p == f.port);
+            let ip_ok = match f.addr {
+                Some(a) => a == ip,
+                // A NodePort answers on the node's addresses of its family.
+                None => Family::of(ip) == f.family && (ip.is_loopback() || local.contains(&ip)),
+            };
+            ip_ok && port_ok
+        }
+    }
+}
+
+/// A row with its live numbers.
+struct Shown {
+    row: Row,
+    /// Per backend, in `row.backends` order.
+    counts: Vec<Count>,
+    /// What looks wrong.
+    flags: Vec<String>,
+}
+
+impl Shown {
+    fn new(row: Row, census: &Census, local: &BTreeSet<IpAddr>) -> Shown {
+        let f = &row.frontend;
+        let proto = proto_number(f.proto);
+        let counts: Vec<Count> = (row.backends.iter())
+            .map(|b| {
+                let target = SocketAddr::new(b.addr, b.port);
+                let mut sum = Count::default();
+                for ((p, dst, to), c) in &census.flows {
+                    let reached = match f.addr {
+                        Some(a) => dst.ip() == a,
+                        None => local.contains(&dst.ip()) && Family::of(dst.ip()) == f.family,
+                    };
+                    if *p == proto && dst.port() == f.port && reached && *to == target {
+                        sum.conns += c.conns;
+                        sum.unreplied += c.unreplied;
+                    }
+                }
+                sum
+            })
+            .collect();
+        let mut flags = Vec::new();
+        if row.backends.is_empty() {
+            flags.push("no backends".to_owned());
+        }
+        for (b, c) in row.backends.iter().zip(&counts) {
+            if c.conns > 0 && c.unreplied == c.conns {
+                flags.push(format!(
+                    "{} never replied to {} connections",
+                    endpoint(b.addr, b.port),
+                    c.conns
+                ));
+            }
+        }
+        Shown { row, counts, flags }
+    }
+}
+
+fn proto_number(proto: L4Proto) -> u8 {
+    match proto {
+        L4Proto::Tcp => 6,
+        L4Proto::Udp => 17,
+        L4Proto::Sctp => 132,
+    }
+}
+
+fn endpoint(addr: IpAddr, port: u16) -> String {
+    SocketAddr::new(addr, port).to_string()
+}
+
+/// The table: one line per backend, the frontend's columns on its first line only.
+fn table(rows: &[Shown]) -> String {
+    let header = [
+        "SERVICE",
+        "VIA",
+        "ADDRESS",
+        "SCHED",
+        "BACKEND",
+        "SHARE",
+        "CONNS",
+        "UNREPLIED",
+    ];
+    let mut lines: Vec<[String; 8]> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for shown in rows {
+        let f = &shown.row.frontend;
+        let head = [
+            if f.service.is_empty() {
+                "-".to_owned()
+            } else {
+                f.service.clone()
+            },
+            f.via.as_str().to_owned(),
+            f.address(),
+            shown.row.scheduler.clone(),
+        ];
+        if shown.row.backends.is_empty() {
+            let otherwise: Vec<String> = (shown.row.otherwise.iter())
+                .map(|(fate, p)| format!("{fate} {p}"))
+                .collect();
+            let [a, b, c, d] = head.clone();
+            lines.push([
+                a,
+                b,
+                c,
+                d,
+                format!("({})", otherwise.join(", ")),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for (i, (b, c)) in shown.row.backends.iter().zip(&shown.counts).enumerate() {
+            let lead = if i == 0 {
+                head.clone()
+            } else {
+                Default::default()
+            };
+            let [a, bb, cc, d] = lead;
+            lines.push([
+                a,
+                bb,
+                cc,
+                d,
+                endpoint(b.addr, b.port),
+                b.share.to_string(),
+                c.conns.to_string(),
+                c.unreplied.to_string(),
+            ]);
+        }
+        for flag in &shown.flags {
+            notes.push(format!("! {} {}: {flag}", f.service, f.address()));
+        }
+    }
+    let mut widths = header.map(str::len);
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut put = |cells: &[&str]| {
+        let mut line = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            // Numbers right-aligned, the rest left; no trailing spaces.
+            if i >= 5 {
+                let _ = write!(line, "{cell:>w$}");
+            } else {
+                let _ = write!(line, "{cell:<w$}");
+            }
+            if i + 1 < cells.len() {
+                line.push_str("  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    put(&header);
+    for line in &lines {
+        let cells: Vec<&str> = line.iter().map(String::as_str).collect();
+        put(&cells);
+    }
+    for note in notes {
+        out.push_str(&note);
+        out.push('\n');
+    }
+    out
+}
+
+/// `{"rows": [{"service", "via", "protocol", "address" (null for a NodePort), "port",
+/// "family", "scheduler", "backends": [{"address", "port", "share", "connections",
+/// "unreplied"}], "otherwise": [{"fate", "probability"}], "flags": [...]}]}`; shares and
+/// probabilities are exact fractions as strings (`"1/3"`).
+fn json(rows: &[Shown]) -> String {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|shown| {
+            let f = &shown.row.frontend;
+            let backends: Vec<serde_json::Value> = (shown.row.backends.iter())
+                .zip(&shown.counts)
+                .map(|(b, c)| {
+                    serde_json::json!({
+                        "address": b.addr.to_string(),
+                        "port": b.port,
+                        "share": b.share.to_string(),
+                        "connections": c.conns,
+                        "unreplied": c.unreplied,
+                    })
+                })
+                .collect();
+            let otherwise: Vec<serde_json::Value> = (shown.row.otherwise.iter())
+                .map(|(fate, p)| serde_json::json!({"fate": fate, "probability": p.to_string()}))
+                .collect();
+            serde_json::json!({
+                "service": f.service,
+                "via": f.via.as_str(),
+                "protocol": f.proto.to_string(),
+                "address": f.addr.map(|a| a.to_string()),
+                "port": f.port,
+                "family": match f.family { Family::Ip => "IPv4", Family::Ip6 => "IPv6" },
+                "scheduler": shown.row.scheduler,
+                "backends": backends,
+                "otherwise": otherwise,
+                "flags": shown.flags,
+            })
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))
+        .expect("JSON of strings and numbers");
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_and_without_a_port() {
+        assert_eq!(
+            parse_address("10.96.0.10:53"),
+            Ok(("10.96.0.10".parse().unwrap(), Some(53)))
+        );
+        assert_eq!(
+            parse_address("[fd00::a]:53"),
+            Ok(("fd00::a".parse().unwrap(), Some(53)))
+        );
+        assert_eq!(
+            parse_address("fd00::a"),
+            Ok(("fd00::a".parse().unwrap(), None))
+        );
+        assert!(parse_address("10.96.0.10:http").is_err());
+    }
+
+    #[test]
+    fn via_names_are_kube_proxy_words() {
+        use kube_nft_compiler::show::Via;
+        assert_eq!(Via::ClusterIp.as_str(), "ClusterIP");
+        assert_eq!(Via::NodePort.as_str(), "NodePort");
+    }
+}
