@@ -410,11 +410,12 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "NAME")]
     pub(crate) service_proxy_name: Option<String>,
     /// kube-nft only: how Services spread new connections over their endpoints unless their
-    /// `kube-nft.io/scheduler` annotation says otherwise: `random`, `round-robin` or
-    /// `source-hash` (the client address picks the endpoint).
+    /// `kube-nft.io/scheduler` annotation says otherwise: `random`, `round-robin`,
+    /// `source-hash` (the client address picks the endpoint) or `maglev` (consistent hashing
+    /// of the client address: removing an endpoint moves only its clients).
     ///
     /// An IPVS-mode `--config` file's `ipvs.scheduler` sets it too (`rr`: round-robin, `sh`:
-    /// source-hash). [default: random]
+    /// source-hash, `mh`: maglev). [default: random]
     #[arg(long, value_name = "SCHEDULER", value_parser = parse_scheduler)]
     pub(crate) scheduler: Option<Scheduler>,
     /// A kube-proxy `KubeProxyConfiguration` file (kubeproxy.config.k8s.io/v1alpha1).

@@ -575,6 +575,47 @@ fn the_daemon_sweeps_affinity_to_a_removed_endpoint() {
     daemon.terminate();
 }
 
+// --- Maglev ----------------------------------------------------------------------------------
+
+#[test]
+fn maglev_moves_only_the_clients_of_a_removed_endpoint() {
+    let Some(s) = Scene::build("maglev_moves_only_removed") else {
+        return;
+    };
+    let maglev = |text: String| {
+        let out = text.replace(
+            r#""metadata":{"namespace":"lab","name":"dns"}"#,
+            r#""metadata":{"namespace":"lab","name":"dns","annotations":{"kube-nft.io/scheduler":"maglev"}}"#,
+        );
+        assert_ne!(out, text, "the Service is there");
+        out
+    };
+    s.change("step-1.yaml", &maglev(cluster(Some(&[1, 2, 3]), false)));
+    // Ten client addresses, each pinned to one endpoint by the hash of its address.
+    let before = stuck(&s);
+    let spread: std::collections::BTreeSet<&str> = before.iter().map(|(_, h)| h.as_str()).collect();
+    assert!(spread.len() > 1, "every client on {spread:?}");
+    let gone = before[0].1.clone();
+    let keep: Vec<usize> = (1..=3).filter(|i| PODS[i - 1].0 != gone).collect();
+    s.change("step-2.yaml", &maglev(cluster(Some(&keep), false)));
+    let after = stuck(&s);
+    // The clients of the removed endpoint move (its pod still answers, so a client the table
+    // still sent there would reach it); Maglev keeps the others where they were: the table
+    // moves only a few percent of the other endpoints' slots, and none of these ten clients.
+    let mut moved_others = Vec::new();
+    for ((src, was), (_, now)) in before.iter().zip(&after) {
+        if *was == gone {
+            assert_ne!(*now, gone, "{src} still on the removed endpoint");
+        } else if now != was {
+            moved_others.push(format!("{src}: {was} -> {now}"));
+        }
+    }
+    assert!(
+        moved_others.is_empty(),
+        "moved although their endpoint stayed: {moved_others:?}"
+    );
+}
+
 // --- kube-nft show ------------------------------------------------------------------------
 
 #[test]

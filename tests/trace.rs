@@ -262,6 +262,53 @@ fn source_hash_pins_a_client_to_one_endpoint() {
 }
 
 #[test]
+fn maglev_pins_each_client_and_spreads_clients_evenly() {
+    // The source port does not matter; 150 clients land on the three endpoints in about equal
+    // numbers (the table gives each a third of its 1021 slots, the hash spreads clients over
+    // the slots).
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for host in 0..150u32 {
+        let client = format!(
+            "10.{}.{}.{}",
+            1 + host / 65536,
+            (host / 256) % 256,
+            host % 256
+        );
+        let a = trace(
+            "schedulers/maglev",
+            "outside",
+            &format!("tcp {client}:40000 -> 172.30.2.11:80"),
+        );
+        let b = trace(
+            "schedulers/maglev",
+            "outside",
+            &format!("tcp {client}:50000 -> 172.30.2.11:80"),
+        );
+        assert_eq!(a, b, "{client}: the source port moved the client");
+        let target = a
+            .strip_prefix("1  dnat ")
+            .unwrap_or_else(|| panic!("client {client} is not pinned: {a}"));
+        *counts
+            .entry(
+                target
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+            .or_default() += 1;
+    }
+    assert_eq!(
+        counts.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["10.0.1.90:8080", "10.0.2.90:8080", "10.0.2.91:8080"]
+    );
+    assert!(
+        counts.values().all(|n| (30..=70).contains(n)),
+        "{counts:?}"
+    );
+}
+
+#[test]
 fn source_hash_spreads_different_clients() {
     // Each client is pinned to exactly one endpoint, and 30 clients reach all three.
     let mut chosen = std::collections::BTreeSet::new();

@@ -171,6 +171,7 @@ pub fn scheduler_name(scheduler: Scheduler) -> &'static str {
         Scheduler::Random => "random",
         Scheduler::RoundRobin => "round-robin",
         Scheduler::SourceHash => "source-hash",
+        Scheduler::Maglev => "maglev",
     }
 }
 
@@ -180,11 +181,12 @@ pub fn parse_scheduler(text: &str) -> Result<Scheduler, String> {
         Scheduler::Random,
         Scheduler::RoundRobin,
         Scheduler::SourceHash,
+        Scheduler::Maglev,
     ]
     .into_iter()
     .find(|s| scheduler_name(*s) == text)
     .ok_or_else(|| {
-        format!("unknown scheduler {text:?} (expected random, round-robin or source-hash)")
+        format!("unknown scheduler {text:?} (expected random, round-robin, source-hash or maglev)")
     })
 }
 
@@ -675,6 +677,8 @@ fn ipvs_scheduler(mode: Mode, name: &str, warnings: &mut Vec<String>) -> Option<
     Some(match name {
         "" | "rr" => Scheduler::RoundRobin,
         "sh" => Scheduler::SourceHash,
+        // IPVS's mh is Maglev hashing too (of the source address by default).
+        "mh" => Scheduler::Maglev,
         other => {
             warnings.push(format!(
                 "ipvs.scheduler {other:?} has no kube-nft equivalent; Services without a \
@@ -1171,7 +1175,7 @@ winkernel:
             ("rr", Scheduler::RoundRobin, false),
             ("sh", Scheduler::SourceHash, false),
             ("lc", Scheduler::Random, true),
-            ("mh", Scheduler::Random, true),
+            ("mh", Scheduler::Maglev, false),
         ];
         for (name, expected, warned) in cases {
             let text = kubeadm(
@@ -1266,13 +1270,15 @@ winkernel:
             Scheduler::Random,
             Scheduler::RoundRobin,
             Scheduler::SourceHash,
+            Scheduler::Maglev,
         ] {
             assert_eq!(parse_scheduler(scheduler_name(scheduler)), Ok(scheduler));
         }
         assert_eq!(
             parse_scheduler("rr"),
             Err(
-                "unknown scheduler \"rr\" (expected random, round-robin or source-hash)".to_owned()
+                "unknown scheduler \"rr\" (expected random, round-robin, source-hash or maglev)"
+                    .to_owned()
             )
         );
         assert_eq!(Config::default().default_scheduler, Scheduler::Random);

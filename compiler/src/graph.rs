@@ -107,6 +107,10 @@ pub enum Scheduler {
     /// Hash of the client address (`jhash ip saddr`): a client always lands on the same
     /// endpoint while the endpoint list is unchanged.
     SourceHash,
+    /// Consistent hashing of the client address into a Maglev table (`compiler::maglev`): a
+    /// client keeps its endpoint while that endpoint stays, and removing one of K endpoints
+    /// moves about 1/K of the clients.
+    Maglev,
 }
 
 /// A Service that kube-nft programs (not headless, not ExternalName, selected by the proxy

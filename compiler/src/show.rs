@@ -4,8 +4,9 @@
 //! connection goes to and the share of new connections each gets. The shares are the tracer's
 //! exact fractions for the first packet of a connection from a client outside the cluster (so
 //! an `externalTrafficPolicy: Local` address shows its local endpoints), except behind a
-//! source-hash chain, where one client always lands on one endpoint: there the share is the
-//! endpoint's part of the hash space, its slots in the chain's map over the chain's K. A row
+//! source-hash or Maglev chain, where one client always lands on one endpoint: there the share
+//! is the endpoint's part of the hash space, its slots in the chain's map over the chain's
+//! slot count. A row
 //! without backends says what happens instead (rejected: no endpoints; dropped). A
 //! LoadBalancer IP with `loadBalancerSourceRanges` is traced from a client they allow. The Service
 //! name is the dispatch element's comment (`ns/name:port`); a ClusterIP is an address of
@@ -212,9 +213,9 @@ fn table_rows(table: &Table, ruleset: &Ruleset, env: &Env) -> Vec<Row> {
         let mut backends: Vec<Backend> = (traced.targets().into_iter())
             .map(|(addr, port, share)| Backend { addr, port, share })
             .collect();
-        let hashed = path
-            .iter()
-            .find(|c| names::is_dnat_chain(c) && c.contains("-source-hash-"));
+        let hashed = path.iter().find(|c| {
+            names::is_dnat_chain(c) && (c.contains("-source-hash-") || c.contains("-maglev-"))
+        });
         if let Some(chain) = hashed {
             if let Some(shares) = slot_shares(table, chain, addr, proto, port) {
                 backends = shares;
@@ -272,6 +273,8 @@ fn scheduler(table: &Table, path: &[&str]) -> String {
         if names::is_dnat_chain(step) {
             if step.contains("-source-hash-") {
                 word = "source-hash";
+            } else if step.contains("-maglev-") {
+                word = "maglev";
             }
         } else if let Some(chain) = table.chains.get(*step) {
             // A service port chain's cascade (or its long-list map) says its scheduler.

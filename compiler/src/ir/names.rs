@@ -119,7 +119,7 @@ impl DnatEntry {
 }
 
 /// The scheduler words of shared DNAT chain names.
-const DNAT_SCHEDULERS: [&str; 2] = ["random", "source-hash"];
+const DNAT_SCHEDULERS: [&str; 3] = ["random", "source-hash", "maglev"];
 
 /// A shared DNAT chain: `<entry>-<scheduler>-<K>`, e.g. `clusterip-random-3`. Every service port
 /// entered the same way, balanced by the same scheduler over K endpoints uses the same chain; the

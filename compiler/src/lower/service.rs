@@ -262,7 +262,10 @@ fn add_port(
 /// endpoint timeout sets, so those keep chains of their own.
 fn uses_shared_chains(svc: &Service) -> bool {
     svc.affinity_timeout.is_none()
-        && matches!(svc.scheduler, Scheduler::Random | Scheduler::SourceHash)
+        && matches!(
+            svc.scheduler,
+            Scheduler::Random | Scheduler::SourceHash | Scheduler::Maglev
+        )
 }
 
 /// One service port as data: each frontend gets a dispatch element that enters a shared chain
@@ -302,7 +305,8 @@ fn add_port_as_data(
         } else {
             DnatEntry::ClusterIp
         };
-        let chain = shared_chain(table, ctx, svc.scheduler, entry, internal_list.len());
+        let slots = slot_list(svc.scheduler, internal_list);
+        let chain = shared_chain(table, ctx, svc.scheduler, entry, slots.len());
         let comment = Some(label.to_string());
         add_element(
             table,
@@ -311,7 +315,7 @@ fn add_port_as_data(
             goto_data(&chain),
             comment,
         );
-        add_slots(table, &chain, addr_key(cluster_ip), internal_list);
+        add_slots(table, &chain, addr_key(cluster_ip), &slots);
     }
 
     // Hairpin pairs of every list a frontend can pick from, as the per-port chains do.
@@ -330,6 +334,10 @@ fn add_port_as_data(
         return;
     }
 
+    let (cluster_slots, local_slots) = (
+        slot_list(svc.scheduler, cluster),
+        slot_list(svc.scheduler, local),
+    );
     let frontends = ext_addrs.iter().map(|addr| (false, addr_key(*addr))).chain(
         port.node_port
             .map(|np| (true, vec![Value::Proto(port.proto), Value::Port(np)])),
@@ -349,10 +357,10 @@ fn add_port_as_data(
         } else {
             DnatEntry::External { nodeport }
         };
-        let chain = shared_chain(table, ctx, svc.scheduler, entry, cluster.len());
+        let chain = shared_chain(table, ctx, svc.scheduler, entry, cluster_slots.len());
         let comment = || Some(label.to_string());
         add_element(table, dispatch, key.clone(), goto_data(&chain), comment());
-        add_slots(table, &chain, key.clone(), cluster);
+        add_slots(table, &chain, key.clone(), &cluster_slots);
         if !svc.external_local {
             continue;
         }
@@ -365,7 +373,7 @@ fn add_port_as_data(
             add_element(table, no_endpoint, key, drop, Some(label.to_string()));
         } else {
             let entry = DnatEntry::ExternalLocal { nodeport };
-            let chain = shared_chain(table, ctx, svc.scheduler, entry, local.len());
+            let chain = shared_chain(table, ctx, svc.scheduler, entry, local_slots.len());
             add_element(
                 table,
                 local_dispatch,
@@ -373,7 +381,7 @@ fn add_port_as_data(
                 goto_data(&chain),
                 comment(),
             );
-            add_slots(table, &chain, key, local);
+            add_slots(table, &chain, key, &local_slots);
         }
     }
 }
@@ -392,6 +400,25 @@ fn drop_internal_local(table: &mut Table, key: Vec<Value>, label: &str) {
 
 fn goto_data(chain: &str) -> Option<ElemData> {
     Some(ElemData::Verdict(Verdict::Goto(chain.to_string())))
+}
+
+/// The slots of a shared map for an endpoint list: the list itself (slot i is the i-th
+/// endpoint), or for Maglev its lookup table, slot → endpoint (`compiler::maglev`), of at least
+/// 1021 slots: a table of another size has nothing in common with it, so the size stays the same
+/// from 1 to 10 endpoints (the paper's 100 slots per endpoint) and changes, reshuffling every
+/// client, only past 10 (65537 slots) — 251 for one or two endpoints would reshuffle every client
+/// whenever a Service grew from two to three.
+fn slot_list(scheduler: Scheduler, list: &[Backend]) -> std::borrow::Cow<'_, [Backend]> {
+    if scheduler != Scheduler::Maglev || list.is_empty() {
+        return std::borrow::Cow::Borrowed(list);
+    }
+    let size = crate::maglev::table_size(list.len()).max(crate::maglev::SIZES[1]);
+    let names: Vec<String> = list
+        .iter()
+        .map(|b| std::net::SocketAddr::new(b.addr, b.port).to_string())
+        .collect();
+    let table = crate::maglev::table(&names, size);
+    std::borrow::Cow::Owned(table.iter().map(|&i| list[i as usize]).collect())
 }
 
 /// `frontend . i : endpoint_i . port_i` for the K endpoints of a list, in list order.
@@ -437,6 +464,7 @@ fn shared_chain(
 ) -> String {
     let word = match scheduler {
         Scheduler::SourceHash => "source-hash",
+        Scheduler::Maglev => "maglev",
         Scheduler::Random | Scheduler::RoundRobin => "random",
     };
     let name = names::dnat_chain(entry, word, k);
@@ -698,7 +726,9 @@ fn selector(scheduler: Scheduler, family: Family, modulus: usize, step: u32) -> 
             mode: NumgenMode::Inc,
             modulus,
         },
-        Scheduler::SourceHash => Expr::JhashSaddr {
+        // Maglev reaches a per-port cascade only with ClientIP affinity (which keeps chains of
+        // its own); there it hashes like source-hash.
+        Scheduler::SourceHash | Scheduler::Maglev => Expr::JhashSaddr {
             family,
             modulus,
             seed: step,

@@ -868,6 +868,7 @@ fn scheduler_annotation() {
         annotated("b", "source-hash"),
         annotated("c", "random"),
         annotated("d", "weighted"),
+        annotated("e", "maglev"),
     ]);
     let schedulers: Vec<Scheduler> = graph.services.iter().map(|s| s.scheduler).collect();
     assert_eq!(
@@ -876,13 +877,14 @@ fn scheduler_annotation() {
             Scheduler::RoundRobin,
             Scheduler::SourceHash,
             Scheduler::Random,
-            Scheduler::Random
+            Scheduler::Random,
+            Scheduler::Maglev
         ]
     );
     assert_eq!(
         fields(&diags),
         ["Service ns/d metadata.annotations[kube-nft.io/scheduler]: unknown scheduler \"weighted\" \
-          (expected random, round-robin or source-hash); using random"]
+          (expected random, round-robin, source-hash or maglev); using random"]
     );
 }
 
