@@ -98,6 +98,8 @@ Examples:
   sudo kube-nft show
   sudo kube-nft show -n kube-system kube-dns
   sudo kube-nft show --address 10.96.0.10:53 -o json
+  # Is this node programmed as the cluster dump says it should be?
+  sudo kube-nft show -f cluster.yaml --hostname-override node-a
 
 Exit status:
   0  success
@@ -274,6 +276,13 @@ pub(crate) struct ShowArgs {
     /// Only this Service (its name; with `-n` in that namespace only).
     #[arg(value_name = "SERVICE")]
     pub(crate) service: Option<String>,
+    /// Also compile this cluster (as `compile -f`, with the node flags) and flag drift: what
+    /// the kernel holds that the input does not compile to, or the reverse (`kube-nft diff`
+    /// lists the operations).
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub(crate) path: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
 }
 
 /// `kube-nft show -o`.
@@ -352,7 +361,7 @@ pub(crate) struct InputArgs {
 /// With `--config`, the file is applied first and flags given on the command line win over it.
 /// (kube-proxy itself ignores most flags when `--config` is set; kube-nft lets explicit flags
 /// override the file so one config can serve many nodes.)
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "Node options (as kube-proxy)")]
 pub(crate) struct NodeArgs {
     /// Name of this node; selects its Node object, local endpoints and zone.

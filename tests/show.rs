@@ -54,6 +54,45 @@ fn stdout(out: &Output) -> String {
 }
 
 #[test]
+fn show_with_an_input_flags_drift() {
+    if !can_run("show_with_an_input_flags_drift") {
+        return;
+    }
+    in_netns(|_| {
+        program_small_cluster();
+        let golden = |case: &str| {
+            let file = repo_root().join(format!("testdata/compile/{case}.yaml"));
+            let args = case_args(&std::fs::read_to_string(&file).expect("read the golden"));
+            (file.to_string_lossy().into_owned(), args)
+        };
+        let show_f = |case: &str| {
+            let (file, args) = golden(case);
+            let mut all = vec![
+                "show".to_owned(),
+                "-o".into(),
+                "json".into(),
+                "-f".into(),
+                file,
+            ];
+            all.extend(args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let doc: Doc = serde_json::from_str(&stdout(&kube_nft(&all))).expect("JSON");
+            doc.drift
+        };
+        // What is programmed: no drift. Another cluster: the operations that would fix it.
+        assert_eq!(show_f("cluster/small-cluster"), None);
+        let drift = show_f("schedulers/maglev").expect("drift against another cluster");
+        assert!(drift.contains("delete") && drift.contains("add"), "{drift}");
+        let (file, args) = golden("schedulers/maglev");
+        let mut all = vec!["show".to_owned(), "-f".into(), file];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let table = stdout(&kube_nft(&all));
+        assert!(table.contains("! drift: the kernel differs"), "{table}");
+    });
+}
+
+#[test]
 fn show_on_an_empty_node_says_nothing_is_programmed() {
     if !can_run("show_on_an_empty_node_says_nothing_is_programmed") {
         return;
@@ -135,6 +174,7 @@ fn show_lists_every_service_port_and_way_in_with_its_backends() {
 #[serde(deny_unknown_fields)]
 struct Doc {
     rows: Vec<JsonRow>,
+    drift: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,6 +230,7 @@ fn show_json_has_the_documented_shape_and_shares_add_up() {
         let text = stdout(&kube_nft(&["show", "-o", "json"]));
         let doc: Doc = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
         assert!(!doc.rows.is_empty());
+        assert_eq!(doc.drift, None, "no -f, no drift check");
         for row in &doc.rows {
             assert!(
                 ["ClusterIP", "External", "NodePort"].contains(&row.via.as_str()),

@@ -302,10 +302,7 @@ fn maglev_pins_each_client_and_spreads_clients_evenly() {
         counts.keys().map(String::as_str).collect::<Vec<_>>(),
         ["10.0.1.90:8080", "10.0.2.90:8080", "10.0.2.91:8080"]
     );
-    assert!(
-        counts.values().all(|n| (30..=70).contains(n)),
-        "{counts:?}"
-    );
+    assert!(counts.values().all(|n| (30..=70).contains(n)), "{counts:?}");
 }
 
 #[test]

@@ -78,6 +78,8 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         address: None,
         output: ShowFormat::Table,
         service: None,
+        path: None,
+        node: args.node.clone(),
     };
     let shown = lab
         .run_in(&node, || super::show::text(&everything))

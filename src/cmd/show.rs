@@ -3,7 +3,8 @@
 //! per service port and way in, with each backend's share of new connections), counts the live
 //! DNATed connections in conntrack per frontend and backend, filters, and prints a table or JSON.
 //! A NodePort's connections are those whose original destination is any local address with
-//! that port.
+//! that port. With `-f`, it also compiles the input for this node and flags drift: the
+//! operations `compile -f` would apply to make the kernel match.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -18,8 +19,10 @@ use kube_nft_runtime::conntrack::{self, Census, Count};
 use kube_nft_runtime::netlink::socket;
 use kube_nft_runtime::readback;
 
-use super::{print_stdout, UsageError};
-use crate::cli::{ShowArgs, ShowFormat};
+use kube_nft_compiler::plan::plan;
+
+use super::{load_and_compile, print_stdout, UsageError};
+use crate::cli::{InputArgs, ShowArgs, ShowFormat};
 
 /// Runs `show`; exit 0.
 pub(super) fn run(args: &ShowArgs) -> anyhow::Result<u8> {
@@ -41,6 +44,16 @@ pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
     if ruleset.tables.is_empty() {
         bail!("kube-nft's tables (ip kube-nft, ip6 kube-nft) are not in this network namespace: nothing is programmed here (is kube-nft running on this node?)");
     }
+    // Drift against a compiled input: the operations `compile -f` would apply.
+    let drift = match &args.path {
+        Some(path) => {
+            let input = InputArgs { path: path.clone() };
+            let compiled = load_and_compile(&input, &args.node)?;
+            let tx = plan(&ruleset, &compiled.ruleset);
+            (!tx.is_empty()).then(|| tx.counts().to_string())
+        }
+        None => None,
+    };
     let local: Vec<IpAddr> = socket::local_addresses(Instant::now() + Duration::from_secs(5))
         .context("list this node's addresses")?;
     let env = Env::from_ruleset(&ruleset, local.clone());
@@ -52,8 +65,17 @@ pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
         .map(|row| Shown::new(row, &census, &local))
         .collect();
     Ok(match args.output {
-        ShowFormat::Table => table(&rows),
-        ShowFormat::Json => json(&rows),
+        ShowFormat::Table => {
+            let mut text = table(&rows);
+            if let Some(ops) = &drift {
+                let _ = writeln!(
+                    text,
+                    "! drift: the kernel differs from what the input compiles to ({ops}; `kube-nft diff` lists them)"
+                );
+            }
+            text
+        }
+        ShowFormat::Json => json(&rows, drift.as_deref()),
     })
 }
 
@@ -258,9 +280,10 @@ fn table(rows: &[Shown]) -> String {
 
 /// `{"rows": [{"service", "via", "protocol", "address" (null for a NodePort), "port",
 /// "family", "scheduler", "backends": [{"address", "port", "share", "connections",
-/// "unreplied"}], "otherwise": [{"fate", "probability"}], "flags": [...]}]}`; shares and
-/// probabilities are exact fractions as strings (`"1/3"`).
-fn json(rows: &[Shown]) -> String {
+/// "unreplied"}], "otherwise": [{"fate", "probability"}], "flags": [...]}], "drift": null or
+/// the operations `compile -f` would apply, summed up}`; shares and probabilities are exact
+/// fractions as strings (`"1/3"`).
+fn json(rows: &[Shown], drift: Option<&str>) -> String {
     let rows: Vec<serde_json::Value> = rows
         .iter()
         .map(|shown| {
@@ -294,8 +317,9 @@ fn json(rows: &[Shown]) -> String {
             })
         })
         .collect();
-    let mut text = serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))
-        .expect("JSON of strings and numbers");
+    let mut text =
+        serde_json::to_string_pretty(&serde_json::json!({ "rows": rows, "drift": drift }))
+            .expect("JSON of strings and numbers");
     text.push('\n');
     text
 }
