@@ -158,6 +158,23 @@ impl Scene {
         at
     }
 
+    /// The daemon's manifests folder (created empty).
+    fn manifests(&self) -> PathBuf {
+        let manifests = self.dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).expect("mkdir");
+        manifests
+    }
+
+    /// Replaces the cluster in [`Scene::manifests`] atomically (the manifests source skips
+    /// names starting with `.`); returns when.
+    fn write_manifest(&self, text: &str) -> Instant {
+        let manifests = self.dir.path().join("manifests");
+        let tmp = manifests.join(".cluster.yaml.tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, manifests.join("cluster.yaml")).expect("rename");
+        Instant::now()
+    }
+
     fn flow(&self, from: &str, src: &str, dst: &str) -> UdpFlow {
         self.lab
             .udp_flow(
@@ -389,15 +406,8 @@ fn the_daemon_reconciles_conntrack_after_each_change() {
     let Some(s) = Scene::build("daemon_reconciles_conntrack") else {
         return;
     };
-    let manifests = s.dir.path().join("manifests");
-    std::fs::create_dir(&manifests).expect("mkdir");
-    // Atomic writes: a name starting with `.` is skipped by the manifests source.
-    let write = |text: &str| {
-        let tmp = manifests.join(".cluster.yaml.tmp");
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, manifests.join("cluster.yaml")).expect("rename");
-        Instant::now()
-    };
+    let manifests = s.manifests();
+    let write = |text: &str| s.write_manifest(text);
     write(&cluster(Some(&[1]), false));
     let mut daemon = start_daemon(&s, &manifests);
     let flow = s.flow("pod-client", "10.0.1.250:40053", "172.30.3.10:53");
@@ -555,13 +565,8 @@ fn the_daemon_sweeps_affinity_to_a_removed_endpoint() {
     let Some(s) = Scene::build("daemon_sweeps_affinity") else {
         return;
     };
-    let manifests = s.dir.path().join("manifests");
-    std::fs::create_dir(&manifests).expect("mkdir");
-    let write = |text: &str| {
-        let tmp = manifests.join(".cluster.yaml.tmp");
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, manifests.join("cluster.yaml")).expect("rename");
-    };
+    let manifests = s.manifests();
+    let write = |text: &str| s.write_manifest(text);
     write(&with_affinity(&cluster(Some(&[1, 2, 3]), false)));
     let mut daemon = start_daemon(&s, &manifests);
     let before = stuck(&s);
@@ -712,13 +717,8 @@ fn a_restarted_daemon_deletes_only_what_went_stale_while_it_was_down() {
     let Some(s) = Scene::build("restarted_daemon") else {
         return;
     };
-    let manifests = s.dir.path().join("manifests");
-    std::fs::create_dir(&manifests).expect("mkdir");
-    let write = |text: &str| {
-        let tmp = manifests.join(".cluster.yaml.tmp");
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, manifests.join("cluster.yaml")).expect("rename");
-    };
+    let manifests = s.manifests();
+    let write = |text: &str| s.write_manifest(text);
     write(&cluster(Some(&[1]), false));
     let mut daemon = start_daemon(&s, &manifests);
     let flow = s.flow("pod-client", "10.0.1.250:40053", "172.30.3.10:53");

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use expect_test::expect;
 use kube_nft_testkit::golden::{case_args, repo_root};
-use kube_nft_testkit::netns::{can_run, in_netns};
+use kube_nft_testkit::netns::{can_run, in_netns, Netns};
 use serde::Deserialize;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-nft");
@@ -20,14 +20,8 @@ fn kube_nft(args: &[&str]) -> Output {
 }
 
 /// node-a's address on loopback, and the small-cluster golden programmed with `compile -f`.
-fn program_small_cluster() {
-    for args in [
-        vec!["link", "set", "lo", "up"],
-        vec!["addr", "add", "192.168.0.2/32", "dev", "lo"],
-    ] {
-        let out = Command::new("ip").args(&args).output().expect("run ip");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    }
+fn program_small_cluster(ns: &Netns) {
+    ns.local_address("192.168.0.2/32");
     let file = repo_root().join("testdata/compile/cluster/small-cluster.yaml");
     let text = std::fs::read_to_string(&file).expect("read the golden");
     let out = Command::new(BIN)
@@ -58,8 +52,8 @@ fn show_with_an_input_flags_drift() {
     if !can_run("show_with_an_input_flags_drift") {
         return;
     }
-    in_netns(|_| {
-        program_small_cluster();
+    in_netns(|ns| {
+        program_small_cluster(ns);
         let golden = |case: &str| {
             let file = repo_root().join(format!("testdata/compile/{case}.yaml"));
             let args = case_args(&std::fs::read_to_string(&file).expect("read the golden"));
@@ -110,8 +104,8 @@ fn show_lists_every_service_port_and_way_in_with_its_backends() {
     if !can_run("show_lists_every_service_port_and_way_in_with_its_backends") {
         return;
     }
-    in_netns(|_| {
-        program_small_cluster();
+    in_netns(|ns| {
+        program_small_cluster(ns);
         expect![[r#"
             SERVICE                       VIA        ADDRESS                 SCHED                 BACKEND           SHARE  CONNS  UNREPLIED
             default/kubernetes:https      ClusterIP  tcp 172.30.0.1:443      random                192.168.0.2:6443    1/2      0          0
@@ -225,8 +219,8 @@ fn show_json_has_the_documented_shape_and_shares_add_up() {
     if !can_run("show_json_has_the_documented_shape_and_shares_add_up") {
         return;
     }
-    in_netns(|_| {
-        program_small_cluster();
+    in_netns(|ns| {
+        program_small_cluster(ns);
         let text = stdout(&kube_nft(&["show", "-o", "json"]));
         let doc: Doc = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}:\n{text}"));
         assert!(!doc.rows.is_empty());

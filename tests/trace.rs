@@ -1093,15 +1093,9 @@ fn a_live_trace_of_the_programmed_node_equals_the_compiled_trace() {
         .iter()
         .map(|(from, packet)| trace(case, from, packet))
         .collect();
-    in_netns(|_| {
+    in_netns(|ns| {
         // The Node's address, so the kernel's local addresses are the compiled trace's.
-        for args in [
-            vec!["link", "set", "lo", "up"],
-            vec!["addr", "add", "192.168.0.2/32", "dev", "lo"],
-        ] {
-            let out = Command::new("ip").args(&args).output().expect("run ip");
-            assert!(out.status.success(), "ip {args:?}: {out:?}");
-        }
+        ns.local_address(&format!("{NODE}/32"));
         let empty = trace_live("outside", packets[1].1).expect_err("nothing programmed yet");
         assert!(
             empty.contains("are not in this network namespace"),

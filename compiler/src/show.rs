@@ -108,15 +108,26 @@ pub struct Row {
 /// Every frontend of `ruleset`, sorted by Service, way in and address. `env` is the node (its
 /// addresses: a NodePort is traced to the first non-loopback one of the family).
 pub fn rows(ruleset: &Ruleset, env: &Env) -> Vec<Row> {
+    rows_where(ruleset, env, |_| true)
+}
+
+/// [`rows`] of the frontends `wanted` keeps, tracing only those (a trace per frontend is most
+/// of the cost at 50k Services).
+pub fn rows_where(ruleset: &Ruleset, env: &Env, wanted: impl Fn(&Frontend) -> bool) -> Vec<Row> {
     let mut rows = Vec::new();
     for table in &ruleset.tables {
-        rows.extend(table_rows(table, ruleset, env));
+        rows.extend(table_rows(table, ruleset, env, &wanted));
     }
     rows.sort_by(|a, b| a.frontend.cmp(&b.frontend));
     rows
 }
 
-fn table_rows(table: &Table, ruleset: &Ruleset, env: &Env) -> Vec<Row> {
+fn table_rows(
+    table: &Table,
+    ruleset: &Ruleset,
+    env: &Env,
+    wanted: &dyn Fn(&Frontend) -> bool,
+) -> Vec<Row> {
     let family = table.family;
     let cluster_ips: BTreeSet<IpAddr> = (table.sets.get(crate::lower::CLUSTER_IPS))
         .map(|s| {
@@ -188,6 +199,9 @@ fn table_rows(table: &Table, ruleset: &Ruleset, env: &Env) -> Vec<Row> {
             port,
             family,
         };
+        if !wanted(&frontend) {
+            continue;
+        }
         let Some(daddr) = addr.or(node_addr) else {
             // A NodePort on a node without an address of the family: nothing reaches it.
             rows.push(Row {

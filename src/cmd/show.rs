@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kube_nft_compiler::ir::{Family, L4Proto};
-use kube_nft_compiler::show::{self, Row};
+use kube_nft_compiler::show::{self, Frontend, Row};
 use kube_nft_compiler::trace::Env;
 use kube_nft_runtime::conntrack::{self, Census, Count};
 use kube_nft_runtime::netlink::socket;
@@ -59,9 +59,8 @@ pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
     let env = Env::from_ruleset(&ruleset, local.clone());
     let census = conntrack::census().context("count connections in conntrack")?;
     let local: BTreeSet<IpAddr> = local.into_iter().collect();
-    let rows: Vec<Shown> = show::rows(&ruleset, &env)
+    let rows: Vec<Shown> = show::rows_where(&ruleset, &env, |f| wanted(args, address, &local, f))
         .into_iter()
-        .filter(|row| wanted(args, address, &local, row))
         .map(|row| Shown::new(row, &census, &local))
         .collect();
     Ok(match args.output {
@@ -94,9 +93,8 @@ fn wanted(
     args: &ShowArgs,
     address: Option<(IpAddr, Option<u16>)>,
     local: &BTreeSet<IpAddr>,
-    row: &Row,
+    f: &Frontend,
 ) -> bool {
-    let f = &row.frontend;
     // `ns/name:port`.
     let (namespace, rest) = f.service.split_once('/').unwrap_or(("", &f.service));
     let name = rest.rsplit_once(':').map_or(rest, |(name, _)| name);

@@ -66,6 +66,25 @@ impl Netns {
         )
     }
 
+    /// Runs `ip` (iproute2) in this namespace; `Err` carries stderr.
+    pub fn ip(&self, args: &[&str]) -> Result<String, String> {
+        stdout_or_stderr(
+            Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?,
+        )
+    }
+
+    /// Brings loopback up and gives it `addr` (`192.168.0.2/32`): a node address for tests that
+    /// need the kernel to count it as local.
+    pub fn local_address(&self, addr: &str) {
+        self.ip(&["link", "set", "lo", "up"])
+            .unwrap_or_else(|e| panic!("ip link set lo up: {e}"));
+        self.ip(&["addr", "add", addr, "dev", "lo"])
+            .unwrap_or_else(|e| panic!("ip addr add {addr} dev lo: {e}"));
+    }
+
     /// Loads an nft script from text.
     pub fn nft_load(&self, script: &str) -> Result<(), String> {
         let path = temp_path("script.nft");

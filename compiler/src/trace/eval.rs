@@ -380,9 +380,16 @@ impl Interp<'_> {
                 });
                 (*proto, groups)
             }
-            // The key names the protocol itself (`meta l4proto` is part of it), so there is no
-            // protocol match to fail; a key without an element breaks the rule.
-            NatTarget::Map { key, map, .. } => {
+            // A data map: `addr . port` (the key names the protocol itself, `meta l4proto` is
+            // part of it, so there is no protocol match to fail), or an address with a constant
+            // port (`AddrMap`, ClientIP affinity: a stateless trace's map holds no client, its
+            // elements come from the packet path, so it misses unless a test put one there). A
+            // key without an element breaks the rule.
+            NatTarget::Map { key, map, .. } | NatTarget::AddrMap { key, map, .. } => {
+                let (proto, port) = match target {
+                    NatTarget::AddrMap { proto, port, .. } => (*proto, Some(*port)),
+                    _ => (self.packet.proto, None),
+                };
                 let set = match self.set(map) {
                     Ok(set) => set,
                     Err(e) => {
@@ -392,40 +399,15 @@ impl Interp<'_> {
                 };
                 let groups = self.classify(&b, key, |k| {
                     Ok(find(set, k)?.and_then(|i| match &set.elements[i].data {
-                        Some(ElemData::Values(v)) => match v[..] {
-                            [Value::Addr(addr), Value::Port(port)] => Some((addr, port)),
+                        Some(ElemData::Values(v)) => match (&v[..], port) {
+                            ([Value::Addr(addr), Value::Port(p)], None) => Some((*addr, *p)),
+                            ([Value::Addr(addr)], Some(p)) => Some((*addr, p)),
                             _ => None,
                         },
                         _ => None,
                     }))
                 });
-                (self.packet.proto, groups)
-            }
-            // The affinity map of a stateless trace holds no client (its elements come from the
-            // packet path), so this misses unless a test put one there.
-            NatTarget::AddrMap {
-                proto,
-                key,
-                map,
-                port,
-            } => {
-                let set = match self.set(map) {
-                    Ok(set) => set,
-                    Err(e) => {
-                        out.push((b, RuleFlow::End(Flow::Error(e))));
-                        return;
-                    }
-                };
-                let groups = self.classify(&b, key, |k| {
-                    Ok(find(set, k)?.and_then(|i| match &set.elements[i].data {
-                        Some(ElemData::Values(v)) => match v[..] {
-                            [Value::Addr(addr)] => Some((addr, *port)),
-                            _ => None,
-                        },
-                        _ => None,
-                    }))
-                });
-                (*proto, groups)
+                (proto, groups)
             }
         };
         if proto != self.packet.proto {
