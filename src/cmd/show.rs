@@ -6,7 +6,7 @@
 //! that port. With `-f`, it also compiles the input for this node and flags drift: the
 //! operations `compile -f` would apply to make the kernel match.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -57,7 +57,7 @@ pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
     let local: Vec<IpAddr> = socket::local_addresses(Instant::now() + Duration::from_secs(5))
         .context("list this node's addresses")?;
     let env = Env::from_ruleset(&ruleset, local.clone());
-    let census = conntrack::census().context("count connections in conntrack")?;
+    let census = by_target(&conntrack::census().context("count connections in conntrack")?);
     let local: BTreeSet<IpAddr> = local.into_iter().collect();
     let rows: Vec<Shown> = show::rows_where(&ruleset, &env, |f| wanted(args, address, &local, f))
         .into_iter()
@@ -118,6 +118,20 @@ fn wanted(
     }
 }
 
+/// The census by `(IP protocol, original destination port, DNAT target)`: each backend of a
+/// row finds its few flows without a walk of the whole conntrack table.
+type ByTarget = HashMap<(u8, u16, SocketAddr), Vec<(IpAddr, Count)>>;
+
+fn by_target(census: &Census) -> ByTarget {
+    let mut out = ByTarget::new();
+    for ((proto, dst, target), count) in &census.flows {
+        out.entry((*proto, dst.port(), *target))
+            .or_default()
+            .push((dst.ip(), *count));
+    }
+    out
+}
+
 /// A row with its live numbers.
 struct Shown {
     row: Row,
@@ -128,19 +142,22 @@ struct Shown {
 }
 
 impl Shown {
-    fn new(row: Row, census: &Census, local: &BTreeSet<IpAddr>) -> Shown {
+    fn new(row: Row, census: &ByTarget, local: &BTreeSet<IpAddr>) -> Shown {
         let f = &row.frontend;
         let proto = proto_number(f.proto);
         let counts: Vec<Count> = (row.backends.iter())
             .map(|b| {
                 let target = SocketAddr::new(b.addr, b.port);
                 let mut sum = Count::default();
-                for ((p, dst, to), c) in &census.flows {
+                let flows = census
+                    .get(&(proto, f.port, target))
+                    .map_or(&[][..], Vec::as_slice);
+                for (dst, c) in flows {
                     let reached = match f.addr {
-                        Some(a) => dst.ip() == a,
-                        None => local.contains(&dst.ip()) && Family::of(dst.ip()) == f.family,
+                        Some(a) => *dst == a,
+                        None => local.contains(dst) && Family::of(*dst) == f.family,
                     };
-                    if *p == proto && dst.port() == f.port && reached && *to == target {
+                    if reached {
                         sum.conns += c.conns;
                         sum.unreplied += c.unreplied;
                     }
