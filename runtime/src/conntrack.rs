@@ -214,10 +214,7 @@ pub fn reconcile(
                 }
                 other => other,
             }
-            .map_err(|e| match e {
-                DumpError::Netlink(source) => netlink("dump", source),
-                DumpError::Decode(source) => Error::Decode { family, source },
-            })?;
+            .map_err(|e| e.in_family(family))?;
             report.examined += examined;
             stale.extend(found);
         }
@@ -302,32 +299,18 @@ pub fn census() -> Result<Census, Error> {
         };
         let mut socket = ConntrackSocket::open().map_err(|e| netlink("open", e))?;
         let request = ct::dump_request(family, &DumpFilter::default());
-        let mut failure = None;
-        socket
-            .dump(&request, Instant::now() + DUMP_BOUND, |bytes| {
-                let new = (ct::NFNL_SUBSYS_CTNETLINK << 8) | ct::IPCTNL_MSG_CT_NEW;
-                if failure.is_some() || ct::message_type(bytes) != Some(new) {
-                    return;
-                }
-                match ct::entry(bytes) {
-                    Ok(entry) => {
-                        let Some(target) = entry.flow.dnat_target() else {
-                            return;
-                        };
-                        let key = (entry.flow.proto, entry.flow.original.destination(), target);
-                        let count = out.flows.entry(key).or_default();
-                        count.conns += 1;
-                        if entry.status.0 & ct::Status::SEEN_REPLY == 0 {
-                            count.unreplied += 1;
-                        }
-                    }
-                    Err(e) => failure = Some(e),
-                }
-            })
-            .map_err(|e| netlink("dump", e))?;
-        if let Some(source) = failure {
-            return Err(Error::Decode { family, source });
-        }
+        each_entry(&mut socket, &request, |entry| {
+            let Some(target) = entry.flow.dnat_target() else {
+                return;
+            };
+            let key = (entry.flow.proto, entry.flow.original.destination(), target);
+            let count = out.flows.entry(key).or_default();
+            count.conns += 1;
+            if entry.status.0 & ct::Status::SEEN_REPLY == 0 {
+                count.unreplied += 1;
+            }
+        })
+        .map_err(|e| e.in_family(family))?;
     }
     Ok(out)
 }
@@ -335,6 +318,20 @@ pub fn census() -> Result<Census, Error> {
 enum DumpError {
     Netlink(socket::Error),
     Decode(crate::netlink::decode::Error),
+}
+
+impl DumpError {
+    /// The pass's error for a dump of `family`.
+    fn in_family(self, family: Family) -> Error {
+        match self {
+            DumpError::Netlink(source) => Error::Netlink {
+                what: "dump",
+                family,
+                source,
+            },
+            DumpError::Decode(source) => Error::Decode { family, source },
+        }
+    }
 }
 
 /// One dump, asking the kernel for `kernel` and keeping what passes `wanted`, judged as it
@@ -350,32 +347,42 @@ fn dump(
     let request = ct::dump_request(family, kernel);
     let mut stale = Vec::new();
     let mut examined = 0;
+    each_entry(socket, &request, |entry| {
+        // The kernel's filter again: a kernel that does not know it ignores it.
+        if !wanted.matches(&entry) {
+            return;
+        }
+        examined += 1;
+        if let Verdict::Delete(reason) = destinations.judge(&entry.flow, node_addresses) {
+            stale.push((entry, reason));
+        }
+    })?;
+    Ok((examined, stale))
+}
+
+/// Runs one dump, handing each decoded entry to `f` as it streams; the first entry that does
+/// not decode ends the dump's use (the rest is drained, not decoded) and is the error.
+fn each_entry(
+    socket: &mut ConntrackSocket,
+    request: &[u8],
+    mut f: impl FnMut(Entry),
+) -> Result<(), DumpError> {
     let mut failure = None;
     socket
-        .dump(&request, Instant::now() + DUMP_BOUND, |bytes| {
+        .dump(request, Instant::now() + DUMP_BOUND, |bytes| {
             let new = (ct::NFNL_SUBSYS_CTNETLINK << 8) | ct::IPCTNL_MSG_CT_NEW;
             if failure.is_some() || ct::message_type(bytes) != Some(new) {
                 return;
             }
             match ct::entry(bytes) {
-                Ok(entry) => {
-                    // The kernel's filter again: a kernel that does not know it ignores it.
-                    if !wanted.matches(&entry) {
-                        return;
-                    }
-                    examined += 1;
-                    if let Verdict::Delete(reason) = destinations.judge(&entry.flow, node_addresses)
-                    {
-                        stale.push((entry, reason));
-                    }
-                }
+                Ok(entry) => f(entry),
                 Err(e) => failure = Some(e),
             }
         })
         .map_err(DumpError::Netlink)?;
     match failure {
         Some(e) => Err(DumpError::Decode(e)),
-        None => Ok((examined, stale)),
+        None => Ok(()),
     }
 }
 

@@ -171,6 +171,21 @@ fn load_and_compile(input: &InputArgs, node: &NodeArgs) -> anyhow::Result<Compil
     Ok(compiled)
 }
 
+/// kube-nft's tables read back from this network namespace's kernel, and the node's addresses
+/// (`trace --live`, `show`); an error when the tables are absent.
+fn read_node() -> anyhow::Result<(kube_nft_compiler::ir::Ruleset, Vec<std::net::IpAddr>)> {
+    use kube_nft_compiler::ir::Family;
+    let ruleset = kube_nft_runtime::readback::read(&[Family::Ip, Family::Ip6])
+        .context("read kube-nft's tables from the kernel")?;
+    if ruleset.tables.is_empty() {
+        bail!("kube-nft's tables (ip kube-nft, ip6 kube-nft) are not in this network namespace: nothing is programmed here (is kube-nft running on this node?)");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let addresses = kube_nft_runtime::netlink::socket::local_addresses(deadline)
+        .context("list this node's addresses")?;
+    Ok((ruleset, addresses))
+}
+
 /// Reads `-f PATH`: stdin for `-`, every `*.yaml`, `*.yml` and `*.json` file below a
 /// directory in path order, or one file.
 fn read_sources(path: &Path) -> anyhow::Result<Vec<Source>> {

@@ -9,19 +9,16 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use kube_nft_compiler::ir::{Family, L4Proto};
 use kube_nft_compiler::show::{self, Frontend, Row};
 use kube_nft_compiler::trace::Env;
 use kube_nft_runtime::conntrack::{self, Census, Count};
-use kube_nft_runtime::netlink::socket;
-use kube_nft_runtime::readback;
 
 use kube_nft_compiler::plan::plan;
 
-use super::{load_and_compile, print_stdout, UsageError};
+use super::{load_and_compile, print_stdout, read_node, UsageError};
 use crate::cli::{InputArgs, ShowArgs, ShowFormat};
 
 /// Runs `show`; exit 0.
@@ -39,11 +36,7 @@ pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
         .map(parse_address)
         .transpose()
         .map_err(UsageError)?;
-    let ruleset = readback::read(&[Family::Ip, Family::Ip6])
-        .context("read kube-nft's tables from the kernel")?;
-    if ruleset.tables.is_empty() {
-        bail!("kube-nft's tables (ip kube-nft, ip6 kube-nft) are not in this network namespace: nothing is programmed here (is kube-nft running on this node?)");
-    }
+    let (ruleset, local) = read_node()?;
     // Drift against a compiled input: the operations `compile -f` would apply.
     let drift = match &args.path {
         Some(path) => {
@@ -54,8 +47,6 @@ pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
         }
         None => None,
     };
-    let local: Vec<IpAddr> = socket::local_addresses(Instant::now() + Duration::from_secs(5))
-        .context("list this node's addresses")?;
     let env = Env::from_ruleset(&ruleset, local.clone());
     let census = by_target(&conntrack::census().context("count connections in conntrack")?);
     let local: BTreeSet<IpAddr> = local.into_iter().collect();

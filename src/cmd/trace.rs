@@ -4,15 +4,10 @@
 //! the ruleset's own `meta iifname` matches, so it answers "where does this packet go on this
 //! node right now" without any input file.
 
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, Context};
-use kube_nft_compiler::ir::{Family, Ruleset};
+use kube_nft_compiler::ir::Ruleset;
 use kube_nft_compiler::trace::{self, Env, Origin, Packet};
-use kube_nft_runtime::netlink::socket;
-use kube_nft_runtime::readback;
 
-use super::{load_and_compile, print_stdout, UsageError};
+use super::{load_and_compile, print_stdout, read_node, UsageError};
 use crate::cli::{InputArgs, PacketOrigin, TraceArgs};
 
 /// Runs `trace`.
@@ -47,15 +42,9 @@ pub(super) fn run(args: &TraceArgs) -> anyhow::Result<()> {
     print_stdout(&trace.to_string())
 }
 
-/// Our tables and the node's addresses, from the kernel.
+/// Our tables and the node, from the kernel.
 fn live() -> anyhow::Result<(Ruleset, Env)> {
-    let ruleset = readback::read(&[Family::Ip, Family::Ip6])
-        .context("read kube-nft's tables from the kernel")?;
-    if ruleset.tables.is_empty() {
-        bail!("kube-nft's tables (ip kube-nft, ip6 kube-nft) are not in this network namespace: nothing is programmed here");
-    }
-    let addresses = socket::local_addresses(Instant::now() + Duration::from_secs(5))
-        .context("list this node's addresses")?;
+    let (ruleset, addresses) = read_node()?;
     let env = Env::from_ruleset(&ruleset, addresses);
     Ok((ruleset, env))
 }

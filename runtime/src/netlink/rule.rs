@@ -134,14 +134,7 @@ fn put_stmt(
             // Address in register 1, port in register 2, each an immediate.
             let addr_bytes = addr_octets(*addr);
             immediate_value(buf, reg(BASE), &addr_bytes);
-            immediate_value(buf, reg(BASE + 4), &port.to_be_bytes());
-            nat(
-                buf,
-                ctx.family,
-                reg(BASE),
-                reg(BASE + 4),
-                NF_NAT_RANGE_PROTO_SPECIFIED,
-            );
+            nat_to_port(buf, ctx.family, *port);
             Ok(())
         }
         Stmt::Dnat(NatTarget::NumgenMap {
@@ -192,14 +185,7 @@ fn put_stmt(
             match_l4proto(buf, proto.number());
             load(buf, ctx, key, BASE, false)?;
             lookup(buf, map, id, Some(reg(BASE)), 0);
-            immediate_value(buf, reg(BASE + 4), &port.to_be_bytes());
-            nat(
-                buf,
-                ctx.family,
-                reg(BASE),
-                reg(BASE + 4),
-                NF_NAT_RANGE_PROTO_SPECIFIED,
-            );
+            nat_to_port(buf, ctx.family, *port);
             Ok(())
         }
         Stmt::Masquerade { fully_random } => {
@@ -469,6 +455,19 @@ fn addr_offset(expr: &Expr, family: Family) -> u32 {
         (Family::Ip6, false) => 8,
         (Family::Ip6, true) => 24,
     }
+}
+
+/// The DNAT to the address in register 1 and the constant `port`, an immediate in the next
+/// 128-bit register (how nft writes `dnat to ADDR:PORT` and `dnat to KEY map @m : PORT`).
+fn nat_to_port(buf: &mut Vec<u8>, family: Family, port: u16) {
+    immediate_value(buf, reg(BASE + 4), &port.to_be_bytes());
+    nat(
+        buf,
+        family,
+        reg(BASE),
+        reg(BASE + 4),
+        NF_NAT_RANGE_PROTO_SPECIFIED,
+    );
 }
 
 fn addr_octets(addr: IpAddr) -> Vec<u8> {
