@@ -281,6 +281,16 @@ pub(crate) struct ShowArgs {
     /// lists the operations).
     #[arg(short = 'f', long = "filename", value_name = "PATH")]
     pub(crate) path: Option<PathBuf>,
+    /// Time between the two reads of the per-backend counters that give NEW/s, and between
+    /// refreshes with `--watch`; `0s` reads once and shows no rate. Go duration syntax.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1s")]
+    pub(crate) interval: Duration,
+    /// Refresh every `--interval` until interrupted, rates from one refresh to the next.
+    #[arg(short = 'w', long)]
+    pub(crate) watch: bool,
+    /// With `--watch`: stop after this many refreshes.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub(crate) count: Option<u64>,
     #[command(flatten)]
     pub(crate) node: NodeArgs,
 }

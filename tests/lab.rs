@@ -853,8 +853,9 @@ fn demo_runs_the_bundled_example_and_cleans_up() {
     let empty = row("shop/empty", "ClusterIP", "pod-client");
     assert_eq!(empty[4..], ["-", "refused ×4"], "{empty:?}");
     // `show` after the tour: shop/web's three endpoints a third each, the tour's connections
-    // counted (eight probes: four from the pod, four from the client), all answered; the
-    // Service without endpoints flagged.
+    // counted (eight probes: four from the pod, four from the client), all answered, each
+    // backend's packets counted; the Service without endpoints flagged. Columns from the
+    // right: SHARE CONNS UNREPLIED NEW/s PACKETS BYTES.
     let lines: Vec<Vec<String>> = demo_rows(shown.split_once('\n').map_or("", |(_, rest)| rest));
     let at = lines
         .iter()
@@ -866,8 +867,12 @@ fn demo_runs_the_bundled_example_and_cleans_up() {
         .iter()
         .map(|r| {
             let n = r.len();
-            assert_eq!(r[n - 1], "0", "unreplied: {shown}");
-            (r[n - 3].as_str(), r[n - 2].parse::<u64>().expect("CONNS"))
+            assert_eq!(r[n - 4], "0", "unreplied: {shown}");
+            let conns = r[n - 5].parse::<u64>().expect("CONNS");
+            let packets = r[n - 2].parse::<u64>().expect("PACKETS");
+            // A connection is at least a request and its answer.
+            assert!(packets >= 2 * conns, "packets: {shown}");
+            (r[n - 6].as_str(), conns)
         })
         .unzip();
     assert_eq!(shares, ["1/3", "1/3", "1/3"], "{shown}");

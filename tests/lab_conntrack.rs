@@ -671,10 +671,21 @@ fn show_counts_live_connections_per_backend_and_flags_a_silent_one() {
             .find(|b| b["address"] == addr)
             .unwrap_or_else(|| panic!("{addr} in {row:#}"));
         assert_eq!(b["share"], "1/3", "{row:#}");
-        (
-            b["connections"].as_u64().expect("connections"),
-            b["unreplied"].as_u64().expect("unreplied"),
-        )
+        let live = b["connections"].as_u64().expect("connections");
+        let unreplied = b["unreplied"].as_u64().expect("unreplied");
+        // The kernel's counters agree with conntrack: each flow was one new connection, counted
+        // once when node-a DNATed it; none started in the second between the two reads; every
+        // datagram (and every answer) was counted with its bytes.
+        let counted = |key: &str| b[key].as_u64().unwrap_or_else(|| panic!("{key}: {b}"));
+        assert_eq!(counted("new_connections"), live, "{b}");
+        assert_eq!(b["new_per_second"].as_f64(), Some(0.0), "{b}");
+        let replies = if unreplied == 0 { 2 } else { 1 };
+        assert!(counted("packets") >= replies * live, "{b}");
+        assert!(
+            counted("bytes") >= 28 * counted("packets"),
+            "IP + UDP headers: {b}"
+        );
+        (live, unreplied)
     };
     let (one, two, silent) = (conns("10.0.1.21"), conns("10.0.2.21"), conns("10.0.2.99"));
     assert_eq!(one.0 + two.0 + silent.0, 24, "one entry per flow: {row:#}");

@@ -1121,3 +1121,49 @@ fn a_live_trace_of_the_programmed_node_equals_the_compiled_trace() {
         }
     });
 }
+
+/// The chain paths of `packet`'s outcomes (sent `from`) through the small-cluster golden.
+fn paths(from: &str, packet: &str) -> Vec<String> {
+    let case = PathBuf::from("testdata/compile/cluster/small-cluster.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
+        .current_dir(repo_root())
+        .arg("trace")
+        .arg("-f")
+        .arg(&case)
+        .args(args_of(&case))
+        .args(["--from", from, packet])
+        .output()
+        .expect("run kube-nft trace");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .skip(1)
+        .map(|l| l.split_once("  via ").map_or("", |(_, p)| p).to_string())
+        .collect()
+}
+
+#[test]
+fn backend_counters_count_a_connection_once_where_it_leaves_or_is_delivered() {
+    // The kubernetes Service: one endpoint on this node's own address, one on node-b.
+    let count = |path: &str, what: &str| path.matches(what).count();
+    for (from, packet) in [
+        ("pod", "tcp 10.0.1.9:40000 -> 172.30.0.1:443"),
+        ("host", "tcp 192.168.0.2:40000 -> 172.30.0.1:443"),
+    ] {
+        let paths = paths(from, packet);
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        for path in &paths {
+            // One new connection and its first packet counted, whichever way it goes.
+            assert_eq!(count(path, "update @backend-connections"), 1, "{path}");
+            assert_eq!(count(path, "update @backend-traffic"), 1, "{path}");
+            let local = path.contains("dnat 192.168.0.2:6443");
+            // A pod's packet to the host is delivered: counted in the input hook. The host's
+            // own packet to itself leaves through postrouting (counted there) and comes back
+            // on `lo`, where neither input rule counts it again.
+            let delivered = local && from == "pod";
+            assert_eq!(path.contains("nat-input"), delivered, "{path}");
+            assert_eq!(path.contains("filter-postrouting"), !delivered, "{path}");
+        }
+    }
+}

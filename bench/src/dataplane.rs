@@ -32,7 +32,7 @@ const WARMUP: usize = 100;
 /// One row of the data-plane table.
 #[derive(Clone, Debug)]
 pub(crate) struct Latency {
-    /// `kube-nft` or `kube-proxy-shaped`.
+    /// `kube-nft`, `kube-nft, counters off` or `kube-proxy-shaped`.
     pub(crate) ruleset: &'static str,
     /// Services loaded.
     pub(crate) services: usize,
@@ -84,6 +84,32 @@ pub(crate) fn measure(
         }
         let _ = std::fs::remove_file(&file);
         rows.push(sample(&lab, "kube-nft", n, dst, connections)?);
+
+        // The same ruleset without the per-backend counters: the counting rules flushed (the
+        // `ct status dnat` jumps into the emptied chain stay), so the difference is what the
+        // counters cost a connection: one element added at the NAT hook, and the first two
+        // packets (SYN, SYN-ACK) each updating one counter, as every later packet would.
+        let script = work.join(format!("dataplane-counters-off-{n}.nft"));
+        std::fs::write(
+            &script,
+            "flush chain ip kube-nft backend-stats\n\
+             flush chain ip kube-nft nat-input\n\
+             flush chain ip kube-nft nat-postrouting\n\
+             add rule ip kube-nft nat-postrouting jump masquerading\n",
+        )?;
+        let out = lab
+            .command("node-0", "nft")?
+            .arg("-f")
+            .arg(&script)
+            .output()?;
+        let _ = std::fs::remove_file(&script);
+        if !out.status.success() {
+            bail!(
+                "nft -f (counters off, {n} Services): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        rows.push(sample(&lab, "kube-nft, counters off", n, dst, connections)?);
 
         if kube_proxy_sizes.contains(&n) {
             let cleanup = lab.command("node-0", kube_nft)?.arg("cleanup").output()?;

@@ -20,7 +20,7 @@
 use std::fmt::{self, Display, Formatter};
 
 use crate::ir::{
-    CmpOp, DataType, ElemData, Element, Expr, Family, FibAddr, NatTarget, NumgenMode, Rule,
+    CmpOp, CtDir, DataType, ElemData, Element, Expr, Family, FibAddr, NatTarget, NumgenMode, Rule,
     Ruleset, Set, SetFlags, Stmt, Table, Value, Verdict,
 };
 use crate::Compiled;
@@ -148,7 +148,8 @@ fn write_table(f: &mut Formatter<'_>, table: &Table) -> fmt::Result {
     Ok(())
 }
 
-/// `type K . K : D; flags …; timeout Ns; comment "…";` (or `typeof …` for sets that need it).
+/// `type K . K : D; size N; flags …; timeout Ns; counter; comment "…";` (or `typeof …` for sets
+/// that need it).
 struct SetBody<'a>(&'a Set, Family);
 
 impl Display for SetBody<'_> {
@@ -166,6 +167,9 @@ impl Display for SetBody<'_> {
             }
         }
         f.write_str(";")?;
+        if let Some(size) = set.size {
+            write!(f, " size {size};")?;
+        }
         let SetFlags {
             interval,
             dynamic,
@@ -184,6 +188,9 @@ impl Display for SetBody<'_> {
         }
         if let Some(secs) = set.timeout {
             write!(f, " timeout {secs}s;")?;
+        }
+        if set.counter {
+            f.write_str(" counter;")?;
         }
         if let Some(c) = &set.comment {
             write!(f, " comment {};", Quoted(c))?;
@@ -402,10 +409,13 @@ impl Display for ExprText<'_> {
             Expr::Daddr(family) => write!(f, "{family} daddr"),
             Expr::L4Proto => f.write_str("meta l4proto"),
             Expr::Dport => f.write_str("th dport"),
+            Expr::Sport => f.write_str("th sport"),
             Expr::Mark => f.write_str("meta mark"),
             Expr::MarkAnd(mask) => write!(f, "meta mark & {mask:#010x}"),
             Expr::CtState => f.write_str("ct state"),
             Expr::CtStatus => f.write_str("ct status"),
+            Expr::CtDirection => f.write_str("ct direction"),
+            Expr::CtOriginalDaddr(family) => write!(f, "ct original {family} daddr"),
             Expr::FibType(FibAddr::Saddr) => f.write_str("fib saddr type"),
             Expr::FibType(FibAddr::Daddr) => f.write_str("fib daddr type"),
             Expr::Iifname => f.write_str("iifname"),
@@ -456,6 +466,8 @@ impl Display for ValueText<'_> {
             Value::FibLocal => f.write_str("local"),
             Value::CtNew => f.write_str("new"),
             Value::CtDnat => f.write_str("dnat"),
+            Value::CtDir(CtDir::Original) => f.write_str("original"),
+            Value::CtDir(CtDir::Reply) => f.write_str("reply"),
             // Names are checked by `ir::ifname_problem` (the verifier), so they need no escaping.
             Value::Iface(name) => write!(f, "\"{name}\""),
             Value::IfacePrefix(prefix) => write!(f, "\"{prefix}*\""),

@@ -12,6 +12,7 @@
 pub mod affinity;
 pub mod apply;
 pub mod conntrack;
+pub mod counters;
 pub mod daemon;
 pub mod lock;
 pub mod netlink;

@@ -241,7 +241,7 @@ fn numgen_maps(family: Family, sets: &[ir::Set]) -> AnonMaps {
     maps
 }
 
-fn nfproto(family: Family) -> u8 {
+pub(crate) fn nfproto(family: Family) -> u8 {
     match family {
         Family::Ip => 2,
         Family::Ip6 => 10,

@@ -79,6 +79,9 @@ pub(super) fn run(args: &DemoArgs) -> anyhow::Result<()> {
         output: ShowFormat::Table,
         service: None,
         path: None,
+        interval: std::time::Duration::from_secs(1),
+        watch: false,
+        count: None,
         node: args.node.clone(),
     };
     let shown = lab

@@ -1,10 +1,14 @@
 //! `kube-nft show`: what this node does with each Service now. It reads kube-nft's tables back
 //! from the kernel and the node's addresses (the compiler's `show::rows` turns them into one row
 //! per service port and way in, with each backend's share of new connections), counts the live
-//! DNATed connections in conntrack per frontend and backend, filters, and prints a table or JSON.
-//! A NodePort's connections are those whose original destination is any local address with
-//! that port. With `-f`, it also compiles the input for this node and flags drift: the
-//! operations `compile -f` would apply to make the kernel match.
+//! DNATed connections in conntrack per frontend and backend, reads the per-backend counters the
+//! packet path keeps (new connections, packets, bytes) twice `--interval` apart for a rate of
+//! new connections, filters, and prints a table or JSON (`--watch`: again every interval). A
+//! NodePort's connections and counters are those whose original destination is any local
+//! address with that port. The counters are keyed by frontend address, not port: two ports of
+//! one address sent to the same backend port show the same numbers. With `-f`, it also
+//! compiles the input for this node and flags drift: the operations `compile -f` would apply to
+//! make the kernel match.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -15,6 +19,7 @@ use kube_nft_compiler::ir::{Family, L4Proto};
 use kube_nft_compiler::show::{self, Frontend, Row};
 use kube_nft_compiler::trace::Env;
 use kube_nft_runtime::conntrack::{self, Census, Count};
+use kube_nft_runtime::counters::{self, Counters, Counts};
 
 use kube_nft_compiler::plan::plan;
 
@@ -23,13 +28,42 @@ use crate::cli::{InputArgs, ShowArgs, ShowFormat};
 
 /// Runs `show`; exit 0.
 pub(super) fn run(args: &ShowArgs) -> anyhow::Result<u8> {
-    print_stdout(&text(args)?)?;
+    if !args.watch {
+        print_stdout(&text(args)?)?;
+        return Ok(0);
+    }
+    let mut previous = read_counters()?;
+    let mut refreshes = 0;
+    while args.count.is_none_or(|n| refreshes < n) {
+        std::thread::sleep(args.interval);
+        let (text, now) = frame(args, Some(&previous))?;
+        // Clear the terminal and home the cursor, as `watch` does.
+        print_stdout(&format!("\x1b[H\x1b[2J{text}"))?;
+        previous = now;
+        refreshes += 1;
+    }
     Ok(0)
 }
 
 /// What `show` prints, for the calling thread's network namespace (`demo` calls it in the
-/// lab's node).
+/// lab's node): the counters are read, and again after `--interval` for rates.
 pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
+    let before = if args.interval.is_zero() {
+        None
+    } else {
+        let before = read_counters()?;
+        std::thread::sleep(args.interval);
+        Some(before)
+    };
+    Ok(frame(args, before.as_ref())?.0)
+}
+
+fn read_counters() -> anyhow::Result<Counters> {
+    counters::read().context("read the per-backend counters")
+}
+
+/// One picture of the node, with rates since `before`; the counters it read.
+fn frame(args: &ShowArgs, before: Option<&Counters>) -> anyhow::Result<(String, Counters)> {
     let address = args
         .address
         .as_deref()
@@ -49,12 +83,14 @@ pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
     };
     let env = Env::from_ruleset(&ruleset, local.clone());
     let census = by_target(&conntrack::census().context("count connections in conntrack")?);
+    let now = read_counters()?;
+    let counted = Counted::new(&now, before);
     let local: BTreeSet<IpAddr> = local.into_iter().collect();
     let rows: Vec<Shown> = show::rows_where(&ruleset, &env, |f| wanted(args, address, &local, f))
         .into_iter()
-        .map(|row| Shown::new(row, &census, &local))
+        .map(|row| Shown::new(row, &census, &counted, &local))
         .collect();
-    Ok(match args.output {
+    let text = match args.output {
         ShowFormat::Table => {
             let mut text = table(&rows);
             if let Some(ops) = &drift {
@@ -66,7 +102,8 @@ pub(super) fn text(args: &ShowArgs) -> anyhow::Result<String> {
             text
         }
         ShowFormat::Json => json(&rows, drift.as_deref()),
-    })
+    };
+    Ok((text, now))
 }
 
 /// `IP` or `IP:PORT` (`[IPv6]:PORT`).
@@ -123,19 +160,91 @@ fn by_target(census: &Census) -> ByTarget {
     out
 }
 
+/// The counters by `(protocol, backend)`, each with its frontend address, its counts, and the
+/// rate of new connections since the read before (if there was one).
+struct Counted {
+    by_backend: HashMap<(L4Proto, SocketAddr), Vec<Counter>>,
+    rates: bool,
+}
+
+/// One frontend address's counts for a backend, and its rate of new connections.
+type Counter = (IpAddr, Counts, Option<f64>);
+
+impl Counted {
+    fn new(now: &Counters, before: Option<&Counters>) -> Counted {
+        let mut by_backend: HashMap<_, Vec<_>> = HashMap::new();
+        for (pair, counts) in &now.pairs {
+            let rate = before.map(|before| {
+                let seconds = now.at.duration_since(before.at).as_secs_f64().max(1e-3);
+                // A counter smaller than before was recreated (it expired, or the tables
+                // were): everything it holds is new.
+                let earlier = before.pairs.get(pair).map_or(0, |c| c.connections);
+                let new = counts
+                    .connections
+                    .checked_sub(earlier)
+                    .unwrap_or(counts.connections);
+                new as f64 / seconds
+            });
+            by_backend
+                .entry((pair.proto, SocketAddr::new(pair.backend, pair.port)))
+                .or_default()
+                .push((pair.frontend, *counts, rate));
+        }
+        Counted {
+            by_backend,
+            rates: before.is_some(),
+        }
+    }
+}
+
+/// One backend's counters, summed over the frontend addresses of a row.
+#[derive(Clone, Copy, Debug, Default)]
+struct Traffic {
+    counts: Counts,
+    /// New connections per second, when two reads were made.
+    rate: Option<f64>,
+}
+
 /// A row with its live numbers.
 struct Shown {
     row: Row,
     /// Per backend, in `row.backends` order.
     counts: Vec<Count>,
+    /// Per backend, in `row.backends` order.
+    traffic: Vec<Traffic>,
     /// What looks wrong.
     flags: Vec<String>,
 }
 
 impl Shown {
-    fn new(row: Row, census: &ByTarget, local: &BTreeSet<IpAddr>) -> Shown {
+    fn new(row: Row, census: &ByTarget, counted: &Counted, local: &BTreeSet<IpAddr>) -> Shown {
         let f = &row.frontend;
         let proto = proto_number(f.proto);
+        let reaches = |dst: &IpAddr| match f.addr {
+            Some(a) => *dst == a,
+            None => local.contains(dst) && Family::of(*dst) == f.family,
+        };
+        let traffic: Vec<Traffic> = (row.backends.iter())
+            .map(|b| {
+                let mut sum = Traffic {
+                    counts: Counts::default(),
+                    rate: counted.rates.then_some(0.0),
+                };
+                let pairs = counted
+                    .by_backend
+                    .get(&(f.proto, SocketAddr::new(b.addr, b.port)))
+                    .map_or(&[][..], Vec::as_slice);
+                for (frontend, counts, rate) in pairs {
+                    if reaches(frontend) {
+                        sum.counts.connections += counts.connections;
+                        sum.counts.packets += counts.packets;
+                        sum.counts.bytes += counts.bytes;
+                        sum.rate = sum.rate.zip(*rate).map(|(a, b)| a + b).or(sum.rate);
+                    }
+                }
+                sum
+            })
+            .collect();
         let counts: Vec<Count> = (row.backends.iter())
             .map(|b| {
                 let target = SocketAddr::new(b.addr, b.port);
@@ -144,11 +253,7 @@ impl Shown {
                     .get(&(proto, f.port, target))
                     .map_or(&[][..], Vec::as_slice);
                 for (dst, c) in flows {
-                    let reached = match f.addr {
-                        Some(a) => *dst == a,
-                        None => local.contains(dst) && Family::of(*dst) == f.family,
-                    };
-                    if reached {
+                    if reaches(dst) {
                         sum.conns += c.conns;
                         sum.unreplied += c.unreplied;
                     }
@@ -169,7 +274,12 @@ impl Shown {
                 ));
             }
         }
-        Shown { row, counts, flags }
+        Shown {
+            row,
+            counts,
+            traffic,
+            flags,
+        }
     }
 }
 
@@ -196,8 +306,11 @@ fn table(rows: &[Shown]) -> String {
         "SHARE",
         "CONNS",
         "UNREPLIED",
+        "NEW/s",
+        "PACKETS",
+        "BYTES",
     ];
-    let mut lines: Vec<[String; 8]> = Vec::new();
+    let mut lines: Vec<[String; 11]> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     for shown in rows {
         let f = &shown.row.frontend;
@@ -225,9 +338,13 @@ fn table(rows: &[Shown]) -> String {
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
             ]);
         }
-        for (i, (b, c)) in shown.row.backends.iter().zip(&shown.counts).enumerate() {
+        let numbers = shown.counts.iter().zip(&shown.traffic);
+        for (i, (b, (c, t))) in shown.row.backends.iter().zip(numbers).enumerate() {
             let lead = if i == 0 {
                 head.clone()
             } else {
@@ -243,6 +360,9 @@ fn table(rows: &[Shown]) -> String {
                 b.share.to_string(),
                 c.conns.to_string(),
                 c.unreplied.to_string(),
+                t.rate.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}")),
+                t.counts.packets.to_string(),
+                human_bytes(t.counts.bytes),
             ]);
         }
         for flag in &shown.flags {
@@ -284,10 +404,31 @@ fn table(rows: &[Shown]) -> String {
     out
 }
 
+/// `1234B`, `98KiB`, `3.2MiB`: binary units, no decimals from 10 up, no space (a cell is one
+/// word for `awk`).
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 10.0 {
+        format!("{value:.1}{}", UNITS[unit])
+    } else {
+        format!("{value:.0}{}", UNITS[unit])
+    }
+}
+
 /// `{"rows": [{"service", "via", "protocol", "address" (null for a NodePort), "port",
 /// "family", "scheduler", "backends": [{"address", "port", "share", "connections",
-/// "unreplied"}], "otherwise": [{"fate", "probability"}], "flags": [...]}], "drift": null or
-/// the operations `compile -f` would apply, summed up}`; shares and probabilities are exact
+/// "unreplied", "new_connections", "new_per_second" (null without two reads), "packets",
+/// "bytes"}], "otherwise": [{"fate", "probability"}], "flags": [...]}], "drift": null or the
+/// operations `compile -f` would apply, summed up}`; shares and probabilities are exact
 /// fractions as strings (`"1/3"`).
 fn json(rows: &[Shown], drift: Option<&str>) -> String {
     let rows: Vec<serde_json::Value> = rows
@@ -295,14 +436,18 @@ fn json(rows: &[Shown], drift: Option<&str>) -> String {
         .map(|shown| {
             let f = &shown.row.frontend;
             let backends: Vec<serde_json::Value> = (shown.row.backends.iter())
-                .zip(&shown.counts)
-                .map(|(b, c)| {
+                .zip(shown.counts.iter().zip(&shown.traffic))
+                .map(|(b, (c, t))| {
                     serde_json::json!({
                         "address": b.addr.to_string(),
                         "port": b.port,
                         "share": b.share.to_string(),
                         "connections": c.conns,
                         "unreplied": c.unreplied,
+                        "new_connections": t.counts.connections,
+                        "new_per_second": t.rate,
+                        "packets": t.counts.packets,
+                        "bytes": t.counts.bytes,
                     })
                 })
                 .collect();
@@ -349,6 +494,15 @@ mod tests {
             Ok(("fd00::a".parse().unwrap(), None))
         );
         assert!(parse_address("10.96.0.10:http").is_err());
+    }
+
+    #[test]
+    fn byte_counts_read_like_ls_h() {
+        assert_eq!(human_bytes(0), "0B");
+        assert_eq!(human_bytes(1023), "1023B");
+        assert_eq!(human_bytes(1536), "1.5KiB");
+        assert_eq!(human_bytes(98 * 1024 + 100), "98KiB");
+        assert_eq!(human_bytes(5 << 30), "5.0GiB");
     }
 
     #[test]

@@ -9,8 +9,8 @@ pub fn every_form(family: Family) -> ir::Table {
     use std::collections::BTreeMap;
 
     use ir::{
-        BaseChain, Chain, ChainKind, CmpOp, DataType, ElemData, Element, Expr, FibAddr, Hook,
-        L4Proto, NatTarget, NumgenMode, Set, SetFlags, Value,
+        BaseChain, Chain, ChainKind, CmpOp, CtDir, DataType, ElemData, Element, Expr, FibAddr,
+        Hook, L4Proto, NatTarget, NumgenMode, Set, SetFlags, Value,
     };
 
     let v4 = family == Family::Ip;
@@ -179,6 +179,29 @@ pub fn every_form(family: Family) -> ir::Table {
                     m(Expr::CtStatus, CmpOp::Ne, Value::CtDnat),
                     Stmt::Verdict(Verdict::Goto("filter".into())),
                 ]),
+                Rule::new(vec![
+                    m(Expr::CtDirection, CmpOp::Eq, Value::CtDir(CtDir::Original)),
+                    Stmt::Update {
+                        set: "counted".into(),
+                        key: Expr::Concat(vec![
+                            Expr::CtOriginalDaddr(family),
+                            Expr::Daddr(family),
+                            Expr::L4Proto,
+                            Expr::Dport,
+                        ]),
+                        data: None,
+                    },
+                ]),
+                Rule::new(vec![
+                    m(Expr::CtDirection, CmpOp::Ne, Value::CtDir(CtDir::Reply)),
+                    m(Expr::Sport, CmpOp::Eq, Value::Port(53)),
+                    m(
+                        Expr::CtOriginalDaddr(family),
+                        CmpOp::Ne,
+                        Value::Addr(addr("10.96.0.10", "fd00::a")),
+                    ),
+                    Stmt::Verdict(Verdict::Accept),
+                ]),
             ],
         ),
         chain(
@@ -342,6 +365,8 @@ pub fn every_form(family: Family) -> ir::Table {
         timeout: true,
     };
     affinity.timeout = Some(10800);
+    // The size the kernel gives a set an `update` fills (and reads back).
+    affinity.size = Some(65535);
     let mut affinity_map = Set::new(
         "affinity-map",
         vec![family.addr_type()],
@@ -349,6 +374,22 @@ pub fn every_form(family: Family) -> ir::Table {
     );
     affinity_map.flags = affinity.flags;
     affinity_map.timeout = Some(60);
+    affinity_map.size = Some(65535);
+    let addr_type = family.addr_type();
+    let mut counted = Set::new(
+        "counted",
+        vec![
+            addr_type,
+            addr_type,
+            DataType::InetProto,
+            DataType::InetService,
+        ],
+        vec![],
+    );
+    counted.flags = affinity.flags;
+    counted.timeout = Some(3600);
+    counted.size = Some(1024);
+    counted.counter = true;
     let mut everything_open = Set::new("open", vec![family.addr_type()], vec![]);
     everything_open.flags.interval = true;
     everything_open.elements = vec![element(
@@ -364,6 +405,7 @@ pub fn every_form(family: Family) -> ir::Table {
         marks,
         affinity,
         affinity_map,
+        counted,
         everything_open,
     ] {
         sets.insert(set.name.clone(), set);

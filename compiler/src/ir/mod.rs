@@ -381,6 +381,8 @@ pub enum Expr {
     L4Proto,
     /// `th dport`.
     Dport,
+    /// `th sport`.
+    Sport,
     /// `meta mark`.
     Mark,
     /// `meta mark & mask`.
@@ -389,6 +391,12 @@ pub enum Expr {
     CtState,
     /// `ct status`.
     CtStatus,
+    /// `ct direction`: whether the packet goes the way the connection's first packet went
+    /// (`original`) or back (`reply`).
+    CtDirection,
+    /// `ct original ip daddr` / `ct original ip6 daddr`: the destination of the connection's
+    /// first packet as it arrived, before any DNAT (a Service's frontend address).
+    CtOriginalDaddr(Family),
     /// `fib saddr type` / `fib daddr type`.
     FibType(FibAddr),
     /// `meta iifname`: the name of the interface the packet came in on (empty in the output
@@ -418,12 +426,13 @@ impl Expr {
     /// The nft data type this expression produces (concatenations give one entry per part).
     pub fn data_types(&self) -> Vec<DataType> {
         match self {
-            Expr::Saddr(f) | Expr::Daddr(f) => vec![f.addr_type()],
+            Expr::Saddr(f) | Expr::Daddr(f) | Expr::CtOriginalDaddr(f) => vec![f.addr_type()],
             Expr::L4Proto => vec![DataType::InetProto],
-            Expr::Dport => vec![DataType::InetService],
+            Expr::Dport | Expr::Sport => vec![DataType::InetService],
             Expr::Mark | Expr::MarkAnd(_) => vec![DataType::Mark],
             Expr::CtState => vec![DataType::CtState],
             Expr::CtStatus => vec![DataType::CtStatus],
+            Expr::CtDirection => vec![DataType::CtDir],
             Expr::FibType(_) => vec![DataType::FibAddrType],
             Expr::Iifname => vec![DataType::Ifname],
             Expr::Numgen { .. } | Expr::JhashSaddr { .. } => vec![DataType::Integer],
@@ -439,6 +448,15 @@ pub enum FibAddr {
     Saddr,
     /// `fib daddr type`.
     Daddr,
+}
+
+/// A conntrack direction (`ct direction`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CtDir {
+    /// `original`: the way the connection's first packet went.
+    Original,
+    /// `reply`: back.
+    Reply,
 }
 
 /// `numgen` mode.
@@ -506,6 +524,8 @@ pub enum Value {
     CtNew,
     /// `ct status dnat`.
     CtDnat,
+    /// `ct direction original` / `ct direction reply`.
+    CtDir(CtDir),
     /// An interface name, `"cni0"`: equal to the whole name.
     Iface(String),
     /// An interface name prefix, `"veth*"`: the name starts with it (nft compares only the
@@ -543,6 +563,8 @@ pub enum DataType {
     CtState,
     /// `ct_status`.
     CtStatus,
+    /// `ct_dir`.
+    CtDir,
     /// `fib_addrtype`.
     FibAddrType,
     /// `ifname`: an interface name, `IFNAMSIZ` (16) bytes padded with zeros.
@@ -564,6 +586,7 @@ impl DataType {
             DataType::Mark => "mark",
             DataType::CtState => "ct_state",
             DataType::CtStatus => "ct_status",
+            DataType::CtDir => "ct_dir",
             DataType::FibAddrType => "fib_addrtype",
             DataType::Ifname => "ifname",
             DataType::Integer => "integer",
@@ -616,6 +639,11 @@ pub struct Set {
     pub flags: SetFlags,
     /// Default element timeout in seconds (`timeout` sets only).
     pub timeout: Option<u32>,
+    /// The most elements the set holds (`size N`); the packet path adds no element past it.
+    pub size: Option<u32>,
+    /// Every element carries a counter (`counter`) that each lookup or `update` matching it
+    /// increments with the packet.
+    pub counter: bool,
     /// Set comment.
     pub comment: Option<String>,
     /// Elements, sorted by key; keys are unique.
@@ -658,6 +686,8 @@ impl Set {
             data,
             flags: SetFlags::default(),
             timeout: None,
+            size: None,
+            counter: false,
             comment: None,
             elements: Vec::new(),
         }

@@ -22,8 +22,8 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 use super::{
-    ifname_problem, names, ChainKind, DataType, ElemData, Expr, Family, Hook, NatTarget, Ruleset,
-    Set, Stmt, Table, Value, Verdict,
+    ifname_problem, names, ChainKind, CtDir, DataType, ElemData, Expr, Family, Hook, NatTarget,
+    Ruleset, Set, Stmt, Table, Value, Verdict,
 };
 
 /// The deepest a chain may sit below its base chain, counted in jumps (a `goto` or a verdict
@@ -752,6 +752,8 @@ fn value_text(value: &Value) -> String {
         Value::FibLocal => "local".to_string(),
         Value::CtNew => "new".to_string(),
         Value::CtDnat => "dnat".to_string(),
+        Value::CtDir(CtDir::Original) => "original".to_string(),
+        Value::CtDir(CtDir::Reply) => "reply".to_string(),
         Value::Iface(name) => format!("{name:?}"),
         Value::IfacePrefix(prefix) => format!("\"{prefix}*\""),
     }
@@ -803,6 +805,7 @@ fn value_fits(value: &Value, ty: DataType, interval: bool) -> Result<(), String>
         | (DataType::Mark | DataType::Integer, Value::Int(_))
         | (DataType::CtState, Value::CtNew)
         | (DataType::CtStatus, Value::CtDnat)
+        | (DataType::CtDir, Value::CtDir(_))
         | (DataType::FibAddrType, Value::FibLocal) => true,
         (DataType::Ifname, Value::Iface(name)) => {
             if let Some(problem) = ifname_problem(name, false) {

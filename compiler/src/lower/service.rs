@@ -31,6 +31,10 @@ use super::FamilyCtx;
 /// per-packet cost O(1); such Services are few, so their sets do not make commits quadratic.
 pub(crate) const CASCADE_MAX: usize = 32;
 
+/// The most elements of a set an `update` fills, when its declaration gives no size: the
+/// kernel sets it (`nft_dynset_init`) and lists it back.
+const DYNSET_DEFAULT_SIZE: u32 = 65535;
+
 /// Adds everything one Service needs in this family's table.
 pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>, svc: &Service) {
     let family = ctx.family;
@@ -674,6 +678,11 @@ fn add_balancing(
                             timeout: true,
                         },
                         timeout: Some(timeout),
+                        // The size the kernel gives a set that an `update` fills when none is
+                        // declared (`nft_dynset_init`), and reads back: declared, so the
+                        // read-back equals what we compile.
+                        size: Some(DYNSET_DEFAULT_SIZE),
+                        counter: false,
                         comment: None,
                         elements: Vec::new(),
                     }

@@ -11,8 +11,8 @@
 //! only allowed in those hooks before kernel 5.9).
 
 use crate::ir::{
-    priority, BaseChain, ChainKind, DataType, Expr, Family, Hook, Rule, SetFlags, Stmt, Table,
-    Value,
+    names, priority, BaseChain, ChainKind, CtDir, DataType, Expr, Family, Hook, Rule, SetFlags,
+    Stmt, Table, Value,
 };
 
 use super::build::{
@@ -53,6 +53,7 @@ const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
 const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
 const FIREWALL_CHECK: &str = "firewall-check";
 const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+const BACKEND_STATS: &str = "backend-stats";
 
 /// Adds the base chains, fixed chains and (empty) global sets to `table`.
 pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
@@ -119,9 +120,70 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
         ),
     ] {
         let mut c = base_chain(name, hook);
-        c.rules = vec![Rule::new(vec![jump(target)])];
+        if hook.hook == Hook::Postrouting {
+            c.rules.push(count_connection(family));
+        }
+        c.rules.push(Rule::new(vec![jump(target)]));
         insert_chain(table, c);
     }
+    // The source-NAT hooks run their nat chains once per connection, on its first packet, and
+    // after DNAT (the packet already goes to the backend): postrouting for everything that
+    // leaves, input for what is delivered here (a backend on the host network). Counting there
+    // counts each connection exactly once; `ct state new` in a filter chain would also count
+    // retransmitted SYNs and unanswered UDP.
+    let mut c = base_chain(
+        "nat-input",
+        base(ChainKind::Nat, Hook::Input, priority::SRCNAT),
+    );
+    c.rules.push(count_connection(family));
+    insert_chain(table, c);
+
+    // Packets and bytes of DNATed connections, both ways, counted once per packet on this
+    // node: everything that leaves passes postrouting, everything delivered here passes input
+    // (except what this host sent itself over `lo`, counted on its way out). Both run before
+    // the source-NAT hooks (100), where a reply still comes from the backend.
+    let mut c = base_chain(
+        "filter-postrouting",
+        base(ChainKind::Filter, Hook::Postrouting, priority::FILTER),
+    );
+    c.rules.push(Rule::new(vec![
+        match_eq(Expr::CtStatus, Value::CtDnat),
+        jump(BACKEND_STATS),
+    ]));
+    insert_chain(table, c);
+    table
+        .chains
+        .get_mut("filter-input")
+        .expect("added above")
+        .rules
+        .push(Rule::new(vec![
+            match_ne(Expr::Iifname, Value::Iface("lo".to_string())),
+            match_eq(Expr::CtStatus, Value::CtDnat),
+            jump(BACKEND_STATS),
+        ]));
+    let mut stats = chain(BACKEND_STATS);
+    stats.rules = [
+        (CtDir::Original, Expr::Daddr(family), Expr::Dport),
+        (CtDir::Reply, Expr::Saddr(family), Expr::Sport),
+    ]
+    .into_iter()
+    .map(|(dir, backend, port)| {
+        Rule::new(vec![
+            match_eq(Expr::CtDirection, Value::CtDir(dir)),
+            Stmt::Update {
+                set: names::BACKEND_TRAFFIC.to_string(),
+                key: Expr::Concat(vec![
+                    Expr::CtOriginalDaddr(family),
+                    backend,
+                    Expr::L4Proto,
+                    port,
+                ]),
+                data: None,
+            },
+        ])
+    })
+    .collect();
+    insert_chain(table, stats);
 
     // The NodePort match: a local destination address inside `nodeport-ips`, never loopback
     // (localhost NodePorts would need route_localnet, which kube-proxy's nftables mode also
@@ -283,6 +345,24 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
     }
 }
 
+/// `ct status dnat update @backend-connections { frontend . backend . proto . port }`, for a
+/// source-NAT hook (the packet is already DNATed).
+fn count_connection(family: Family) -> Rule {
+    Rule::new(vec![
+        match_eq(Expr::CtStatus, Value::CtDnat),
+        Stmt::Update {
+            set: names::BACKEND_CONNECTIONS.to_string(),
+            key: Expr::Concat(vec![
+                Expr::CtOriginalDaddr(family),
+                Expr::Daddr(family),
+                Expr::L4Proto,
+                Expr::Dport,
+            ]),
+            data: None,
+        },
+    ])
+}
+
 fn add_sets(table: &mut Table, family: Family) {
     let addr = family.addr_type();
     let app = vec![addr, DataType::InetProto, DataType::InetService];
@@ -356,6 +436,36 @@ fn add_sets(table: &mut Table, family: Family) {
     );
     allow.flags = interval;
     sets.push(allow);
+    // Per-backend counters, filled by the packet path (`kube-nft show`, per-Service metrics).
+    // Dynamic: a commit never carries their elements, so they cost nothing to program. An
+    // element lives as long as it sees traffic and [`names::BACKEND_COUNTER_TIMEOUT`] after, so pairs
+    // whose backend left (and the odd ICMP error, keyed by its checksum) go away by themselves.
+    for (name, comment) in [
+        (
+            names::BACKEND_CONNECTIONS,
+            "frontend . backend . proto . port: new connections",
+        ),
+        (
+            names::BACKEND_TRAFFIC,
+            "frontend . backend . proto . port: packets and bytes, both ways",
+        ),
+    ] {
+        let mut set = set_decl(
+            name,
+            vec![addr, addr, DataType::InetProto, DataType::InetService],
+            vec![],
+            comment,
+        );
+        set.flags = SetFlags {
+            interval: false,
+            dynamic: true,
+            timeout: true,
+        };
+        set.timeout = Some(names::BACKEND_COUNTER_TIMEOUT);
+        set.size = Some(names::BACKEND_COUNTER_SIZE);
+        set.counter = true;
+        sets.push(set);
+    }
     for set in sets {
         table.sets.insert(set.name.clone(), set);
     }

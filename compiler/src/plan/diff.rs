@@ -317,6 +317,8 @@ fn same_set_header(a: &Set, b: &Set) -> bool {
         data,
         flags,
         timeout,
+        size,
+        counter,
         comment,
         elements: _,
     } = a;
@@ -325,6 +327,8 @@ fn same_set_header(a: &Set, b: &Set) -> bool {
         && *data == b.data
         && *flags == b.flags
         && *timeout == b.timeout
+        && *size == b.size
+        && *counter == b.counter
         && *comment == b.comment
 }
 

@@ -324,6 +324,10 @@ pub struct SetHeader {
     pub flags: SetFlags,
     /// Default element timeout in seconds.
     pub timeout: Option<u32>,
+    /// The most elements the set holds.
+    pub size: Option<u32>,
+    /// Per-element counters.
+    pub counter: bool,
     /// Set comment.
     pub comment: Option<String>,
 }
@@ -337,6 +341,8 @@ impl SetHeader {
             data: set.data.clone(),
             flags: set.flags,
             timeout: set.timeout,
+            size: set.size,
+            counter: set.counter,
             comment: set.comment.clone(),
         }
     }
@@ -349,6 +355,8 @@ impl SetHeader {
             data: self.data.clone(),
             flags: self.flags,
             timeout: self.timeout,
+            size: self.size,
+            counter: self.counter,
             comment: self.comment.clone(),
             elements: Vec::new(),
         }

@@ -11,8 +11,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::ir::{
-    ChainKind, CmpOp, ElemData, Expr, Family, FibAddr, Hook, L4Proto, NatTarget, Rule, Ruleset,
-    Set, Stmt, Table, Value, Verdict,
+    ChainKind, CmpOp, CtDir, ElemData, Expr, Family, FibAddr, Hook, L4Proto, NatTarget, Rule,
+    Ruleset, Set, Stmt, Table, Value, Verdict,
 };
 
 use super::jhash::jhash_addr;
@@ -35,6 +35,10 @@ struct Branch {
     mark: u32,
     dnat: Option<(IpAddr, u16)>,
     masquerade: bool,
+    /// Host traffic to a local address that left through postrouting and came back in on
+    /// `lo`: its input interface is `lo`, and the input hook's nat chains are skipped (the
+    /// kernel made the connection's source binding in postrouting already).
+    looped: bool,
     path: Vec<String>,
     rules: u32,
 }
@@ -85,6 +89,7 @@ enum Val {
     Fib { local: bool },
     CtNew,
     CtStatus { dnat: bool },
+    CtDir(CtDir),
     Ifname(String),
 }
 
@@ -100,6 +105,7 @@ pub(super) fn run(ruleset: &Ruleset, env: &Env, packet: &Packet) -> Vec<Outcome>
         mark: 0,
         dnat: None,
         masquerade: false,
+        looped: false,
         path: Vec::new(),
         rules: 0,
     };
@@ -136,6 +142,9 @@ pub(super) fn run(ruleset: &Ruleset, env: &Env, packet: &Packet) -> Vec<Outcome>
         };
         let mut live = vec![b];
         for &hook in rest {
+            if hook == Hook::Input && packet.origin == Origin::Host {
+                live.iter_mut().for_each(|b| b.looped = true);
+            }
             live = interp.hook(live, hook, &mut done);
         }
         done.extend(live.into_iter().map(|b| {
@@ -183,7 +192,7 @@ impl Interp<'_> {
         for (base, chain) in chains {
             let mut next = Vec::new();
             for (b, bound) in live {
-                if base.kind == ChainKind::Nat && bound {
+                if base.kind == ChainKind::Nat && (bound || b.looped) {
                     next.push((b, bound));
                     continue;
                 }
@@ -492,6 +501,7 @@ impl Interp<'_> {
             Expr::Daddr(f) => certain(Val::Addr(self.addr(*f, b.daddr)?)),
             Expr::L4Proto => certain(Val::Proto(self.packet.proto)),
             Expr::Dport => certain(Val::Port(b.dport)),
+            Expr::Sport => certain(Val::Port(self.packet.sport)),
             Expr::Mark => certain(Val::Int(b.mark)),
             Expr::MarkAnd(mask) => certain(Val::Int(b.mark & mask)),
             // The first packet of a connection.
@@ -500,6 +510,8 @@ impl Interp<'_> {
             Expr::CtStatus => certain(Val::CtStatus {
                 dnat: b.dnat.is_some(),
             }),
+            Expr::CtDirection => certain(Val::CtDir(CtDir::Original)),
+            Expr::CtOriginalDaddr(f) => certain(Val::Addr(self.addr(*f, self.packet.daddr)?)),
             Expr::FibType(which) => {
                 let addr = match which {
                     FibAddr::Saddr => self.packet.saddr,
@@ -509,6 +521,7 @@ impl Interp<'_> {
                     local: self.env.is_local(addr),
                 })
             }
+            Expr::Iifname if b.looped => certain(Val::Ifname("lo".to_owned())),
             Expr::Iifname => certain(Val::Ifname(self.env.iifname(self.packet.origin).to_owned())),
             // `random` is reciprocal_scale(prandom, N): uniform. `inc` is a round-robin
             // counter: uniform over a full cycle, which is what a first-packet trace can say.
@@ -650,6 +663,7 @@ fn matches(v: &Val, k: &Value, prefixes: bool) -> Result<bool, String> {
         (Val::Fib { local }, Value::FibLocal) => *local,
         (Val::CtNew, Value::CtNew) => true,
         (Val::CtStatus { dnat }, Value::CtDnat) => *dnat,
+        (Val::CtDir(d), Value::CtDir(x)) => d == x,
         (Val::Ifname(name), Value::Iface(x)) => name == x,
         (Val::Ifname(name), Value::IfacePrefix(prefix)) => name.starts_with(prefix.as_str()),
         (v, k) => return Err(format!("cannot compare {v:?} with {k:?}")),

@@ -112,6 +112,8 @@ fn set(name: &str, key: Vec<DataType>, interval: bool, elements: Vec<Vec<Value>>
             ..SetFlags::default()
         },
         timeout: None,
+        size: None,
+        counter: false,
         comment: None,
         elements: elements
             .into_iter()

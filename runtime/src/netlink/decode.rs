@@ -14,8 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use kube_nft_compiler::ir::{
-    self, BaseChain, ChainKind, DataType, ElemData, Element, Family, Hook, L4Proto, SetFlags,
-    Value, Verdict,
+    self, BaseChain, ChainKind, CtDir, DataType, ElemData, Element, Family, Hook, L4Proto,
+    SetFlags, Value, Verdict,
 };
 
 use super::encode::{padded, type_id, type_len};
@@ -385,6 +385,27 @@ pub fn set(msg: &Message<'_>) -> Result<DecodedSet, Error> {
         Some(ms) => return Err(Error::Unsupported(format!("set timeout {ms} ms"))),
     };
     let comment = udata_comment(attrs.get(NFTA_SET_USERDATA), UDATA_SET_COMMENT)?;
+    let size = match attrs.nested(NFTA_SET_DESC)? {
+        Some(desc) => desc.be32(NFTA_SET_DESC_SIZE)?,
+        None => None,
+    };
+    // The one per-element expression kube-nft declares is a counter; anything else (a
+    // `limit`, several expressions in `NFTA_SET_EXPRESSIONS`) is not ours.
+    let counter = match attrs.nested(NFTA_SET_EXPR)? {
+        None => false,
+        Some(expr) => match expr.strz(NFTA_EXPR_NAME)?.as_deref() {
+            Some("counter") => true,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "set expression {}",
+                    other.unwrap_or("without a name")
+                )))
+            }
+        },
+    };
+    if attrs.get(NFTA_SET_EXPRESSIONS).is_some() {
+        return Err(Error::Unsupported("set expressions list".into()));
+    }
     Ok(DecodedSet {
         table,
         set: ir::Set {
@@ -397,6 +418,8 @@ pub fn set(msg: &Message<'_>) -> Result<DecodedSet, Error> {
                 timeout: flags & NFT_SET_TIMEOUT != 0,
             },
             timeout,
+            size,
+            counter,
             comment,
             elements: Vec::new(),
         },
@@ -502,6 +525,53 @@ pub fn raw_elements(msg: &Message<'_>, set: &ir::Set) -> Result<Vec<RawElement>,
             interval_end: flags & NFT_SET_ELEM_INTERVAL_END != 0,
             data,
             comment,
+        });
+    }
+    Ok(out)
+}
+
+/// An element of a set declared with `counter`: its key bytes as the kernel holds them (each
+/// part padded to 4 bytes) and its counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedElement {
+    /// The key, `NFTA_SET_ELEM_KEY`'s value.
+    pub key: Vec<u8>,
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes counted.
+    pub bytes: u64,
+}
+
+/// The elements of one `NFT_MSG_NEWSETELEM` dump message with their counters; an element
+/// without a counter expression is left out.
+pub fn counted_elements(msg: &Message<'_>) -> Result<Vec<CountedElement>, Error> {
+    msg.expect(NFT_MSG_NEWSETELEM)?;
+    let attrs = msg.attrs()?;
+    let Some(list) = attrs.nested(NFTA_SET_ELEM_LIST_ELEMENTS)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (ty, bytes) in list.iter() {
+        if ty != NFTA_LIST_ELEM {
+            continue;
+        }
+        let elem = Attrs::parse(bytes)?;
+        let key = required(
+            data_value(&elem, NFTA_SET_ELEM_KEY)?,
+            "element",
+            "NFTA_SET_ELEM_KEY",
+        )?;
+        let Some(expr) = elem.nested(NFTA_SET_ELEM_EXPR)? else {
+            continue;
+        };
+        if expr.strz(NFTA_EXPR_NAME)?.as_deref() != Some("counter") {
+            continue;
+        }
+        let data = required(expr.nested(NFTA_EXPR_DATA)?, "counter", "NFTA_EXPR_DATA")?;
+        out.push(CountedElement {
+            key: key.to_vec(),
+            packets: data.be64(NFTA_COUNTER_PACKETS)?.unwrap_or(0),
+            bytes: data.be64(NFTA_COUNTER_BYTES)?.unwrap_or(0),
         });
     }
     Ok(out)
@@ -713,6 +783,11 @@ pub(crate) fn value_of(bytes: &[u8], ty: DataType) -> Result<Value, Error> {
         DataType::FibAddrType if host32()? == 2 => Value::FibLocal,
         DataType::CtState if host32()? == 8 => Value::CtNew,
         DataType::CtStatus if host32()? == 0x20 => Value::CtDnat,
+        DataType::CtDir => match bytes {
+            [0] => Value::CtDir(CtDir::Original),
+            [1] => Value::CtDir(CtDir::Reply),
+            _ => return Err(bad()),
+        },
         // A whole interface name: IFNAMSIZ bytes, the name then zeros (at least one).
         DataType::Ifname if bytes.len() == super::encode::IFNAMSIZ as usize => {
             let end = bytes.iter().position(|b| *b == 0).ok_or_else(bad)?;

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use kube_nft_compiler::ir::{
-    self, BaseChain, DataType, ElemData, Element, Family, Hook, Value, Verdict,
+    self, BaseChain, CtDir, DataType, ElemData, Element, Family, Hook, Value, Verdict,
 };
 use kube_nft_compiler::plan::{self, Object, Verb};
 use kube_nft_compiler::render::{render_rule, sanitize_comment};
@@ -410,17 +410,29 @@ impl Batch {
         if let Some(secs) = set.timeout {
             attr::put_be64(buf, NFTA_SET_TIMEOUT, u64::from(secs) * 1000);
         }
-        if interval_concat {
-            // The pipapo backend needs the length of every field of the concatenation.
+        if interval_concat || set.size.is_some() {
             let desc = attr::nest_start(buf, NFTA_SET_DESC);
-            let concat = attr::nest_start(buf, NFTA_SET_DESC_CONCAT);
-            for ty in &set.key {
-                let field = attr::nest_start(buf, NFTA_LIST_ELEM);
-                attr::put_be32(buf, NFTA_SET_FIELD_LEN, type_len(*ty));
-                close_small_nest(buf, field);
+            if let Some(size) = set.size {
+                attr::put_be32(buf, NFTA_SET_DESC_SIZE, size);
             }
-            close_small_nest(buf, concat);
+            if interval_concat {
+                // The pipapo backend needs the length of every field of the concatenation.
+                let concat = attr::nest_start(buf, NFTA_SET_DESC_CONCAT);
+                for ty in &set.key {
+                    let field = attr::nest_start(buf, NFTA_LIST_ELEM);
+                    attr::put_be32(buf, NFTA_SET_FIELD_LEN, type_len(*ty));
+                    close_small_nest(buf, field);
+                }
+                close_small_nest(buf, concat);
+            }
             close_small_nest(buf, desc);
+        }
+        if set.counter {
+            // The template every element's counter is cloned from, zeroed; the packet path's
+            // `update` and lookups then count into the element they find or add.
+            let expr = attr::nest_start(buf, NFTA_SET_EXPR);
+            attr::put_strz(buf, NFTA_EXPR_NAME, "counter");
+            close_small_nest(buf, expr);
         }
         let mut udata = set_udata(&key, data.as_ref(), set.comment.as_deref());
         if set.needs_typeof() {
@@ -919,6 +931,7 @@ pub(crate) fn type_id(ty: DataType) -> u32 {
         DataType::InetService => 13,
         DataType::Mark => 19,
         DataType::CtState => 26,
+        DataType::CtDir => 27,
         DataType::CtStatus => 28,
         DataType::FibAddrType => 38,
         DataType::Ifname => 41,
@@ -930,7 +943,7 @@ pub(crate) fn type_len(ty: DataType) -> u32 {
     match ty {
         DataType::Ipv4Addr => 4,
         DataType::Ipv6Addr => 16,
-        DataType::InetProto => 1,
+        DataType::InetProto | DataType::CtDir => 1,
         DataType::InetService => 2,
         DataType::Mark
         | DataType::CtState
@@ -957,7 +970,7 @@ fn type_byteorder(ty: DataType) -> u32 {
         | DataType::Ifname
         | DataType::Integer => BYTEORDER_HOST_ENDIAN,
         // A single byte has no order; nft leaves it invalid, as for verdicts.
-        DataType::InetProto | DataType::Verdict => BYTEORDER_INVALID,
+        DataType::InetProto | DataType::CtDir | DataType::Verdict => BYTEORDER_INVALID,
     }
 }
 
@@ -1164,6 +1177,8 @@ pub(crate) fn value_bytes(value: &Value, ty: DataType) -> Result<Vec<u8>, ErrorK
         (DataType::CtState, Value::CtNew) => 8u32.to_ne_bytes().to_vec(),
         // IPS_DST_NAT.
         (DataType::CtStatus, Value::CtDnat) => 0x20u32.to_ne_bytes().to_vec(),
+        (DataType::CtDir, Value::CtDir(CtDir::Original)) => vec![0],
+        (DataType::CtDir, Value::CtDir(CtDir::Reply)) => vec![1],
         // The whole name, zero-padded to IFNAMSIZ: equality with the name, not a prefix.
         (DataType::Ifname, Value::Iface(name)) if name.len() < IFNAMSIZ as usize => {
             let mut bytes = name.as_bytes().to_vec();

@@ -334,6 +334,10 @@ fn load(
             payload(buf, slot, NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
             2
         }
+        Expr::Sport => {
+            payload(buf, slot, NFT_PAYLOAD_TRANSPORT_HEADER, 0, 2);
+            2
+        }
         Expr::Mark => {
             meta(buf, slot, NFT_META_MARK);
             4
@@ -353,8 +357,27 @@ fn load(
             } else {
                 NFT_CT_STATUS
             };
-            expr_ct(buf, slot, key);
+            expr_ct(buf, slot, key, None);
             4
+        }
+        // One byte, `IP_CT_DIR_ORIGINAL` (0) or `IP_CT_DIR_REPLY` (1).
+        Expr::CtDirection => {
+            expr_ct(buf, slot, NFT_CT_DIRECTION, None);
+            1
+        }
+        Expr::CtOriginalDaddr(family) => {
+            if *family != ctx.family {
+                return Err(ErrorKind::Unsupported(format!(
+                    "{family} address in a {} table",
+                    ctx.family
+                )));
+            }
+            let key = match family {
+                Family::Ip => NFT_CT_DST_IP,
+                Family::Ip6 => NFT_CT_DST_IP6,
+            };
+            expr_ct(buf, slot, key, Some(IP_CT_DIR_ORIGINAL));
+            super::encode::type_len(family.addr_type())
         }
         Expr::FibType(addr) => {
             let flags = match addr {
@@ -527,10 +550,14 @@ fn meta(buf: &mut Vec<u8>, slot: u32, key: u32) {
     });
 }
 
-fn expr_ct(buf: &mut Vec<u8>, slot: u32, key: u32) {
+/// `ct KEY`, or with a direction `ct original|reply KEY` (a tuple field of that direction).
+fn expr_ct(buf: &mut Vec<u8>, slot: u32, key: u32, direction: Option<u8>) {
     expr(buf, "ct", |buf| {
         attr::put_be32(buf, NFTA_CT_KEY, key);
         attr::put_be32(buf, NFTA_CT_DREG, reg(slot));
+        if let Some(direction) = direction {
+            attr::put(buf, NFTA_CT_DIRECTION, &[direction]);
+        }
     });
 }
 

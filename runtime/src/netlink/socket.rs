@@ -189,11 +189,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// The errno of the first rejected message, if the kernel rejected the transaction.
+    /// The kernel's errno: of the first rejected message if it rejected a transaction, or of a
+    /// refused dump (ENOENT: the table or set does not exist).
     pub fn errno(&self) -> Option<Errno> {
         match self {
             Error::Rejected { rejections } => rejections.first().map(|r| r.errno),
-            Error::NotAvailable { errno } => Some(*errno),
+            Error::NotAvailable { errno }
+            | Error::DumpFailed { errno, .. }
+            | Error::Conntrack { errno, .. } => Some(*errno),
             _ => None,
         }
     }

@@ -122,7 +122,8 @@ enum Ex {
     Ct {
         key: u32,
         dreg: u32,
-        direction: bool,
+        /// `IP_CT_DIR_*` of a tuple field (`ct original ip daddr`), none for the others.
+        direction: Option<u8>,
     },
     Fib {
         dreg: u32,
@@ -193,7 +194,6 @@ enum Imm {
 const NFTA_NAT_REG_ADDR_MAX: u16 = 4;
 const NFTA_NAT_REG_PROTO_MAX: u16 = 6;
 const NFTA_MASQ_REG_PROTO_MIN: u16 = 2;
-const NFTA_CT_DIRECTION: u16 = 3;
 const NFTA_DYNSET_TIMEOUT: u16 = 6;
 const NFTA_DYNSET_EXPR: u16 = 7;
 const NFTA_DYNSET_FLAGS: u16 = 9;
@@ -253,7 +253,9 @@ impl Ex {
             "ct" => Ex::Ct {
                 key: u(NFTA_CT_KEY)?,
                 dreg: r(NFTA_CT_DREG)?,
-                direction: a.get(NFTA_CT_DIRECTION).is_some(),
+                direction: a
+                    .get(NFTA_CT_DIRECTION)
+                    .map(|d| d.first().copied().unwrap_or(u8::MAX)),
             },
             "fib" => Ex::Fib {
                 dreg: r(NFTA_FIB_DREG)?,
@@ -915,6 +917,12 @@ impl<'a> Cursor<'a> {
                 offset: 2,
                 len: 2,
             } if *dreg == slot => Ok((Expr::Dport, 2)),
+            Ex::Payload {
+                dreg,
+                base: NFT_PAYLOAD_TRANSPORT_HEADER,
+                offset: 0,
+                len: 2,
+            } if *dreg == slot => Ok((Expr::Sport, 2)),
             // `jhash ip saddr`: the address goes to the next 16-byte register, then is hashed.
             Ex::Payload {
                 dreg,
@@ -978,7 +986,7 @@ impl<'a> Cursor<'a> {
             Ex::Ct {
                 key,
                 dreg,
-                direction: false,
+                direction: None,
             } if *dreg == slot && (*key == NFT_CT_STATE || *key == NFT_CT_STATUS) => {
                 let expr = if *key == NFT_CT_STATE {
                     Expr::CtState
@@ -986,6 +994,24 @@ impl<'a> Cursor<'a> {
                     Expr::CtStatus
                 };
                 Ok((expr, 4))
+            }
+            Ex::Ct {
+                key: NFT_CT_DIRECTION,
+                dreg,
+                direction: None,
+            } if *dreg == slot => Ok((Expr::CtDirection, 1)),
+            Ex::Ct {
+                key,
+                dreg,
+                direction: Some(IP_CT_DIR_ORIGINAL),
+            } if *dreg == slot
+                && *key
+                    == match family {
+                        Family::Ip => NFT_CT_DST_IP,
+                        Family::Ip6 => NFT_CT_DST_IP6,
+                    } =>
+            {
+                Ok((Expr::CtOriginalDaddr(family), full))
             }
             Ex::Fib {
                 dreg,
