@@ -198,6 +198,17 @@ pub(crate) struct RunArgs {
     /// the kubelet restarts the daemon). `0s` disables. [default: 11m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) watch_silence_timeout: Option<Duration>,
+    /// kube-nft only: /metrics also exposes, per Service port and backend (`IP:PORT`), the new
+    /// connections, packets and bytes the packet path counted
+    /// (`kube_nft_service_backend_{new_connections,packets,bytes}_total{namespace, service,
+    /// port_name, protocol, backend}`), read from the kernel at each scrape. Off by default:
+    /// the series grow with Services x backends. The counters are keyed by frontend address
+    /// and backend, not by Service port, so two ports of one address sending to the same
+    /// backend port are each counted with the traffic of both, and NodePort traffic counts
+    /// under every NodePort Service with that backend. A flag only: the --config file is
+    /// kube-proxy's KubeProxyConfiguration, which has no such field.
+    #[arg(long)]
+    pub(crate) metrics_per_service: bool,
     /// Log format on stderr: `text` (one line per event) or `json` (one object per line, for
     /// log pipelines). kube-proxy `--logging-format`.
     #[arg(long, alias = "logging-format", value_enum, default_value = "text")]

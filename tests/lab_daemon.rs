@@ -7,8 +7,10 @@
 //! changes reach the kernel under live client loops without a failed connection; twenty
 //! restarts (SIGTERM, and SIGKILL) under client loops fail no connection and each restarted
 //! daemon adopts the kernel and sends nothing; `nft flush ruleset` and `nft delete table` are
-//! repaired within a second; /healthz, /livez and /metrics answer as kube-proxy's; and the API
-//! server's faults (cut watches, a deletion no watch saw, an outage) with traffic flowing.
+//! repaired within a second; /healthz, /livez and /metrics answer as kube-proxy's, and with
+//! `--metrics-per-service` (on for every daemon here) count each backend's connections under the
+//! Service port they came through; and the API server's faults (cut watches, a deletion no watch
+//! saw, an outage) with traffic flowing.
 //!
 //! Clients as in `tests/lab.rs`: `pod-client` (a pod on node-a), `client` (on the LAN, inside
 //! the LoadBalancer source range), `stranger` (outside it), node-a itself. Legacy Endpoints of
@@ -355,6 +357,7 @@ fn spawn_daemon(lab: &Lab, kubeconfig: &Path) -> Daemon {
         HEALTHZ,
         "--metrics-bind-address",
         METRICS,
+        "--metrics-per-service",
     ];
     args.extend(FLAGS);
     Daemon::spawn_with(command, &args)
@@ -889,6 +892,55 @@ fn health_and_metrics_answer_from_node_a() {
     assert_eq!(
         configz["kubeproxy.config.k8s.io"]["hostnameOverride"], "node-a",
         "{configz}"
+    );
+
+    // --metrics-per-service: the packet path's counters, per Service port and backend. Each
+    // backend of `web` counts exactly the connections that reached it through the ClusterIP;
+    // NodePort connections count under `nodeport` (and the other NodePort Services with those
+    // backends), never under `external`, which has the same backends but no NodePort.
+    let via_cluster_ip = s.replies("pod-client", tcp("172.30.0.10:80"), 12);
+    let via_node_port = s.replies("client", tcp("192.168.0.2:30080"), 6);
+    let per_backend = |service: &str, port_name: &str, scrape: &str| {
+        let prefix = format!(
+            "kube_nft_service_backend_new_connections_total{{namespace=\"lab\",service=\"{service}\",port_name=\"{port_name}\",protocol=\"TCP\",backend=\""
+        );
+        scrape
+            .lines()
+            .filter_map(|l| {
+                let (backend, value) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+                Some((backend.to_owned(), value.parse::<f64>().ok()?))
+            })
+            .collect::<std::collections::BTreeMap<String, f64>>()
+    };
+    let total = |m: &std::collections::BTreeMap<String, f64>| m.values().sum::<f64>();
+    let mut scrape = String::new();
+    let counted = wait_until(CONVERGE, Duration::from_millis(100), || {
+        scrape = s
+            .get(METRICS, "/metrics")
+            .map(|r| r.body)
+            .unwrap_or_default();
+        total(&per_backend("web", "http", &scrape)) >= via_cluster_ip.len() as f64
+            && total(&per_backend("nodeport", "http", &scrape)) >= via_node_port.len() as f64
+    });
+    assert!(counted.is_some(), "per-Service counters in:\n{scrape}");
+    let mut expected = std::collections::BTreeMap::<String, f64>::new();
+    for reply in &via_cluster_ip {
+        *expected.entry(reply.local.to_string()).or_default() += 1.0;
+    }
+    assert_eq!(per_backend("web", "http", &scrape), expected, "{scrape}");
+    assert_eq!(
+        total(&per_backend("nodeport", "http", &scrape)),
+        via_node_port.len() as f64,
+        "{scrape}"
+    );
+    assert!(
+        per_backend("external", "http", &scrape).is_empty(),
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, "kube_nft_service_metrics_read_failures_total"),
+        Some(0.0),
+        "{scrape}"
     );
 
     // Endpoint changes are counted, and measured as network programming latency from the

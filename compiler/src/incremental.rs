@@ -802,6 +802,18 @@ impl Incremental {
         out
     }
 
+    /// The backends of the programmed Services with the Service ports that send to each: what
+    /// the per-Service metrics attribute counters with. Equal to
+    /// [`crate::attribution::BackendIndex::of_graph`] of what [`crate::compile`] makes of the
+    /// same objects (a Service the kernel refused is not programmed, so it has none).
+    /// O(Service ports × endpoints).
+    pub fn backend_index(&self) -> crate::attribution::BackendIndex {
+        crate::attribution::BackendIndex::from_services(
+            &self.context.nodeport_addresses,
+            (self.services.values()).filter_map(|l| l.service.as_ref()),
+        )
+    }
+
     /// Every current diagnostic, sorted and deduplicated, including the checks across
     /// Services (shared addresses, endpoints that are ClusterIPs): what `compile` reports for
     /// the same objects. O(Services); see [`Incremental::changed_diagnostics`] for a sync's own.

@@ -5,11 +5,13 @@
 //! [`graph::Graph`]) → `lower` (choose the nftables layout) → `ir` (typed ruleset, `verify`) →
 //! `render` (nft script) | `trace` (packet interpreter) | `show` (what each Service does, read off
 //! a ruleset). Beside the pipeline: `incremental` (the daemon's warm compiler), `plan` (diffs),
-//! `conntrack` (the reconciler's judgements) and `maglev` (consistent-hash tables).
+//! `conntrack` (the reconciler's judgements), `attribution` (which Service port a per-backend
+//! counter belongs to) and `maglev` (consistent-hash tables).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod attribution;
 pub mod config;
 pub mod conntrack;
 pub mod diag;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 
+use kube_nft_compiler::attribution::BackendIndex;
 use kube_nft_compiler::compile;
 use kube_nft_compiler::incremental::{Incremental, Sync};
 use kube_nft_compiler::ir::Ruleset;
@@ -116,6 +117,11 @@ fn run(states: &[Snapshot], config: &Config) {
             inc.diagnostics(),
             expected.diagnostics,
             "state {i}: diagnostics"
+        );
+        assert_eq!(
+            inc.backend_index(),
+            BackendIndex::of_graph(&expected.graph),
+            "state {i}: backend index"
         );
         // The running totals equal those of a compiler that saw only this state.
         let mut fresh = Incremental::new(config);

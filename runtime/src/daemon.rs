@@ -4,8 +4,10 @@
 //! (netlink is synchronous); an nf_tables [`Monitor`] on its own thread reports foreign changes
 //! to our tables, which trigger an immediate repair; a conntrack [`Reconciler`] on its own thread
 //! deletes stale UDP/SCTP entries after each round that changed the ruleset and every sync
-//! period; [`serve`] answers `/healthz`, `/livez` and `/metrics`. The instance lock is taken
-//! first, so a second daemon in the same network namespace exits before touching anything.
+//! period; [`serve`] answers `/healthz`, `/livez` and `/metrics` (with `--metrics-per-service`
+//! also per Service port and backend, against an index of the backends published after each
+//! committed round). The instance lock is taken first, so a second daemon in the same network
+//! namespace exits before touching anything.
 //! Nothing is flushed at start and nothing deleted at exit: the rules keep serving while the
 //! daemon is down, and a restarted daemon adopts them.
 
@@ -26,6 +28,7 @@ use crate::lock::{self, InstanceLock, LockError};
 use crate::netlink::monitor::{self, Monitor};
 use crate::serve::health::{ProxyHealth, Timestamp};
 use crate::serve::metrics::{self, DriftReason, Metrics, TrafficPolicy, WatchResource};
+use crate::serve::per_service::PerService;
 use crate::serve::service_health::ServiceHealth;
 use crate::serve::{self};
 use crate::sources::{self, Event, Resource, Update};
@@ -73,6 +76,9 @@ pub struct Options {
     /// How long the Node's watch may stay silent before it counts against health (the kubelet
     /// updates its Node at least every 5 minutes); `None` for sources without a heartbeat.
     pub watch_silence: Option<Duration>,
+    /// `--metrics-per-service`: `/metrics` also exposes per Service port and backend the
+    /// counters the packet path keeps ([`serve::per_service`]). Off, nothing of it is built.
+    pub metrics_per_service: bool,
 }
 
 /// Why the daemon could not run.
@@ -114,7 +120,13 @@ fn required(source: &Source) -> Vec<Resource> {
 pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let _lock: InstanceLock = lock::acquire(&format!("node {}", options.node_name))?;
     let families = [Family::Ip, Family::Ip6];
-    let metrics = Metrics::new(&families, env!("CARGO_PKG_VERSION"));
+    let mut metrics = Metrics::new(&families, env!("CARGO_PKG_VERSION"));
+    // Per-Service series: the index of the committed state is published after each round that
+    // may have changed it, and each scrape reads the counters against it.
+    let per_service = options.metrics_per_service.then(PerService::new);
+    if let Some(per_service) = &per_service {
+        metrics = metrics.with_per_service(per_service.clone());
+    }
     let health = ProxyHealth::new(options.sync_period, &families, Timestamp::now());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -250,12 +262,22 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                     current.verify_next();
                 }
                 runner.started(Instant::now());
-                let (mut current, result) = tokio::task::spawn_blocking(move || {
+                let index_wanted = per_service.is_some();
+                let (mut current, result, index) = tokio::task::spawn_blocking(move || {
                     let result = current.sync();
-                    (current, result)
+                    // Built here, off the async runtime: O(Service ports x endpoints). Only
+                    // after a commit that may have changed the desired state (a delta, a
+                    // full or verifying round, anything sent).
+                    let changed = matches!(&result, Some(Ok(o))
+                        if o.sent() || o.services > 0 || o.kind != SyncKind::Partial);
+                    let index = (index_wanted && changed).then(|| current.backend_index());
+                    (current, result, index)
                 })
                 .await
                 .expect("the sync round does not panic");
+                if let (Some(per_service), Some(index)) = (&per_service, index) {
+                    per_service.publish(index);
+                }
                 let committed = matches!(result, Some(Ok(_)));
                 let full_round = matches!(&result, Some(Ok(o)) if o.kind != SyncKind::Partial);
                 let conntrack_due =

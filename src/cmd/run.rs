@@ -110,6 +110,7 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<u8> {
         metrics,
         configz,
         watch_silence,
+        metrics_per_service: args.metrics_per_service,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

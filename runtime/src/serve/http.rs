@@ -211,7 +211,7 @@ fn livez_at(health: &ProxyHealth, metrics: &Metrics, now: Timestamp) -> Response
 }
 
 async fn scrape(State(state): State<MetricsState>) -> Response {
-    match state.metrics.encode() {
+    match state.metrics.exposition().await {
         Ok(text) => response(StatusCode::OK, metrics::CONTENT_TYPE, text),
         // promhttp's `HTTPErrorOnError`, which kube-proxy's handler uses: a 500 naming the
         // error rather than a partial scrape.

@@ -7,6 +7,9 @@
 //! exposition is the Prometheus text format 0.0.4, which is what kube-proxy serves (its handler
 //! does not negotiate OpenMetrics) and what every scraper reads; counters are registered without
 //! their `_total` suffix because the encoder appends it, so the exposed names are kube-proxy's.
+//! The one exception to fixed label sets is opt-in: with `--metrics-per-service`,
+//! [`Metrics::exposition`] appends the series of [`super::per_service`], one per Service port
+//! and backend with traffic, read from the kernel at scrape time.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +25,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+
+use super::per_service::PerService;
 
 /// The `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -427,6 +432,8 @@ pub struct Metrics {
     /// and port) that should be open but could not be bound, as of the last committed sync.
     /// A gauge, not a count of attempts, since each sync retries them.
     pub health_check_ports_unbound: Gauge,
+    /// `--metrics-per-service`: the per-Service series each scrape appends, when enabled.
+    per_service: Option<PerService>,
 }
 
 impl Metrics {
@@ -488,6 +495,7 @@ impl Metrics {
             watch_restarts: Labelled::new(resources(), Counter::default),
             watch_relists: Labelled::new(resources(), Counter::default),
             health_check_ports_unbound: Gauge::default(),
+            per_service: None,
             families,
         };
         metrics.registered(version)
@@ -647,6 +655,28 @@ impl Metrics {
     pub fn encode(&self) -> Result<String, MetricsError> {
         let mut out = String::new();
         prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// These metrics with the per-Service series of `per_service` appended to every scrape
+    /// ([`Metrics::exposition`]).
+    pub fn with_per_service(mut self, per_service: PerService) -> Metrics {
+        self.per_service = Some(per_service);
+        self
+    }
+
+    /// The per-Service series, when enabled.
+    pub fn per_service(&self) -> Option<&PerService> {
+        self.per_service.as_ref()
+    }
+
+    /// What `/metrics` serves: [`Metrics::encode`], then the per-Service series when they are
+    /// enabled (their counters read on a blocking thread; a failed read leaves them out).
+    pub async fn exposition(&self) -> Result<String, MetricsError> {
+        let mut out = self.encode()?;
+        if let Some(per_service) = &self.per_service {
+            out.push_str(&per_service.scrape().await?);
+        }
         Ok(out)
     }
 

@@ -270,6 +270,13 @@ impl<K: Kernel> Engine<K> {
         self.compiler.affinity_maps()
     }
 
+    /// The backends of the desired state (after a successful round, the committed one) with
+    /// the Service ports that send to each, for the per-Service metrics. O(Service ports ×
+    /// endpoints).
+    pub fn backend_index(&self) -> kube_nft_compiler::attribution::BackendIndex {
+        self.compiler.backend_index()
+    }
+
     /// The whole desired ruleset.
     pub fn desired(&self) -> Ruleset {
         self.compiler.ruleset()
