@@ -87,6 +87,42 @@ fn show_with_an_input_flags_drift() {
 }
 
 #[test]
+fn show_watch_redraws_every_interval_and_stops_after_count() {
+    if !can_run("show_watch_redraws_every_interval_and_stops_after_count") {
+        return;
+    }
+    in_netns(|ns| {
+        program_small_cluster(ns);
+        let started = std::time::Instant::now();
+        let out = kube_nft(&[
+            "show",
+            "--watch",
+            "--count",
+            "3",
+            "--interval",
+            "200ms",
+            "-n",
+            "kube-system",
+        ]);
+        let elapsed = started.elapsed();
+        let text = stdout(&out);
+        // Three frames, each after clearing the screen, each a whole table with rates.
+        let frames: Vec<&str> = text.split("\x1b[H\x1b[2J").skip(1).collect();
+        assert_eq!(frames.len(), 3, "{text:?}");
+        for frame in frames {
+            assert!(frame.starts_with("SERVICE "), "{frame}");
+            assert!(frame.contains("kube-system/kube-dns:dns"), "{frame}");
+            assert!(!frame.contains("default/kubernetes"), "filtered: {frame}");
+            assert!(frame.contains(" 0.0 "), "a rate, not '-': {frame}");
+        }
+        assert!(
+            elapsed >= std::time::Duration::from_millis(600),
+            "{elapsed:?}"
+        );
+    });
+}
+
+#[test]
 fn show_on_an_empty_node_says_nothing_is_programmed() {
     if !can_run("show_on_an_empty_node_says_nothing_is_programmed") {
         return;
