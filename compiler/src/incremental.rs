@@ -11,6 +11,7 @@
 //! addresses, ServiceCIDRs) rebuilds everything and asks the caller for a full sync.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::graph::Graph;
@@ -30,6 +31,55 @@ const FAMILIES: [Family; 2] = [Family::Ip, Family::Ip6];
 enum Owner {
     Skeleton,
     Service(Arc<Key>),
+}
+
+/// The owners of one ownership slot, in `lower`'s order ([`Owner`]'s). Almost every slot has
+/// one (an endpoint in two Services' hairpin pairs, or two Services on one address, make more),
+/// so one is held inline: a vector per slot cost a heap allocation for each of the 700k global
+/// elements of a 50k-Service cluster.
+#[derive(Clone, Debug)]
+enum Owners {
+    One(Owner),
+    Many(Vec<Owner>),
+}
+
+impl Owners {
+    fn iter(&self) -> std::slice::Iter<'_, Owner> {
+        match self {
+            Owners::One(owner) => std::slice::from_ref(owner).iter(),
+            Owners::Many(owners) => owners.iter(),
+        }
+    }
+
+    /// Adds `owner` in order (after an equal one).
+    fn insert(&mut self, owner: Owner) {
+        let mut list = match std::mem::replace(self, Owners::Many(Vec::new())) {
+            Owners::One(one) => vec![one],
+            Owners::Many(list) => list,
+        };
+        let at = list.partition_point(|o| *o <= owner);
+        list.insert(at, owner);
+        *self = Owners::Many(list);
+    }
+
+    /// Removes the Service `key`; whether no owner is left.
+    fn remove_service(&mut self, key: &Key) -> bool {
+        let of_key = |o: &Owner| matches!(o, Owner::Service(k) if **k == *key);
+        match self {
+            Owners::One(one) => of_key(one),
+            Owners::Many(list) => {
+                list.retain(|o| !of_key(o));
+                match list.len() {
+                    0 => true,
+                    1 => {
+                        *self = Owners::One(list.pop().expect("one owner"));
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
 }
 
 /// A global element's identity: family index, set index (see [`Incremental::set_names`]), key.
@@ -75,14 +125,46 @@ struct Stored {
     elements: Vec<(u16, Element)>,
     /// The elements in shared maps, one group per frontend.
     slots: Vec<SlotGroup>,
+    /// The `hairpin` set's elements, `e . e`, by endpoint address: one per endpoint, the most
+    /// numerous global elements (500k at 50k Services), kept as 17 bytes each instead of an IR
+    /// element with a heap-allocated key (about 170 bytes).
+    hairpins: Vec<IpAddr>,
 }
 
 impl Stored {
-    /// The keys this fragment claims in the ownership index: each element in a global set, and
-    /// each slot group by its frontend (see [`SlotGroup`]).
-    fn owned_keys(&self) -> impl Iterator<Item = (u16, &[Value])> {
-        (self.elements.iter().map(|(s, e)| (*s, &e.key[..])))
-            .chain(self.slots.iter().map(|g| (g.set, &g.frontend[..])))
+    /// The slots this fragment claims in the ownership index (family `f`; `hairpin` is the
+    /// hairpin set's index): each element in a global set, and each slot group by its
+    /// frontend (see [`SlotGroup`]).
+    fn owned_slots(&self, f: usize, hairpin: u16) -> impl Iterator<Item = OwnerSlot> + '_ {
+        (self.elements.iter().map(move |(s, e)| slot(f, *s, &e.key)))
+            .chain(self.slots.iter().map(move |g| slot(f, g.set, &g.frontend)))
+            .chain(
+                (self.hairpins.iter())
+                    .map(move |a| slot(f, hairpin, &[Value::Addr(*a), Value::Addr(*a)])),
+            )
+    }
+
+    /// Whether this fragment holds the global element `key` of set `s`.
+    fn element(&self, s: u16, key: &[Value], hairpin: u16) -> Option<Element> {
+        if s == hairpin {
+            if let [Value::Addr(a), Value::Addr(b)] = key {
+                if a == b && self.hairpins.contains(a) {
+                    return Some(hairpin_element(*a));
+                }
+            }
+        }
+        (self.elements.iter())
+            .find(|(set, e)| *set == s && e.key == *key)
+            .map(|(_, e)| e.clone())
+    }
+}
+
+/// The `hairpin` set's element of endpoint `addr`: `addr . addr`.
+fn hairpin_element(addr: IpAddr) -> Element {
+    Element {
+        key: vec![Value::Addr(addr), Value::Addr(addr)],
+        data: None,
+        comment: None,
     }
 }
 
@@ -168,7 +250,7 @@ pub struct Incremental {
     set_names: [Vec<String>; 2],
     set_index: [HashMap<String, u16>; 2],
     services: BTreeMap<Key, Lowered>,
-    owners: HashMap<OwnerSlot, Vec<Owner>>,
+    owners: HashMap<OwnerSlot, Owners>,
     /// Per family, the shared DNAT chains (`clusterip-random-3`) and their maps (declarations
     /// only; the elements belong to the Services) with the number of installed Services that
     /// enter each: a chain and its map exist while that count is above zero.
@@ -323,7 +405,9 @@ impl Incremental {
             for (s, set) in skeleton.sets.values().enumerate() {
                 for element in &set.elements {
                     let owners = self.owners.entry(slot(f, s as u16, &element.key));
-                    owners.or_default().push(Owner::Skeleton);
+                    owners
+                        .and_modify(|o| o.insert(Owner::Skeleton))
+                        .or_insert(Owners::One(Owner::Skeleton));
                 }
             }
         }
@@ -390,11 +474,20 @@ impl Incremental {
         fragment: Fragment,
     ) -> (Stored, Vec<(crate::ir::Chain, crate::ir::Set)>) {
         let is_shared = |name: &str| crate::ir::names::is_dnat_chain(name);
-        let mut elements: Vec<(u16, Element)> = Vec::with_capacity(fragment.elements.len());
+        let hairpin = self.hairpin_index(f);
+        let mut elements: Vec<(u16, Element)> = Vec::new();
+        let mut hairpins = Vec::new();
         for (set, element) in fragment.elements {
             let index = self.set_index[f][&set];
-            elements.push((index, element));
+            match (&element.key[..], &element.data, &element.comment) {
+                ([Value::Addr(a), Value::Addr(b)], None, None) if index == hairpin && a == b => {
+                    hairpins.push(*a);
+                }
+                _ => elements.push((index, element)),
+            }
         }
+        elements.shrink_to_fit();
+        hairpins.shrink_to_fit();
         let (shared_sets, sets): (Vec<_>, Vec<_>) =
             fragment.sets.into_iter().partition(|s| is_shared(&s.name));
         let mut maps = BTreeMap::new();
@@ -456,8 +549,14 @@ impl Incremental {
             sets,
             elements,
             slots,
+            hairpins,
         };
         (stored, shared)
+    }
+
+    /// The index of the `hairpin` set in family `f` (a skeleton set, always registered).
+    fn hairpin_index(&self, f: usize) -> u16 {
+        self.set_index[f][crate::lower::HAIRPIN]
     }
 
     /// The index of a set name, registering a shared map's name the first time.
@@ -496,11 +595,14 @@ impl Incremental {
             }
         }
         for (f, stored) in lowered.fragments.iter().enumerate() {
-            for (s, key) in stored.owned_keys() {
-                let owners = self.owners.entry(slot(f, s, key)).or_default();
+            for id in stored.owned_slots(f, self.hairpin_index(f)) {
                 let owner = Owner::Service(lowered.key.clone());
-                let at = owners.binary_search(&owner).unwrap_or_else(|at| at);
-                owners.insert(at, owner);
+                match self.owners.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().insert(owner),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(Owners::One(owner));
+                    }
+                }
             }
         }
         self.services.insert((*lowered.key).clone(), lowered);
@@ -522,11 +624,9 @@ impl Incremental {
                     }
                 }
             }
-            for (s, element_key) in stored.owned_keys() {
-                let id = slot(f, s, element_key);
+            for id in stored.owned_slots(f, self.hairpin_index(f)) {
                 if let Some(owners) = self.owners.get_mut(&id) {
-                    owners.retain(|o| !matches!(o, Owner::Service(k) if **k == *key));
-                    if owners.is_empty() {
+                    if owners.remove_service(key) {
                         self.owners.remove(&id);
                     }
                 }
@@ -569,11 +669,11 @@ impl Incremental {
                     .iter()
                     .find(|e| e.key == *key)
                     .cloned(),
-                Owner::Service(service) => self.services.get(service)?.fragments[fi]
-                    .elements
-                    .iter()
-                    .find(|(set, e)| set == s && e.key == *key)
-                    .map(|(_, e)| e.clone()),
+                Owner::Service(service) => self.services.get(service)?.fragments[fi].element(
+                    *s,
+                    key,
+                    self.hairpin_index(fi),
+                ),
             })
     }
 
@@ -601,6 +701,10 @@ impl Incremental {
                     }
                     for (s, element) in &stored.elements {
                         touched.insert((f as u8, *s, element.key.clone()));
+                    }
+                    let hairpin = self.hairpin_index(f);
+                    for addr in &stored.hairpins {
+                        touched.insert((f as u8, hairpin, hairpin_element(*addr).key));
                     }
                     for group in &stored.slots {
                         for element in group.elements() {
@@ -703,6 +807,11 @@ impl Incremental {
                     let name = &self.set_names[f][usize::from(group.set)];
                     let set = table.sets.get_mut(name).expect("shared map");
                     set.elements.extend(group.elements());
+                }
+                if !stored.hairpins.is_empty() {
+                    let set = (table.sets.get_mut(crate::lower::HAIRPIN)).expect("global set");
+                    set.elements
+                        .extend(stored.hairpins.iter().map(|a| hairpin_element(*a)));
                 }
             }
             for set in table.sets.values_mut() {

@@ -12,6 +12,8 @@ mod build;
 mod service;
 mod skeleton;
 
+/// The hairpin set, which [`crate::incremental`] stores compactly.
+pub(crate) use skeleton::HAIRPIN;
 /// The dispatch maps whose keys are the Services' frontends (read by [`crate::conntrack`]).
 pub(crate) use skeleton::{
     CLUSTER_IPS, FIREWALL_ALLOW, NODEPORT_IPS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES,
