@@ -19,7 +19,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::ir::{names, ElemData, Family, L4Proto, NumgenMode, Ruleset, Stmt, Table, Value};
-use crate::trace::{self, Env, Fate, Origin, Packet, Ratio};
+use crate::trace::{Env, Fate, Origin, Packet, Ratio, Tracer};
 
 /// The way into a Service a row describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -112,11 +112,14 @@ pub fn rows(ruleset: &Ruleset, env: &Env) -> Vec<Row> {
 }
 
 /// [`rows`] of the frontends `wanted` keeps, tracing only those (a trace per frontend is most
-/// of the cost at 50k Services).
+/// of the cost at 50k Services). Every lookup the rows make per frontend is a search, not a
+/// walk of a set: one tracer serves all the traces, and what the rows read from the tables
+/// besides is indexed once per table.
 pub fn rows_where(ruleset: &Ruleset, env: &Env, wanted: impl Fn(&Frontend) -> bool) -> Vec<Row> {
+    let tracer = Tracer::new(ruleset, env);
     let mut rows = Vec::new();
     for table in &ruleset.tables {
-        rows.extend(table_rows(table, ruleset, env, &wanted));
+        rows.extend(table_rows(table, &tracer, env, &wanted));
     }
     rows.sort_by(|a, b| a.frontend.cmp(&b.frontend));
     rows
@@ -124,7 +127,7 @@ pub fn rows_where(ruleset: &Ruleset, env: &Env, wanted: impl Fn(&Frontend) -> bo
 
 fn table_rows(
     table: &Table,
-    ruleset: &Ruleset,
+    tracer: &Tracer,
     env: &Env,
     wanted: &dyn Fn(&Frontend) -> bool,
 ) -> Vec<Row> {
@@ -184,6 +187,8 @@ fn table_rows(
     let node_addr = candidates()
         .find(|a| serves_nodeports(*a))
         .or_else(|| candidates().next());
+    let allowed = allowed_clients(table);
+    let mut slots = SlotShares::default();
     let mut rows = Vec::new();
     for ((addr, proto, port), service) in frontends {
         let via = match addr {
@@ -214,13 +219,13 @@ fn table_rows(
         };
         let packet = Packet {
             proto,
-            saddr: allowed_client(table, addr, proto, port).unwrap_or(client),
+            saddr: (addr.and_then(|a| allowed.get(&(a, proto, port))).copied()).unwrap_or(client),
             sport: 40000,
             daddr,
             dport: port,
             origin: Origin::Outside,
         };
-        let traced = trace::trace(ruleset, env, &packet);
+        let traced = tracer.trace(&packet);
         let path: Vec<&str> = (traced.outcomes.iter())
             .flat_map(|o| o.path.iter().map(String::as_str))
             .collect();
@@ -231,7 +236,7 @@ fn table_rows(
             names::is_dnat_chain(c) && (c.contains("-source-hash-") || c.contains("-maglev-"))
         });
         if let Some(chain) = hashed {
-            if let Some(shares) = slot_shares(table, chain, addr, proto, port) {
+            if let Some(shares) = slots.of(table, chain, addr, proto, port) {
                 backends = shares;
             }
         }
@@ -259,24 +264,27 @@ fn table_rows(
     rows
 }
 
-/// A client `loadBalancerSourceRanges` lets in, for a LoadBalancer IP that has them (the first
-/// address of the first allowed range): the row shows what allowed clients get.
-fn allowed_client(
-    table: &Table,
-    addr: Option<IpAddr>,
-    proto: L4Proto,
-    port: u16,
-) -> Option<IpAddr> {
-    let head = [Value::Addr(addr?), Value::Proto(proto), Value::Port(port)];
-    let allow = table.sets.get(crate::lower::FIREWALL_ALLOW)?;
-    allow.elements.iter().find_map(|e| match &e.key[..] {
-        [a, b, c, source] if [a, b, c] == [&head[0], &head[1], &head[2]] => match source {
-            Value::Addr(a) => Some(*a),
-            Value::Prefix(net) => Some(net.hosts().next().unwrap_or(net.network())),
-            _ => None,
-        },
-        _ => None,
-    })
+/// A client `loadBalancerSourceRanges` lets in, for each LoadBalancer IP, protocol and port
+/// that has them (the first address of the first allowed range): the row shows what allowed
+/// clients get.
+fn allowed_clients(table: &Table) -> BTreeMap<(IpAddr, L4Proto, u16), IpAddr> {
+    let mut clients = BTreeMap::new();
+    let Some(allow) = table.sets.get(crate::lower::FIREWALL_ALLOW) else {
+        return clients;
+    };
+    for element in &allow.elements {
+        let [Value::Addr(addr), Value::Proto(proto), Value::Port(port), source] = &element.key[..]
+        else {
+            continue;
+        };
+        let client = match source {
+            Value::Addr(a) => *a,
+            Value::Prefix(net) => net.hosts().next().unwrap_or(net.network()),
+            _ => continue,
+        };
+        clients.entry((*addr, *proto, *port)).or_insert(client);
+    }
+    clients
 }
 
 /// The scheduler the trace went through: a shared chain's word, or a service port chain's
@@ -316,39 +324,59 @@ fn scheduler(table: &Table, path: &[&str]) -> String {
     }
 }
 
-/// The endpoints of a frontend's slots in the shared source-hash chain `chain`'s map, each with
-/// its slots over K (the chain's name ends in K).
-fn slot_shares(
-    table: &Table,
-    chain: &str,
-    addr: Option<IpAddr>,
-    proto: L4Proto,
-    port: u16,
-) -> Option<Vec<Backend>> {
-    let k: u64 = chain.rsplit_once('-')?.1.parse().ok()?;
-    let map = table.sets.get(chain)?;
-    let head: Vec<Value> = match addr {
-        Some(a) => vec![Value::Addr(a), Value::Proto(proto), Value::Port(port)],
-        None => vec![Value::Proto(proto), Value::Port(port)],
-    };
-    let mut counts: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
-    for element in &map.elements {
-        if element.key.len() != head.len() + 1 || element.key[..head.len()] != head[..] {
-            continue;
-        }
-        if let Some(ElemData::Values(v)) = &element.data {
-            if let [Value::Addr(a), Value::Port(p)] = v[..] {
-                *counts.entry((a, p)).or_default() += 1;
+/// The slots of each frontend in the maps of the shared source-hash and Maglev chains, counted
+/// per endpoint the first time a row goes through the chain: a Maglev map holds M slots per
+/// frontend, so walking it for each of its frontends would cost the square of its size.
+#[derive(Default)]
+struct SlotShares {
+    /// Chain → its frontends' slots.
+    counted: BTreeMap<String, Slots>,
+}
+
+/// A frontend (its key in a chain's map, without the slot) → endpoint → slots.
+type Slots = BTreeMap<Vec<Value>, BTreeMap<(IpAddr, u16), u64>>;
+
+impl SlotShares {
+    /// The endpoints of a frontend's slots in the shared source-hash chain `chain`'s map, each
+    /// with its slots over K (the chain's name ends in K).
+    fn of(
+        &mut self,
+        table: &Table,
+        chain: &str,
+        addr: Option<IpAddr>,
+        proto: L4Proto,
+        port: u16,
+    ) -> Option<Vec<Backend>> {
+        let k: u64 = chain.rsplit_once('-')?.1.parse().ok()?;
+        let map = table.sets.get(chain)?;
+        let counted = self.counted.entry(chain.to_owned()).or_insert_with(|| {
+            let mut counted = Slots::new();
+            for element in &map.elements {
+                let Some((_slot, head)) = element.key.split_last() else {
+                    continue;
+                };
+                if let Some(ElemData::Values(v)) = &element.data {
+                    if let [Value::Addr(a), Value::Port(p)] = v[..] {
+                        let endpoints = counted.entry(head.to_vec()).or_default();
+                        *endpoints.entry((a, p)).or_default() += 1;
+                    }
+                }
             }
-        }
+            counted
+        });
+        let head: Vec<Value> = match addr {
+            Some(a) => vec![Value::Addr(a), Value::Proto(proto), Value::Port(port)],
+            None => vec![Value::Proto(proto), Value::Port(port)],
+        };
+        let counts = counted.get(&head)?;
+        Some(
+            (counts.iter())
+                .map(|(&(addr, port), &n)| Backend {
+                    addr,
+                    port,
+                    share: Ratio::new(n, k),
+                })
+                .collect(),
+        )
     }
-    (!counts.is_empty()).then(|| {
-        (counts.into_iter())
-            .map(|((addr, port), n)| Backend {
-                addr,
-                port,
-                share: Ratio::new(n, k),
-            })
-            .collect()
-    })
 }

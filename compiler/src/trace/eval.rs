@@ -6,16 +6,21 @@
 //! `accept` policy for a base chain). Verdicts end only the current base chain, except `drop`
 //! and `reject`, which end the packet; NAT statements are terminal like a verdict. Evaluation
 //! is bounded ([`MAX_RULES`] rule evaluations per branch, [`MAX_DEPTH`] nested chains) so a
-//! cyclic ruleset yields an error outcome instead of a hang.
+//! cyclic ruleset yields an error outcome instead of a hang. What does not depend on the
+//! packet (each hook's base chains in order, whether a set may be searched by key) is worked
+//! out once per table, in [`Prepared`], and shared by every trace through it.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 
 use crate::ir::{
-    ChainKind, CmpOp, CtDir, ElemData, Expr, Family, FibAddr, Hook, L4Proto, NatTarget, Rule,
-    Ruleset, Set, Stmt, Table, Value, Verdict,
+    BaseChain, Chain, ChainKind, CmpOp, CtDir, ElemData, Expr, Family, FibAddr, Hook, NatTarget,
+    Rule, Set, Stmt, Table, Value, Verdict,
 };
 
 use super::jhash::jhash_addr;
+use super::lookup::{find, is_keyed, matches, Val};
 use super::{Env, Fate, Origin, Outcome, Packet, Ratio};
 
 /// Most rule evaluations one branch may make (a real trace makes a few dozen).
@@ -79,25 +84,48 @@ enum RuleFlow {
     End(Flow),
 }
 
-/// A value an expression part evaluated to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Val {
-    Addr(IpAddr),
-    Proto(L4Proto),
-    Port(u16),
-    Int(u32),
-    Fib { local: bool },
-    CtNew,
-    CtStatus { dnat: bool },
-    CtDir(CtDir),
-    Ifname(String),
-}
-
 /// The values an expression can take (one part per concatenation member), with probabilities.
 type Dist = Vec<(Ratio, Vec<Val>)>;
 
-/// Runs the packet through the hooks it crosses; the outcomes are unmerged, in branch order.
-pub(super) fn run(ruleset: &Ruleset, env: &Env, packet: &Packet) -> Vec<Outcome> {
+/// A table made ready for tracing: built once, it serves any number of packets.
+pub(super) struct Prepared<'a> {
+    table: &'a Table,
+    /// Every base chain in the order a hook runs them: ascending priority, at equal priority
+    /// filter before nat, then by name, so the order never depends on anything but the
+    /// ruleset. A hook runs those of its own, in this order.
+    base_chains: Vec<(BaseChain, &'a Chain)>,
+    /// Every set by name, each with whether it may be searched by key (`lookup::is_keyed`),
+    /// decided the first time a trace looks it up: a single trace pays only for the sets it
+    /// reads, and many traces pay once.
+    sets: BTreeMap<&'a str, (&'a Set, OnceLock<bool>)>,
+}
+
+impl<'a> Prepared<'a> {
+    pub(super) fn new(table: &'a Table) -> Prepared<'a> {
+        let mut base_chains: Vec<_> = (table.chains.values())
+            .filter_map(|c| c.base.map(|b| (b, c)))
+            .collect();
+        base_chains.sort_by(|(a, ac), (b, bc)| {
+            (a.priority, a.kind, &ac.name).cmp(&(b.priority, b.kind, &bc.name))
+        });
+        let sets = (table.sets.iter())
+            .map(|(name, set)| (name.as_str(), (set, OnceLock::new())))
+            .collect();
+        Prepared {
+            table,
+            base_chains,
+            sets,
+        }
+    }
+
+    pub(super) fn family(&self) -> Family {
+        self.table.family
+    }
+}
+
+/// Runs the packet through the hooks it crosses, in `table` (the first table of the packet's
+/// family, if any); the outcomes are unmerged, in branch order.
+pub(super) fn run(table: Option<&Prepared>, env: &Env, packet: &Packet) -> Vec<Outcome> {
     let start = Branch {
         probability: Ratio::ONE,
         daddr: packet.daddr,
@@ -116,7 +144,7 @@ pub(super) fn run(ruleset: &Ruleset, env: &Env, packet: &Packet) -> Vec<Outcome>
             packet.saddr, packet.daddr
         )))];
     }
-    let Some(table) = ruleset.table(family) else {
+    let Some(table) = table else {
         return vec![start.finish(accepted_fate())];
     };
     let interp = Interp {
@@ -166,30 +194,20 @@ fn accepted_fate() -> Fate {
 }
 
 struct Interp<'a> {
-    table: &'a Table,
+    table: &'a Prepared<'a>,
     env: &'a Env,
     packet: &'a Packet,
     family: Family,
 }
 
-impl Interp<'_> {
+impl<'a> Interp<'a> {
     /// Runs every base chain of `hook` on each live branch; finished branches go to `done`.
     fn hook(&self, branches: Vec<Branch>, hook: Hook, done: &mut Vec<Outcome>) -> Vec<Branch> {
-        let mut chains: Vec<_> = self
-            .table
-            .chains
-            .values()
-            .filter_map(|c| c.base.filter(|b| b.hook == hook).map(|b| (b, c)))
-            .collect();
-        // Ascending priority; at equal priority filter before nat; then by name, so the order
-        // never depends on anything but the ruleset.
-        chains.sort_by(|(a, ac), (b, bc)| {
-            (a.priority, a.kind, &ac.name).cmp(&(b.priority, b.kind, &bc.name))
-        });
+        let chains = (self.table.base_chains.iter()).filter(|(b, _)| b.hook == hook);
         // The flag: a NAT binding was made at this hook. The kernel then skips the remaining
         // nat chains of the hook (it runs them only while the connection has no binding).
         let mut live: Vec<(Branch, bool)> = branches.into_iter().map(|b| (b, false)).collect();
-        for (base, chain) in chains {
+        for &(base, chain) in chains {
             let mut next = Vec::new();
             for (b, bound) in live {
                 if base.kind == ChainKind::Nat && (bound || b.looped) {
@@ -217,7 +235,7 @@ impl Interp<'_> {
             let e = format!("more than {MAX_DEPTH} nested chains at {name} (a cycle?)");
             return vec![(b, Flow::Error(e))];
         }
-        let Some(chain) = self.table.chains.get(name) else {
+        let Some(chain) = self.table.table.chains.get(name) else {
             return vec![(b, Flow::Error(format!("no chain {name}")))];
         };
         let start = b.path.len();
@@ -304,21 +322,21 @@ impl Interp<'_> {
                 self.filter(b, classified, out)
             }
             Stmt::Lookup { left, set, negate } => {
-                let set = match self.set(set) {
+                let (set, keyed) = match self.set(set) {
                     Ok(s) => s,
                     Err(e) => return fail(b, e, out),
                 };
                 let classified = self.classify(&b, left, |key| {
-                    find(set, key).map(|hit| hit.is_some() != *negate)
+                    find(set, keyed, key).map(|hit| hit.is_some() != *negate)
                 });
                 self.filter(b, classified, out)
             }
             Stmt::Vmap { left, map } => {
-                let map = match self.verdict_map(map) {
+                let (map, keyed) = match self.verdict_map(map) {
                     Ok(m) => m,
                     Err(e) => return fail(b, e, out),
                 };
-                let groups = match self.classify(&b, left, |key| find(map, key)) {
+                let groups = match self.classify(&b, left, |key| find(map, keyed, key)) {
                     Ok(g) => g,
                     Err(e) => return fail(b, e, out),
                 };
@@ -399,7 +417,7 @@ impl Interp<'_> {
                     NatTarget::AddrMap { proto, port, .. } => (*proto, Some(*port)),
                     _ => (self.packet.proto, None),
                 };
-                let set = match self.set(map) {
+                let (set, keyed) = match self.set(map) {
                     Ok(set) => set,
                     Err(e) => {
                         out.push((b, RuleFlow::End(Flow::Error(e))));
@@ -407,7 +425,8 @@ impl Interp<'_> {
                     }
                 };
                 let groups = self.classify(&b, key, |k| {
-                    Ok(find(set, k)?.and_then(|i| match &set.elements[i].data {
+                    let hit = find(set, keyed, k)?;
+                    Ok(hit.and_then(|i| match &set.elements[i].data {
                         Some(ElemData::Values(v)) => match (&v[..], port) {
                             ([Value::Addr(addr), Value::Port(p)], None) => Some((*addr, *p)),
                             ([Value::Addr(addr)], Some(p)) => Some((*addr, p)),
@@ -577,19 +596,18 @@ impl Interp<'_> {
         }
     }
 
-    fn set(&self, name: &str) -> Result<&Set, String> {
-        self.table
-            .sets
-            .get(name)
-            .ok_or_else(|| format!("no set @{name}"))
+    /// The set `name`, with whether it may be searched by key.
+    fn set(&self, name: &str) -> Result<(&'a Set, bool), String> {
+        let (set, keyed) = (self.table.sets.get(name)).ok_or_else(|| format!("no set @{name}"))?;
+        Ok((set, *keyed.get_or_init(|| is_keyed(set))))
     }
 
-    fn verdict_map(&self, name: &str) -> Result<&Set, String> {
-        let map = self.set(name)?;
+    fn verdict_map(&self, name: &str) -> Result<(&'a Set, bool), String> {
+        let (map, keyed) = self.set(name)?;
         if map.data != [crate::ir::DataType::Verdict] {
             return Err(format!("@{name} is not a verdict map"));
         }
-        Ok(map)
+        Ok((map, keyed))
     }
 }
 
@@ -598,21 +616,33 @@ fn overflow() -> String {
 }
 
 /// Gives each group its own copy of the branch, scaled by the group's probability; zero
-/// groups vanish. If a product overflows, the whole branch ends in an error instead.
+/// groups vanish. If a product overflows, the whole branch ends in an error instead. The last
+/// group takes the branch itself: most statements have one outcome, and a copy of the path
+/// for each would be most of a trace's work.
 fn fan_out<K>(
     b: Branch,
     groups: Vec<(Ratio, K)>,
     out: &mut Vec<(Branch, RuleFlow)>,
 ) -> Vec<(Branch, K)> {
-    let mut forks = Vec::with_capacity(groups.len());
+    let mut scaled = Vec::with_capacity(groups.len());
     for (p, k) in groups.into_iter().filter(|g| !g.0.is_zero()) {
         let Some(probability) = b.probability.checked_mul(p) else {
             out.push((b, RuleFlow::End(Flow::Error(overflow()))));
             return Vec::new();
         };
+        scaled.push((probability, k));
+    }
+    let mut forks = Vec::with_capacity(scaled.len());
+    let last = scaled.pop();
+    for (probability, k) in scaled {
         let mut fork = b.clone();
         fork.probability = probability;
         forks.push((fork, k));
+    }
+    if let Some((probability, k)) = last {
+        let mut b = b;
+        b.probability = probability;
+        forks.push((b, k));
     }
     forks
 }
@@ -625,47 +655,4 @@ fn verdict_flow(v: &Verdict) -> RuleFlow {
         Verdict::Jump(c) => RuleFlow::Jump(c.clone()),
         Verdict::Goto(c) => RuleFlow::Goto(c.clone()),
     }
-}
-
-/// The first element of `set` whose key matches `key` part by part: exact, or for an
-/// `interval` set also an address inside a prefix part.
-fn find(set: &Set, key: &[Val]) -> Result<Option<usize>, String> {
-    if set.key.len() != key.len() {
-        return Err(format!(
-            "a {}-part key looked up in @{} with {} key parts",
-            key.len(),
-            set.name,
-            set.key.len()
-        ));
-    }
-    for (i, element) in set.elements.iter().enumerate() {
-        let mut hit = element.key.len() == key.len();
-        for (v, k) in key.iter().zip(&element.key) {
-            hit = hit && matches(v, k, set.flags.interval)?;
-        }
-        if hit {
-            return Ok(Some(i));
-        }
-    }
-    Ok(None)
-}
-
-/// Whether an evaluated value equals a constant; a prefix contains an address only where
-/// prefixes are allowed (matches, and `interval` sets).
-fn matches(v: &Val, k: &Value, prefixes: bool) -> Result<bool, String> {
-    Ok(match (v, k) {
-        (Val::Addr(a), Value::Addr(x)) => a == x,
-        (Val::Addr(a), Value::Prefix(net)) => prefixes && net.contains(a),
-        (Val::Proto(p), Value::Proto(q)) => p == q,
-        (Val::Port(p), Value::Port(q)) => p == q,
-        (Val::Port(p), Value::Int(q)) => u32::from(*p) == *q,
-        (Val::Int(i), Value::Int(j)) => i == j,
-        (Val::Fib { local }, Value::FibLocal) => *local,
-        (Val::CtNew, Value::CtNew) => true,
-        (Val::CtStatus { dnat }, Value::CtDnat) => *dnat,
-        (Val::CtDir(d), Value::CtDir(x)) => d == x,
-        (Val::Ifname(name), Value::Iface(x)) => name == x,
-        (Val::Ifname(name), Value::IfacePrefix(prefix)) => name.starts_with(prefix.as_str()),
-        (v, k) => return Err(format!("cannot compare {v:?} with {k:?}")),
-    })
 }

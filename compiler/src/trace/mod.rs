@@ -11,6 +11,7 @@
 
 mod eval;
 mod jhash;
+mod lookup;
 mod ratio;
 
 use std::fmt;
@@ -20,7 +21,7 @@ use std::str::FromStr;
 use thiserror::Error;
 
 use crate::graph::{Graph, LocalDetector};
-use crate::ir::{Expr, L4Proto, Ruleset, Stmt, Value, IFNAME_MAX};
+use crate::ir::{Expr, Family, L4Proto, Ruleset, Stmt, Value, IFNAME_MAX};
 
 pub use ratio::Ratio;
 
@@ -378,9 +379,42 @@ impl fmt::Display for Trace {
 ///
 /// Never loops: evaluation is bounded (see the limits in the `eval` module) and a ruleset that
 /// exceeds them, or references a chain or set that does not exist, yields a [`Fate::Error`]
-/// outcome on that branch.
+/// outcome on that branch. To trace many packets through one ruleset, make a [`Tracer`] once.
 pub fn trace(ruleset: &Ruleset, env: &Env, packet: &Packet) -> Trace {
-    let raw = eval::run(ruleset, env, packet);
+    Tracer::new(ruleset, env).trace(packet)
+}
+
+/// A ruleset and a node made ready for many traces: what does not depend on the packet is
+/// worked out once (each hook's base chains in order) or the first time a trace needs it
+/// (whether a set's elements are sorted by key, so that its lookups are binary searches
+/// instead of scans; `kube-nft show` traces every frontend of a node). [`Tracer::trace`]
+/// gives exactly what [`trace`] gives.
+pub struct Tracer<'a> {
+    env: &'a Env,
+    /// One per table of the ruleset, in its order.
+    tables: Vec<eval::Prepared<'a>>,
+}
+
+impl<'a> Tracer<'a> {
+    /// Prepares `ruleset` for tracing on the node `env`: linear in its chains and sets, not in
+    /// their elements.
+    pub fn new(ruleset: &'a Ruleset, env: &'a Env) -> Tracer<'a> {
+        Tracer {
+            env,
+            tables: ruleset.tables.iter().map(eval::Prepared::new).collect(),
+        }
+    }
+
+    /// [`trace`] of `packet` through this ruleset.
+    pub fn trace(&self, packet: &Packet) -> Trace {
+        let family = Family::of(packet.daddr);
+        let table = self.tables.iter().find(|t| t.family() == family);
+        merge(packet, eval::run(table, self.env, packet))
+    }
+}
+
+/// The trace of `packet` from its unmerged outcomes: one per fate.
+fn merge(packet: &Packet, raw: Vec<Outcome>) -> Trace {
     let mut outcomes: Vec<Outcome> = Vec::new();
     for o in raw {
         let same = outcomes.iter().position(|m| m.fate == o.fate);

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use expect_test::{expect, Expect};
 
 use super::jhash::jhash_addr;
-use super::{trace, Env, Fate, Origin, Packet, PacketParseError, Ratio, Trace};
+use super::{trace, Env, Fate, Origin, Packet, PacketParseError, Ratio, Trace, Tracer};
 use crate::graph::{Graph, NodeInfo};
 use crate::ir::{
     BaseChain, Chain, ChainKind, CmpOp, DataType, ElemData, Element, Expr, Family, FibAddr, Hook,
@@ -462,6 +462,67 @@ fn cascade_gives_each_endpoint_exactly_a_third() {
               1/3  dnat 10.0.1.2:8080  masquerade  via nat-prerouting > services > service-AAAA-ns1/svc1/tcp/80 > mark-for-masquerade > mark 0x4000 > dnat 10.0.1.2:8080 > nat-postrouting > masquerading > mark 0x0 > masquerade
               1/3  dnat 10.0.1.3:8080  masquerade  via nat-prerouting > services > service-AAAA-ns1/svc1/tcp/80 > mark-for-masquerade > mark 0x4000 > dnat 10.0.1.3:8080 > nat-postrouting > masquerading > mark 0x0 > masquerade
         "#]],
+    );
+}
+
+#[test]
+fn sets_out_of_key_order_are_still_found() {
+    // Hand-built sets need not be sorted: the tracer must walk them rather than search.
+    let sorted = fixture();
+    let mut unsorted = fixture();
+    for set in unsorted.tables[0].sets.values_mut() {
+        set.elements.reverse();
+    }
+    let env = env();
+    let (sorted_tracer, unsorted_tracer) =
+        (Tracer::new(&sorted, &env), Tracer::new(&unsorted, &env));
+    let packets = [
+        ("tcp 203.0.113.2:40000 -> 172.30.0.41:80", Origin::Outside),
+        ("tcp 203.0.113.2:40000 -> 1.2.3.4:80", Origin::Outside),
+        ("tcp 198.51.100.1:40000 -> 1.2.3.4:80", Origin::Outside),
+        ("tcp 10.0.1.1:40000 -> 172.30.0.41:80", Origin::LocalPod),
+        ("tcp 10.0.9.9:40000 -> 172.30.0.42:80", Origin::LocalPod),
+        ("tcp 10.0.9.9:40000 -> 172.30.0.43:80", Origin::LocalPod),
+        ("tcp 10.0.9.9:40000 -> 172.30.0.44:443", Origin::Host),
+        ("tcp 10.0.9.9:40000 -> 172.30.0.46:80", Origin::LocalPod),
+        ("udp 10.0.9.9:40000 -> 172.30.0.47:53", Origin::LocalPod),
+        (
+            "tcp 203.0.113.2:40000 -> 192.168.0.2:30080",
+            Origin::Outside,
+        ),
+        (
+            "tcp 203.0.113.2:40000 -> 192.168.0.2:30081",
+            Origin::Outside,
+        ),
+        ("udp 10.0.9.9:40000 -> 172.30.0.41:80", Origin::LocalPod),
+    ];
+    for (packet, origin) in packets {
+        let packet = pkt(packet).with_origin(origin);
+        let expected = trace(&sorted, &env, &packet);
+        assert_eq!(sorted_tracer.trace(&packet), expected, "{packet}");
+        assert_eq!(unsorted_tracer.trace(&packet), expected, "{packet}");
+    }
+    // The last element of the sorted dispatch map, first of the reversed one, and one in the
+    // middle; the hairpin pair of the first endpoint, last of its reversed set.
+    for daddr in ["172.30.0.44:443", "172.30.0.42:80"] {
+        let packet = pkt(&format!("tcp 10.0.9.9:40000 -> {daddr}"));
+        assert!(
+            !unsorted_tracer.trace(&packet).targets().is_empty(),
+            "{daddr}"
+        );
+    }
+    let hairpin = pkt("tcp 10.0.1.1:40000 -> 172.30.0.41:80").with_origin(Origin::LocalPod);
+    let t = unsorted_tracer.trace(&hairpin);
+    let to_itself = (t.outcomes.iter()).find(|o| o.fate.to_string().starts_with("dnat 10.0.1.1:"));
+    assert!(
+        matches!(
+            to_itself.map(|o| &o.fate),
+            Some(Fate::Accept {
+                masquerade: true,
+                ..
+            })
+        ),
+        "{t}"
     );
 }
 
