@@ -26,6 +26,16 @@ fn trace(case: &str, from: &str, packet: &str) -> String {
 
 /// [`trace`] with more `kube-nft trace` flags after the case's own.
 fn trace_with(case: &str, extra: &[&str], from: &str, packet: &str) -> String {
+    // Drop the header line and the chain path of each outcome.
+    (run_trace(case, extra, from, packet).lines())
+        .skip(1)
+        .map(|l| l.split("  via ").next().unwrap_or(l).trim().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `kube-nft trace`'s whole output for `packet` (sent `from`) through the ruleset of `case`.
+fn run_trace(case: &str, extra: &[&str], from: &str, packet: &str) -> String {
     let case = PathBuf::from("testdata/compile").join(format!("{case}.yaml"));
     let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
         .current_dir(repo_root())
@@ -42,14 +52,7 @@ fn trace_with(case: &str, extra: &[&str], from: &str, packet: &str) -> String {
         "kube-nft trace failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout).expect("utf-8");
-    // Drop the header line and the chain path of each outcome.
-    stdout
-        .lines()
-        .skip(1)
-        .map(|l| l.split("  via ").next().unwrap_or(l).trim().to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
+    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 fn check(case: &str, from: &str, packet: &str, expect: Expect) {
@@ -1124,20 +1127,7 @@ fn a_live_trace_of_the_programmed_node_equals_the_compiled_trace() {
 
 /// The chain paths of `packet`'s outcomes (sent `from`) through the small-cluster golden.
 fn paths(from: &str, packet: &str) -> Vec<String> {
-    let case = PathBuf::from("testdata/compile/cluster/small-cluster.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_kube-nft"))
-        .current_dir(repo_root())
-        .arg("trace")
-        .arg("-f")
-        .arg(&case)
-        .args(args_of(&case))
-        .args(["--from", from, packet])
-        .output()
-        .expect("run kube-nft trace");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
+    (run_trace("cluster/small-cluster", &[], from, packet).lines())
         .skip(1)
         .map(|l| l.split_once("  via ").map_or("", |(_, p)| p).to_string())
         .collect()

@@ -89,26 +89,15 @@ pub(crate) fn measure(
         // `ct status dnat` jumps into the emptied chain stay), so the difference is what the
         // counters cost a connection: one element added at the NAT hook, and the first two
         // packets (SYN, SYN-ACK) each updating one counter, as every later packet would.
-        let script = work.join(format!("dataplane-counters-off-{n}.nft"));
-        std::fs::write(
-            &script,
+        nft_f(
+            &lab,
+            &work.join(format!("dataplane-counters-off-{n}.nft")),
             "flush chain ip kube-nft backend-stats\n\
              flush chain ip kube-nft nat-input\n\
              flush chain ip kube-nft nat-postrouting\n\
              add rule ip kube-nft nat-postrouting jump masquerading\n",
-        )?;
-        let out = lab
-            .command("node-0", "nft")?
-            .arg("-f")
-            .arg(&script)
-            .output()?;
-        let _ = std::fs::remove_file(&script);
-        if !out.status.success() {
-            bail!(
-                "nft -f (counters off, {n} Services): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        )
+        .with_context(|| format!("turn the counters off ({n} Services)"))?;
         rows.push(sample(&lab, "kube-nft, counters off", n, dst, connections)?);
 
         if kube_proxy_sizes.contains(&n) {
@@ -119,25 +108,29 @@ pub(crate) fn measure(
                     String::from_utf8_lossy(&cleanup.stderr)
                 );
             }
-            let script = work.join(format!("dataplane-kube-proxy-{n}.nft"));
-            std::fs::write(&script, kube_proxy::script(&cluster))?;
-            let out = lab
-                .command("node-0", "nft")?
-                .arg("-f")
-                .arg(&script)
-                .output()?;
-            let _ = std::fs::remove_file(&script);
-            if !out.status.success() {
-                bail!(
-                    "nft -f of the kube-proxy-shaped ruleset ({n} Services): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            nft_f(
+                &lab,
+                &work.join(format!("dataplane-kube-proxy-{n}.nft")),
+                &kube_proxy::script(&cluster),
+            )
+            .with_context(|| format!("load the kube-proxy-shaped ruleset ({n} Services)"))?;
             rows.push(sample(&lab, "kube-proxy-shaped", n, dst, connections)?);
         }
         eprintln!("dataplane: {n} Services done");
     }
     Ok(rows)
+}
+
+/// Runs `nft -f` of `text` (written to `script`, removed after) in node-0.
+fn nft_f(lab: &Lab, script: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(script, text)?;
+    let out = lab.command("node-0", "nft")?.arg("-f").arg(script).output();
+    let _ = std::fs::remove_file(script);
+    let out = out?;
+    if !out.status.success() {
+        bail!("nft -f: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// The ClusterIP Service probed: the last single-port TCP ClusterIP Service without affinity

@@ -159,26 +159,8 @@ mod tests {
 
     use serde_json::{json, Value};
 
-    use crate::model::{load, Snapshot, Source};
+    use crate::test_support::{node, snapshot_of};
     use crate::{compile, Config};
-
-    fn snapshot_of(docs: Vec<Value>) -> Snapshot {
-        let text = json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string();
-        let loaded = load(&[Source {
-            origin: "test".into(),
-            text,
-        }])
-        .unwrap();
-        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
-        loaded.snapshot
-    }
-
-    /// `node-a` (192.168.0.2, fd00::2): NodePorts on its primary IPs.
-    fn node() -> Value {
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
-            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.2"},
-                                     {"type": "InternalIP", "address": "fd00::2"}]}})
-    }
 
     /// A Service `ns/name` with `spec`, and one ready slice of `addresses` (of the family of the
     /// first) with `ports` (`name`, target port, protocol).

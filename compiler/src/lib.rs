@@ -27,6 +27,9 @@ pub mod render;
 pub mod show;
 pub mod trace;
 
+#[cfg(test)]
+mod test_support;
+
 pub use config::Config;
 pub use diag::Diagnostic;
 

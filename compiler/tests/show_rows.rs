@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use kube_nft_compiler::ir::{names, ElemData, Family, L4Proto, Table, Value};
-use kube_nft_compiler::model::{self, Source};
 use kube_nft_compiler::show::{self, Backend, Frontend, Row};
 use kube_nft_compiler::trace::{Env, Ratio};
-use kube_nft_testkit::golden::{case_config, cases, shown};
+use kube_nft_testkit::golden::{cases, compiled_case, shown};
 
 /// The set of (LoadBalancer address, protocol, port, allowed source) `lower` writes.
 const FIREWALL_ALLOW: &str = "firewall-allow";
@@ -63,14 +62,7 @@ fn slot_shares(table: &Table, f: &Frontend) -> Option<Vec<Backend>> {
 fn every_row_accounts_for_all_new_connections() {
     let (mut hashed, mut ranged) = (0, 0);
     for case in cases() {
-        let text = std::fs::read_to_string(&case).expect("read case");
-        let config = case_config(&text);
-        let loaded = model::load(&[Source {
-            origin: case.display().to_string(),
-            text,
-        }])
-        .expect("load case");
-        let compiled = kube_nft_compiler::compile(&loaded.snapshot, &config);
+        let compiled = compiled_case(&case);
         let env = Env::from_graph(&compiled.graph);
         // The frontends `loadBalancerSourceRanges` guard: the head of a `firewall-allow` key.
         let guarded: Vec<(Family, Value, L4Proto, u16)> = (compiled.ruleset.tables.iter())

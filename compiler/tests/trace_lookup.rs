@@ -12,9 +12,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use kube_nft_compiler::ir::{ElemData, Family, L4Proto, Ruleset, Value};
-use kube_nft_compiler::model::{self, Source};
 use kube_nft_compiler::trace::{trace, Env, Origin, Packet, Tracer};
-use kube_nft_testkit::golden::{case_config, cases, shown};
+use kube_nft_testkit::golden::{cases, compiled_case, shown};
 
 const ORIGINS: [Origin; 3] = [Origin::Outside, Origin::LocalPod, Origin::Host];
 const PROTOS: [L4Proto; 3] = [L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp];
@@ -109,14 +108,7 @@ fn searched_and_walked_lookups_trace_every_golden_case_alike() {
     let mut traced = 0;
     let mut found = 0;
     for case in cases() {
-        let text = std::fs::read_to_string(&case).expect("read case");
-        let config = case_config(&text);
-        let loaded = model::load(&[Source {
-            origin: case.display().to_string(),
-            text,
-        }])
-        .expect("load case");
-        let compiled = kube_nft_compiler::compile(&loaded.snapshot, &config);
+        let compiled = compiled_case(&case);
         let env = Env::from_graph(&compiled.graph);
         let (repeated, reversed) = (repeated(&compiled.ruleset), reversed(&compiled.ruleset));
         let tracer = Tracer::new(&compiled.ruleset, &env);

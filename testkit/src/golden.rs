@@ -128,9 +128,14 @@ pub fn case_config(text: &str) -> Config {
     config
 }
 
-/// A golden case compiled with its [`case_config`]. `case` is absolute or relative to the
-/// workspace root.
+/// A golden case's ruleset compiled with its [`case_config`]. `case` is absolute or relative to
+/// the workspace root.
 pub fn compile_case(case: impl AsRef<Path>) -> ir::Ruleset {
+    compiled_case(case).ruleset
+}
+
+/// [`compile_case`] with everything `compile` returns (the graph too).
+pub fn compiled_case(case: impl AsRef<Path>) -> kube_nft_compiler::Compiled {
     let path = repo_root().join(case);
     let text = std::fs::read_to_string(&path).expect("read case");
     let config = case_config(&text);
@@ -139,5 +144,5 @@ pub fn compile_case(case: impl AsRef<Path>) -> ir::Ruleset {
         text,
     }])
     .expect("load case");
-    kube_nft_compiler::compile(&loaded.snapshot, &config).ruleset
+    kube_nft_compiler::compile(&loaded.snapshot, &config)
 }

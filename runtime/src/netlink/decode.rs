@@ -486,17 +486,8 @@ pub struct RawElement {
 /// The elements of one `NEWSETELEM` message, for [`elements`] to assemble once every message of
 /// the set has been read (an interval's start and end may be in different messages).
 pub fn raw_elements(msg: &Message<'_>, set: &ir::Set) -> Result<Vec<RawElement>, Error> {
-    msg.expect(NFT_MSG_NEWSETELEM)?;
-    let attrs = msg.attrs()?;
-    let Some(list) = attrs.nested(NFTA_SET_ELEM_LIST_ELEMENTS)? else {
-        return Ok(Vec::new());
-    };
     let mut out = Vec::new();
-    for (ty, bytes) in list.iter() {
-        if ty != NFTA_LIST_ELEM {
-            continue;
-        }
-        let elem = Attrs::parse(bytes)?;
+    for elem in element_attrs(msg)? {
         let flags = elem.be32(NFTA_SET_ELEM_FLAGS)?.unwrap_or(0);
         let key = data_value(&elem, NFTA_SET_ELEM_KEY)?;
         let key = required(key, "element", "NFTA_SET_ELEM_KEY")?;
@@ -545,17 +536,8 @@ pub struct CountedElement {
 /// The elements of one `NFT_MSG_NEWSETELEM` dump message with their counters; an element
 /// without a counter expression is left out.
 pub fn counted_elements(msg: &Message<'_>) -> Result<Vec<CountedElement>, Error> {
-    msg.expect(NFT_MSG_NEWSETELEM)?;
-    let attrs = msg.attrs()?;
-    let Some(list) = attrs.nested(NFTA_SET_ELEM_LIST_ELEMENTS)? else {
-        return Ok(Vec::new());
-    };
     let mut out = Vec::new();
-    for (ty, bytes) in list.iter() {
-        if ty != NFTA_LIST_ELEM {
-            continue;
-        }
-        let elem = Attrs::parse(bytes)?;
+    for elem in element_attrs(msg)? {
         let key = required(
             data_value(&elem, NFTA_SET_ELEM_KEY)?,
             "element",
@@ -575,6 +557,19 @@ pub fn counted_elements(msg: &Message<'_>) -> Result<Vec<CountedElement>, Error>
         });
     }
     Ok(out)
+}
+
+/// The attributes of each element of one `NFT_MSG_NEWSETELEM` message.
+fn element_attrs<'a>(msg: &Message<'a>) -> Result<Vec<Attrs<'a>>, Error> {
+    msg.expect(NFT_MSG_NEWSETELEM)?;
+    let attrs = msg.attrs()?;
+    let Some(list) = attrs.nested(NFTA_SET_ELEM_LIST_ELEMENTS)? else {
+        return Ok(Vec::new());
+    };
+    (list.iter())
+        .filter(|(ty, _)| *ty == NFTA_LIST_ELEM)
+        .map(|(_, bytes)| Attrs::parse(bytes))
+        .collect()
 }
 
 /// `ty { NFTA_DATA_VALUE bytes }`.
