@@ -143,31 +143,31 @@ fn show_lists_every_service_port_and_way_in_with_its_backends() {
     in_netns(|ns| {
         program_small_cluster(ns);
         expect![[r#"
-            SERVICE                       VIA        ADDRESS                 SCHED                 BACKEND           SHARE  CONNS  UNREPLIED  NEW/s  PACKETS  BYTES
-            default/kubernetes:https      ClusterIP  tcp 172.30.0.1:443      random                192.168.0.2:6443    1/2      0          0    0.0        0     0B
-                                                                                                   192.168.0.3:6443    1/2      0          0    0.0        0     0B
-            kube-system/kube-dns:dns      ClusterIP  udp 172.30.0.10:53      random                10.0.1.2:53         1/2      0          0    0.0        0     0B
-                                                                                                   10.0.2.2:53         1/2      0          0    0.0        0     0B
-            kube-system/kube-dns:dns-tcp  ClusterIP  tcp 172.30.0.10:53      random                10.0.1.2:53         1/2      0          0    0.0        0     0B
-                                                                                                   10.0.2.2:53         1/2      0          0    0.0        0     0B
-            kube-system/kube-dns:metrics  ClusterIP  tcp 172.30.0.10:9153    random                10.0.1.2:9153       1/2      0          0    0.0        0     0B
-                                                                                                   10.0.2.2:9153       1/2      0          0    0.0        0     0B
-            monitoring/alertmanager:web   ClusterIP  tcp 172.30.20.15:9093                         (reject 1)
-            monitoring/grafana:http       ClusterIP  tcp 172.30.20.14:3000   random                10.0.2.26:3000        1      0          0    0.0        0     0B
-            monitoring/grafana:http       NodePort   tcp *:30300             random                10.0.2.26:3000        1      0          0    0.0        0     0B
-            shop/cart:redis               ClusterIP  tcp 172.30.20.13:6379                         (drop 1)
-            shop/checkout:http            ClusterIP  tcp 172.30.20.12:8080   source-hash+affinity  10.0.2.23:8080        1      0          0    0.0        0     0B
-            shop/frontend:http            ClusterIP  tcp 172.30.20.10:80     random                10.0.1.20:8080      1/2      0          0    0.0        0     0B
-                                                                                                   10.0.2.20:8080      1/2      0          0    0.0        0     0B
-            shop/frontend:http            External   tcp 198.51.100.200:80   random                10.0.1.20:8080        1      0          0    0.0        0     0B
-            shop/frontend:http            NodePort   tcp *:30200             random                10.0.1.20:8080        1      0          0    0.0        0     0B
-            shop/frontend:https           ClusterIP  tcp 172.30.20.10:443    random                10.0.1.20:8443      1/2      0          0    0.0        0     0B
-                                                                                                   10.0.2.20:8443      1/2      0          0    0.0        0     0B
-            shop/frontend:https           External   tcp 198.51.100.200:443  random                10.0.1.20:8443        1      0          0    0.0        0     0B
-            shop/frontend:https           NodePort   tcp *:30201             random                10.0.1.20:8443        1      0          0    0.0        0     0B
-            shop/web:http                 ClusterIP  tcp 172.30.20.11:80     random                10.0.1.21:8080      1/3      0          0    0.0        0     0B
-                                                                                                   10.0.2.21:8080      1/3      0          0    0.0        0     0B
-                                                                                                   10.0.2.22:8080      1/3      0          0    0.0        0     0B
+            SERVICE                       VIA           ADDRESS                 SCHED                 BACKEND           SHARE  CONNS  UNREPLIED  NEW/s  PACKETS  BYTES
+            default/kubernetes:https      ClusterIP     tcp 172.30.0.1:443      random                192.168.0.2:6443    1/2      0          0    0.0        0     0B
+                                                                                                      192.168.0.3:6443    1/2      0          0    0.0        0     0B
+            kube-system/kube-dns:dns      ClusterIP     udp 172.30.0.10:53      random                10.0.1.2:53         1/2      0          0    0.0        0     0B
+                                                                                                      10.0.2.2:53         1/2      0          0    0.0        0     0B
+            kube-system/kube-dns:dns-tcp  ClusterIP     tcp 172.30.0.10:53      random                10.0.1.2:53         1/2      0          0    0.0        0     0B
+                                                                                                      10.0.2.2:53         1/2      0          0    0.0        0     0B
+            kube-system/kube-dns:metrics  ClusterIP     tcp 172.30.0.10:9153    random                10.0.1.2:9153       1/2      0          0    0.0        0     0B
+                                                                                                      10.0.2.2:9153       1/2      0          0    0.0        0     0B
+            monitoring/alertmanager:web   ClusterIP     tcp 172.30.20.15:9093                         (reject 1)
+            monitoring/grafana:http       ClusterIP     tcp 172.30.20.14:3000   random                10.0.2.26:3000        1      0          0    0.0        0     0B
+            monitoring/grafana:http       NodePort      tcp *:30300             random                10.0.2.26:3000        1      0          0    0.0        0     0B
+            shop/cart:redis               ClusterIP     tcp 172.30.20.13:6379                         (drop 1)
+            shop/checkout:http            ClusterIP     tcp 172.30.20.12:8080   source-hash+affinity  10.0.2.23:8080        1      0          0    0.0        0     0B
+            shop/frontend:http            ClusterIP     tcp 172.30.20.10:80     random                10.0.1.20:8080      1/2      0          0    0.0        0     0B
+                                                                                                      10.0.2.20:8080      1/2      0          0    0.0        0     0B
+            shop/frontend:http            LoadBalancer  tcp 198.51.100.200:80   random                10.0.1.20:8080        1      0          0    0.0        0     0B
+            shop/frontend:http            NodePort      tcp *:30200             random                10.0.1.20:8080        1      0          0    0.0        0     0B
+            shop/frontend:https           ClusterIP     tcp 172.30.20.10:443    random                10.0.1.20:8443      1/2      0          0    0.0        0     0B
+                                                                                                      10.0.2.20:8443      1/2      0          0    0.0        0     0B
+            shop/frontend:https           LoadBalancer  tcp 198.51.100.200:443  random                10.0.1.20:8443        1      0          0    0.0        0     0B
+            shop/frontend:https           NodePort      tcp *:30201             random                10.0.1.20:8443        1      0          0    0.0        0     0B
+            shop/web:http                 ClusterIP     tcp 172.30.20.11:80     random                10.0.1.21:8080      1/3      0          0    0.0        0     0B
+                                                                                                      10.0.2.21:8080      1/3      0          0    0.0        0     0B
+                                                                                                      10.0.2.22:8080      1/3      0          0    0.0        0     0B
             ! monitoring/alertmanager:web tcp 172.30.20.15:9093: no backends
             ! shop/cart:redis tcp 172.30.20.13:6379: no backends
         "#]].assert_eq(&stdout(&kube_nft(&["show"])));
@@ -268,7 +268,7 @@ fn show_json_has_the_documented_shape_and_shares_add_up() {
         assert_eq!(doc.drift, None, "no -f, no drift check");
         for row in &doc.rows {
             assert!(
-                ["ClusterIP", "External", "NodePort"].contains(&row.via.as_str()),
+                ["ClusterIP", "ExternalIP", "LoadBalancer", "NodePort"].contains(&row.via.as_str()),
                 "{row:?}"
             );
             assert!(

@@ -6,13 +6,12 @@
 //! an `externalTrafficPolicy: Local` address shows its local endpoints), except behind a
 //! source-hash or Maglev chain, where one client always lands on one endpoint: there the share
 //! is the endpoint's part of the hash space, its slots in the chain's map over the chain's
-//! slot count. A row
-//! without backends says what happens instead (rejected: no endpoints; dropped). A
-//! LoadBalancer IP with `loadBalancerSourceRanges` is traced from a client they allow. The Service
-//! name is the dispatch element's comment (`ns/name:port`); a ClusterIP is an address of
-//! `cluster-ips`, every other address is an externalIP or a LoadBalancer IP (the tables do
-//! not tell which). Pure: the caller brings the ruleset, the node's addresses and, for live
-//! numbers, conntrack.
+//! slot count. A row without backends says what happens instead (rejected: no endpoints;
+//! dropped). A LoadBalancer IP with `loadBalancerSourceRanges` is traced from a client they
+//! allow. The Service name is the dispatch element's comment (`ns/name:port`); a ClusterIP is
+//! an address of `cluster-ips`, and the comment of an externalIP's or LoadBalancer IP's
+//! element says which it is (`ns/name:port external IP`, `… loadbalancer IP`). Pure: the
+//! caller brings the ruleset, the node's addresses and, for live numbers, conntrack.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -21,23 +20,41 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::ir::{names, ElemData, Family, L4Proto, NumgenMode, Ruleset, Stmt, Table, Value};
 use crate::trace::{Env, Fate, Origin, Packet, Ratio, Tracer};
 
+/// The service port and way in of an element comment of an externalIP or LoadBalancer IP
+/// (`ns/name:port loadbalancer IP`); a comment without either word is an externalIP's.
+fn external_way(mut label: String) -> (String, Via) {
+    for (word, via) in [
+        (names::LOADBALANCER_IP_COMMENT, Via::LoadBalancer),
+        (names::EXTERNAL_IP_COMMENT, Via::ExternalIp),
+    ] {
+        if let Some(service) = label.strip_suffix(word).and_then(|s| s.strip_suffix(' ')) {
+            label.truncate(service.len());
+            return (label, via);
+        }
+    }
+    (label, Via::ExternalIp)
+}
+
 /// The way into a Service a row describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Via {
     /// The ClusterIP.
     ClusterIp,
-    /// An externalIP or LoadBalancer IP.
-    External,
+    /// An externalIP.
+    ExternalIp,
+    /// A LoadBalancer ingress IP.
+    LoadBalancer,
     /// The NodePort, on every NodePort address of the node.
     NodePort,
 }
 
 impl Via {
-    /// `ClusterIP`, `External`, `NodePort`.
+    /// `ClusterIP`, `ExternalIP`, `LoadBalancer`, `NodePort`.
     pub fn as_str(self) -> &'static str {
         match self {
             Via::ClusterIp => "ClusterIP",
-            Via::External => "External",
+            Via::ExternalIp => "ExternalIP",
+            Via::LoadBalancer => "LoadBalancer",
             Via::NodePort => "NodePort",
         }
     }
@@ -190,11 +207,11 @@ fn table_rows(
     let allowed = allowed_clients(table);
     let mut slots = SlotShares::default();
     let mut rows = Vec::new();
-    for ((addr, proto, port), service) in frontends {
-        let via = match addr {
-            None => Via::NodePort,
-            Some(a) if cluster_ips.contains(&a) => Via::ClusterIp,
-            Some(_) => Via::External,
+    for ((addr, proto, port), label) in frontends {
+        let (service, via) = match addr {
+            None => (label, Via::NodePort),
+            Some(a) if cluster_ips.contains(&a) => (label, Via::ClusterIp),
+            Some(_) => external_way(label),
         };
         let frontend = Frontend {
             service,

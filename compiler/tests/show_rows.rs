@@ -105,3 +105,41 @@ fn every_row_accounts_for_all_new_connections() {
         "{hashed} hashed rows, {ranged} ranged"
     );
 }
+
+#[test]
+fn every_address_row_says_which_way_in_it_is() {
+    use kube_nft_compiler::show::Via;
+    let mut seen = BTreeMap::new();
+    for case in cases() {
+        let compiled = compiled_case(&case);
+        let env = Env::from_graph(&compiled.graph);
+        for row in show::rows(&compiled.ruleset, &env) {
+            let f = &row.frontend;
+            let Some(addr) = f.addr else {
+                assert_eq!(f.via, Via::NodePort, "{}: {f:?}", shown(&case));
+                continue;
+            };
+            // The Service the row names, and what that address is to it.
+            let svc = (compiled.graph.services.iter())
+                .find(|s| {
+                    f.service
+                        .starts_with(&format!("{}/{}:", s.namespace, s.name))
+                })
+                .unwrap_or_else(|| panic!("{}: no Service for {f:?}", shown(&case)));
+            let want = if svc.cluster_ips.contains(&addr) {
+                Via::ClusterIp
+            } else if svc.external_ips.contains(&addr) {
+                Via::ExternalIp
+            } else {
+                assert!(svc.lb_ips.contains(&addr), "{}: {f:?}", shown(&case));
+                Via::LoadBalancer
+            };
+            assert_eq!(f.via, want, "{}: {f:?}", shown(&case));
+            // The Service's name is the label alone, without the way-in words.
+            assert!(!f.service.ends_with(" IP"), "{}: {f:?}", shown(&case));
+            *seen.entry(want).or_insert(0) += 1;
+        }
+    }
+    // The goldens have each way in.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}

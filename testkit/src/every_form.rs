@@ -365,8 +365,6 @@ pub fn every_form(family: Family) -> ir::Table {
         timeout: true,
     };
     affinity.timeout = Some(10800);
-    // The size the kernel gives a set an `update` fills (and reads back).
-    affinity.size = Some(65535);
     let mut affinity_map = Set::new(
         "affinity-map",
         vec![family.addr_type()],
@@ -374,7 +372,6 @@ pub fn every_form(family: Family) -> ir::Table {
     );
     affinity_map.flags = affinity.flags;
     affinity_map.timeout = Some(60);
-    affinity_map.size = Some(65535);
     let addr_type = family.addr_type();
     let mut counted = Set::new(
         "counted",

@@ -20,13 +20,16 @@ const MAX_BODY: usize = 230;
 /// The table name, the same in both families.
 pub const TABLE: &str = "kube-nft";
 
+/// The words after a service port's label in the comment of an element keyed by an
+/// externalIP (kube-proxy's iptables mode writes the same).
+pub const EXTERNAL_IP_COMMENT: &str = "external IP";
+/// The same for a LoadBalancer IP.
+pub const LOADBALANCER_IP_COMMENT: &str = "loadbalancer IP";
+
 /// `frontend . backend . proto . port`, filled from the packet path: new connections.
 pub const BACKEND_CONNECTIONS: &str = "backend-connections";
 /// `frontend . backend . proto . port`, filled from the packet path: packets and bytes.
 pub const BACKEND_TRAFFIC: &str = "backend-traffic";
-/// The most elements of each backend counter set: pairs that saw traffic within
-/// [`BACKEND_COUNTER_TIMEOUT`]; past it, new pairs go uncounted (their packets pass).
-pub const BACKEND_COUNTER_SIZE: u32 = 65536;
 /// Seconds a backend counter lives after its last packet (or new connection).
 pub const BACKEND_COUNTER_TIMEOUT: u32 = 3600;
 

@@ -31,10 +31,6 @@ use super::FamilyCtx;
 /// per-packet cost O(1); such Services are few, so their sets do not make commits quadratic.
 pub(crate) const CASCADE_MAX: usize = 32;
 
-/// The most elements of a set an `update` fills, when its declaration gives no size: the
-/// kernel sets it (`nft_dynset_init`) and lists it back.
-const DYNSET_DEFAULT_SIZE: u32 = 65535;
-
 /// Adds everything one Service needs in this family's table.
 pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>, svc: &Service) {
     let family = ctx.family;
@@ -75,6 +71,19 @@ fn external_addrs(svc: &Service, family: Family) -> Vec<IpAddr> {
     addrs.sort();
     addrs.dedup();
     addrs
+}
+
+/// The comment of an element keyed by an externalIP or a LoadBalancer IP: the service port's
+/// label with the words kube-proxy's iptables mode puts in its comments (`ns/name:port
+/// external IP`, `ns/name:port loadbalancer IP`), so that `kube-nft show` reading the tables
+/// back can tell the two ways in apart. An address that is both counts as an externalIP.
+fn external_label(svc: &Service, label: &str, addr: IpAddr) -> String {
+    let what = if svc.lb_ips.contains(&addr) && !svc.external_ips.contains(&addr) {
+        names::LOADBALANCER_IP_COMMENT
+    } else {
+        names::EXTERNAL_IP_COMMENT
+    };
+    crate::render::sanitize_comment(&format!("{label} {what}"))
 }
 
 fn add_port(
@@ -136,7 +145,7 @@ fn add_port(
                 NO_ENDPOINT_SERVICES,
                 key(*addr),
                 reject(),
-                comment.clone(),
+                Some(external_label(svc, &label, *addr)),
             );
         }
         if let Some(np) = port.node_port {
@@ -223,22 +232,17 @@ fn add_port(
     let no_local = svc.external_local && local.is_empty();
     let drop = || Some(ElemData::Verdict(Verdict::Drop));
     for addr in &ext_addrs {
-        add_element(
-            table,
-            SERVICE_IPS,
-            key(*addr),
-            to_external(),
-            Some(label.clone()),
-        );
+        let comment = external_label(svc, &label, *addr);
         if no_local {
             add_element(
                 table,
                 NO_ENDPOINT_SERVICES,
                 key(*addr),
                 drop(),
-                Some(label.clone()),
+                Some(comment.clone()),
             );
         }
+        add_element(table, SERVICE_IPS, key(*addr), to_external(), Some(comment));
     }
     if let Some(np) = port.node_port {
         add_element(
@@ -362,7 +366,11 @@ fn add_port_as_data(
             DnatEntry::External { nodeport }
         };
         let chain = shared_chain(table, ctx, svc.scheduler, entry, cluster_slots.len());
-        let comment = || Some(label.to_string());
+        let text = match key[..] {
+            [Value::Addr(addr), ..] => external_label(svc, label, addr),
+            _ => label.to_string(),
+        };
+        let comment = || Some(text.clone());
         add_element(table, dispatch, key.clone(), goto_data(&chain), comment());
         add_slots(table, &chain, key.clone(), &cluster_slots);
         if !svc.external_local {
@@ -374,7 +382,7 @@ fn add_port_as_data(
             let back = Some(ElemData::Verdict(Verdict::Return));
             add_element(table, local_dispatch, key.clone(), back, comment());
             let drop = Some(ElemData::Verdict(Verdict::Drop));
-            add_element(table, no_endpoint, key, drop, Some(label.to_string()));
+            add_element(table, no_endpoint, key, drop, comment());
         } else {
             let entry = DnatEntry::ExternalLocal { nodeport };
             let chain = shared_chain(table, ctx, svc.scheduler, entry, local_slots.len());
@@ -678,10 +686,10 @@ fn add_balancing(
                             timeout: true,
                         },
                         timeout: Some(timeout),
-                        // The size the kernel gives a set that an `update` fills when none is
-                        // declared (`nft_dynset_init`), and reads back: declared, so the
-                        // read-back equals what we compile.
-                        size: Some(DYNSET_DEFAULT_SIZE),
+                        // None: the kernel's default for a set an `update` fills (65535, see
+                        // the read-back). A declared size is also the hash table's initial
+                        // size: 65535 made every affinity map allocate 512 KiB of buckets.
+                        size: None,
                         counter: false,
                         comment: None,
                         elements: Vec::new(),

@@ -438,8 +438,11 @@ fn add_sets(table: &mut Table, family: Family) {
     sets.push(allow);
     // Per-backend counters, filled by the packet path (`kube-nft show`, per-Service metrics).
     // Dynamic: a commit never carries their elements, so they cost nothing to program. An
-    // element lives as long as it sees traffic and [`names::BACKEND_COUNTER_TIMEOUT`] after, so pairs
-    // whose backend left (and the odd ICMP error, keyed by its checksum) go away by themselves.
+    // element lives as long as it sees traffic and [`names::BACKEND_COUNTER_TIMEOUT`] after, so
+    // pairs whose backend left (and the odd ICMP error, keyed by its checksum) go away by
+    // themselves. No size: the kernel gives a set an `update` fills at most 65535 elements
+    // (past that, new pairs go uncounted and their packets pass); a declared size would also
+    // preallocate that many hash buckets.
     for (name, comment) in [
         (
             names::BACKEND_CONNECTIONS,
@@ -462,7 +465,6 @@ fn add_sets(table: &mut Table, family: Family) {
             timeout: true,
         };
         set.timeout = Some(names::BACKEND_COUNTER_TIMEOUT);
-        set.size = Some(names::BACKEND_COUNTER_SIZE);
         set.counter = true;
         sets.push(set);
     }

@@ -389,6 +389,10 @@ pub fn set(msg: &Message<'_>) -> Result<DecodedSet, Error> {
         Some(desc) => desc.be32(NFTA_SET_DESC_SIZE)?,
         None => None,
     };
+    // A set an `update` fills gets this size from the kernel when it declares none
+    // (`nft_dynset_init`); kube-nft declares none (a declared size is also the hash table's
+    // initial bucket count), so it reads back as none.
+    let size = size.filter(|s| !(flags & NFT_SET_EVAL != 0 && *s == DYNSET_DEFAULT_SIZE));
     // The one per-element expression kube-nft declares is a counter; anything else (a
     // `limit`, several expressions in `NFTA_SET_EXPRESSIONS`) is not ours.
     let counter = match attrs.nested(NFTA_SET_EXPR)? {
@@ -520,6 +524,9 @@ pub fn raw_elements(msg: &Message<'_>, set: &ir::Set) -> Result<Vec<RawElement>,
     }
     Ok(out)
 }
+
+/// The size the kernel gives a dynamic set without one when an `update` binds it.
+const DYNSET_DEFAULT_SIZE: u32 = 0xffff;
 
 /// An element of a set declared with `counter`: its key bytes as the kernel holds them (each
 /// part padded to 4 bytes) and its counter.
