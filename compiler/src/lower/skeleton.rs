@@ -8,7 +8,9 @@
 //! in `type nat` at `srcnat` (100) on postrouting, the source-range firewall in `type filter` at
 //! `dstnat - 10` (before DNAT, so it sees the LoadBalancer IP), and the no-endpoint / invalid-port
 //! checks in `type filter` at `filter` (0) on input/forward/output (after DNAT, and `reject` was
-//! only allowed in those hooks before kernel 5.9).
+//! only allowed in those hooks before kernel 5.9). Beyond kube-proxy's contract, chains that only
+//! count (`nat-input`, `filter-postrouting`, `backend-stats`, and a rule at the head of
+//! `nat-postrouting` and the end of `filter-input`) fill the per-backend counter sets.
 
 use crate::ir::{
     names, priority, BaseChain, ChainKind, CtDir, DataType, Expr, Family, Hook, Rule, SetFlags,
