@@ -576,6 +576,25 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// Whether `value` is one exact constant of this type: an address of the type's family, a
+    /// protocol, a port, a number, a conntrack or fib constant, a whole interface name. A
+    /// prefix or an interface-name prefix is not (each matches a range).
+    pub fn holds(self, value: &Value) -> bool {
+        matches!(
+            (self, value),
+            (DataType::Ipv4Addr, Value::Addr(IpAddr::V4(_)))
+                | (DataType::Ipv6Addr, Value::Addr(IpAddr::V6(_)))
+                | (DataType::InetProto, Value::Proto(_))
+                | (DataType::InetService, Value::Port(_))
+                | (DataType::Mark | DataType::Integer, Value::Int(_))
+                | (DataType::CtState, Value::CtNew)
+                | (DataType::CtStatus, Value::CtDnat)
+                | (DataType::CtDir, Value::CtDir(_))
+                | (DataType::FibAddrType, Value::FibLocal)
+                | (DataType::Ifname, Value::Iface(_))
+        )
+    }
+
     /// nft type keyword.
     pub fn keyword(self) -> &'static str {
         match self {

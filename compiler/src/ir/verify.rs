@@ -798,15 +798,6 @@ fn values_fit(values: &[Value], types: &[DataType], interval: bool) -> Result<()
 /// Whether one value is of type `ty`; prefixes only where intervals are allowed.
 fn value_fits(value: &Value, ty: DataType, interval: bool) -> Result<(), String> {
     let fits = match (ty, value) {
-        (DataType::Ipv4Addr, Value::Addr(IpAddr::V4(_)))
-        | (DataType::Ipv6Addr, Value::Addr(IpAddr::V6(_)))
-        | (DataType::InetProto, Value::Proto(_))
-        | (DataType::InetService, Value::Port(_))
-        | (DataType::Mark | DataType::Integer, Value::Int(_))
-        | (DataType::CtState, Value::CtNew)
-        | (DataType::CtStatus, Value::CtDnat)
-        | (DataType::CtDir, Value::CtDir(_))
-        | (DataType::FibAddrType, Value::FibLocal) => true,
         (DataType::Ifname, Value::Iface(name)) => {
             if let Some(problem) = ifname_problem(name, false) {
                 return Err(format!("interface name {name:?} {problem}"));
@@ -836,7 +827,7 @@ fn value_fits(value: &Value, ty: DataType, interval: bool) -> Result<(), String>
             }
             true
         }
-        _ => false,
+        _ => ty.holds(value),
     };
     if fits {
         Ok(())

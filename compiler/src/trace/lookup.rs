@@ -31,32 +31,15 @@ pub(super) enum Val {
 /// tracer asks once per set.
 pub(super) fn is_keyed(set: &Set) -> bool {
     let typed = |key: &[Value]| {
-        key.len() == set.key.len() && key.iter().zip(&set.key).all(|(v, ty)| exact_part(v, *ty))
+        key.len() == set.key.len() && key.iter().zip(&set.key).all(|(v, ty)| ty.holds(v))
     };
     !set.flags.interval
         && set.elements.iter().all(|e| typed(&e.key))
         && set.elements.windows(2).all(|w| w[0].key < w[1].key)
 }
 
-/// Whether `value` is the exact-match constant of type `ty` (the only kind [`exact_key`]
-/// produces).
-fn exact_part(value: &Value, ty: DataType) -> bool {
-    matches!(
-        (ty, value),
-        (DataType::Ipv4Addr | DataType::Ipv6Addr, Value::Addr(_))
-            | (DataType::InetProto, Value::Proto(_))
-            | (DataType::InetService, Value::Port(_))
-            | (DataType::Mark | DataType::Integer, Value::Int(_))
-            | (DataType::CtState, Value::CtNew)
-            | (DataType::CtStatus, Value::CtDnat)
-            | (DataType::CtDir, Value::CtDir(_))
-            | (DataType::FibAddrType, Value::FibLocal)
-            | (DataType::Ifname, Value::Iface(_))
-    )
-}
-
 /// What an evaluated key is, as a key of a set of types `types` whose parts are all
-/// [`exact_part`]s.
+/// exact constants ([`DataType::holds`]).
 #[derive(Debug, PartialEq, Eq)]
 enum Exact {
     /// The one element key it matches, if the set holds it.
