@@ -239,7 +239,9 @@ impl Shown {
                         sum.counts.connections += counts.connections;
                         sum.counts.packets += counts.packets;
                         sum.counts.bytes += counts.bytes;
-                        sum.rate = sum.rate.zip(*rate).map(|(a, b)| a + b).or(sum.rate);
+                        if let (Some(sum), Some(rate)) = (&mut sum.rate, rate) {
+                            *sum += rate;
+                        }
                     }
                 }
                 sum
