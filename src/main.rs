@@ -2,6 +2,7 @@
 //! exit code ([`cmd::main`]). It holds no policy: everything a test would want to call lives in
 //! the `kube-nft-compiler` crate; `cmd` only reads files and prints.
 
+mod alloc;
 mod cli;
 mod cmd;
 

@@ -7,6 +7,7 @@
 //! (`--target x86_64-unknown-linux-musl`, or `RUSTFLAGS` with `--target`) would rebuild every
 //! dependency first. See `Containerfile`.
 
+mod alloc;
 mod cli;
 mod cmd;
 

@@ -36,11 +36,12 @@ enum Owner {
 /// The owners of one ownership slot, in `lower`'s order ([`Owner`]'s). Almost every slot has
 /// one (an endpoint in two Services' hairpin pairs, or two Services on one address, make more),
 /// so one is held inline: a vector per slot cost a heap allocation for each of the 700k global
-/// elements of a 50k-Service cluster.
+/// elements of a 50k-Service cluster. The list is boxed so that the whole is 16 bytes.
 #[derive(Clone, Debug)]
 enum Owners {
     One(Owner),
-    Many(Vec<Owner>),
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Owner>>),
 }
 
 impl Owners {
@@ -53,13 +54,18 @@ impl Owners {
 
     /// Adds `owner` in order (after an equal one).
     fn insert(&mut self, owner: Owner) {
-        let mut list = match std::mem::replace(self, Owners::Many(Vec::new())) {
-            Owners::One(one) => vec![one],
-            Owners::Many(list) => list,
-        };
-        let at = list.partition_point(|o| *o <= owner);
-        list.insert(at, owner);
-        *self = Owners::Many(list);
+        match self {
+            Owners::One(one) => {
+                let mut list = vec![one.clone()];
+                let at = list.partition_point(|o| *o <= owner);
+                list.insert(at, owner);
+                *self = Owners::Many(Box::new(list));
+            }
+            Owners::Many(list) => {
+                let at = list.partition_point(|o| *o <= owner);
+                list.insert(at, owner);
+            }
+        }
     }
 
     /// Removes the Service `key`; whether no owner is left.
@@ -85,18 +91,20 @@ impl Owners {
 /// A global element's identity: family index, set index (see [`Incremental::set_names`]), key.
 type ElemId = (u8, u16, Vec<crate::ir::Value>);
 
-/// The ownership index's key: family index, global set index and a hash of the element key.
-/// Keeping a hash instead of a copy of every key saves about a hundred bytes per element; two
-/// keys that collide share an owner list, and [`Incremental::winner`] skips owners that do not
-/// hold the exact key, so a collision costs a lookup, never a wrong answer.
-type OwnerSlot = (u8, u16, u64);
+/// The ownership index's key: a hash of the family index, the global set index and the element
+/// key. Keeping a hash instead of a copy of every key saves about a hundred bytes per element;
+/// two elements that collide (of any sets) share an owner list, and [`Incremental::winner`]
+/// skips owners that do not hold the exact key in that set, so a collision costs a lookup,
+/// never a wrong answer.
+type OwnerSlot = u64;
 
 fn slot(f: usize, s: u16, key: &[crate::ir::Value]) -> OwnerSlot {
     use std::hash::{Hash, Hasher};
     // SipHash with fixed keys: the same on every run, so behaviour is deterministic.
     let mut hasher = std::hash::DefaultHasher::new();
+    (f as u8, s).hash(&mut hasher);
     key.hash(&mut hasher);
-    (f as u8, s, hasher.finish())
+    hasher.finish()
 }
 
 /// One Service as lowered, per family.
@@ -173,22 +181,23 @@ fn hairpin_element(addr: IpAddr) -> Element {
 /// the frontends of a port share one endpoint list. Every map belongs to one shared chain and
 /// so to one K, so of several Services claiming a frontend in a map the first claims every
 /// slot, which is what per-key ownership would give: the group is the ownership unit.
+/// The endpoints are kept as addresses and ports (20 bytes each, instead of two IR values of 32).
 #[derive(Debug)]
 struct SlotGroup {
     set: u16,
     frontend: Box<[Value]>,
-    endpoints: Arc<[(Value, Value)]>,
+    endpoints: Arc<[(IpAddr, u16)]>,
 }
 
 impl SlotGroup {
     fn element(&self, i: usize) -> Option<Element> {
-        let (addr, port) = self.endpoints.get(i)?;
+        let (addr, port) = *self.endpoints.get(i)?;
         let mut key = Vec::with_capacity(self.frontend.len() + 1);
         key.extend_from_slice(&self.frontend);
         key.push(Value::Int(i as u32));
         Some(Element {
             key,
-            data: Some(ElemData::Values(vec![addr.clone(), port.clone()])),
+            data: Some(ElemData::Values(vec![Value::Addr(addr), Value::Port(port)])),
             comment: None,
         })
     }
@@ -249,7 +258,9 @@ pub struct Incremental {
     /// (append-only until the skeleton is rebuilt, which re-lowers every Service).
     set_names: [Vec<String>; 2],
     set_index: [HashMap<String, u16>; 2],
-    services: BTreeMap<Key, Lowered>,
+    /// Boxed: a `Lowered` is about 600 bytes, and a B-tree keeps its values in nodes that are
+    /// on average a third empty.
+    services: BTreeMap<Key, Box<Lowered>>,
     owners: HashMap<OwnerSlot, Owners>,
     /// Per family, the shared DNAT chains (`clusterip-random-3`) and their maps (declarations
     /// only; the elements belong to the Services) with the number of installed Services that
@@ -421,7 +432,7 @@ impl Incremental {
 
     /// Assembles and lowers one Service; `None` when it has nothing to program and no
     /// diagnostics to keep.
-    fn lower(&mut self, key: &Key) -> Option<Lowered> {
+    fn lower(&mut self, key: &Key) -> Option<Box<Lowered>> {
         let (mut service, mut diags) = self.inputs.service(key, &self.context);
         if let Some(reason) = self.quarantined.get(key) {
             service = None;
@@ -456,14 +467,14 @@ impl Incremental {
                 (fragments[f], shared[f]) = self.store(f, fragment);
             }
         }
-        Some(Lowered {
+        Some(Box::new(Lowered {
             key: Arc::new(key.clone()),
             service,
             fragments,
             shared,
             diags,
             no_local,
-        })
+        }))
     }
 
     /// Splits a fragment into what a Service keeps (its chains and sets, its elements by set
@@ -493,18 +504,18 @@ impl Incremental {
         let mut maps = BTreeMap::new();
         // (set, frontend, endpoints), in the order lower pushed them: a frontend's slots are
         // consecutive and in slot order.
-        type Group = (u16, Vec<Value>, Vec<(Value, Value)>);
+        type Group = (u16, Vec<Value>, Vec<(IpAddr, u16)>);
         let mut groups: Vec<Group> = Vec::new();
         for mut map in shared_sets {
             let index = self.index_of(f, &map.name);
             for mut element in map.elements.drain(..) {
                 let slot_value = element.key.pop();
-                let endpoint = match (element.data, slot_value) {
-                    (Some(ElemData::Values(mut v)), Some(Value::Int(i))) if v.len() == 2 => {
-                        let port = v.pop().expect("two values");
-                        let addr = v.pop().expect("two values");
-                        (i, (addr, port))
-                    }
+                // `lower::service` writes every slot as `frontend . i : address . port`.
+                let endpoint = match (element.data.as_ref(), slot_value) {
+                    (Some(ElemData::Values(v)), Some(Value::Int(i))) => match v[..] {
+                        [Value::Addr(addr), Value::Port(port)] => (i, (addr, port)),
+                        _ => unreachable!("a shared map's slot data: {v:?}"),
+                    },
                     other => unreachable!("a shared map's slot: {other:?}"),
                 };
                 match groups.last_mut() {
@@ -570,9 +581,10 @@ impl Incremental {
         index
     }
 
-    fn install(&mut self, mut lowered: Lowered) {
+    fn install(&mut self, mut lowered: Box<Lowered>) {
         for (f, shared) in lowered.shared.iter_mut().enumerate() {
-            for (chain, map) in shared.drain(..) {
+            // Taken, not drained: a drained vector keeps its buffer for the Service's lifetime.
+            for (chain, map) in std::mem::take(shared) {
                 let entry = self.shared[f].entry(chain.name.clone());
                 entry.or_insert((0, chain, map)).0 += 1;
             }
@@ -608,7 +620,7 @@ impl Incremental {
         self.services.insert((*lowered.key).clone(), lowered);
     }
 
-    fn uninstall(&mut self, key: &Key) -> Option<Lowered> {
+    fn uninstall(&mut self, key: &Key) -> Option<Box<Lowered>> {
         let lowered = self.services.remove(key)?;
         self.no_local.0 -= lowered.no_local.0 as usize;
         self.no_local.1 -= lowered.no_local.1 as usize;

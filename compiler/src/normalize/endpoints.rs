@@ -4,8 +4,9 @@
 //! ready endpoints (topology-filtered when hints apply), else serving-and-terminating ones; the
 //! same again restricted to this node for the Local policies.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -22,18 +23,64 @@ pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label (also accepted as an annotation) that opts legacy Endpoints out of mirroring.
 const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 
-/// One endpoint of a slice with its conditions resolved (API defaults applied).
+/// One endpoint of a slice with its conditions resolved (API defaults applied). The daemon
+/// keeps one per endpoint of the cluster (500k at 50k Services), so it is 48 bytes without a
+/// heap allocation of its own: the node name is shared ([`NodeNames`]) and the rare topology
+/// hints are boxed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Endpoint {
     addr: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
-    node: Option<String>,
-    /// `hints.forNodes` names; empty when there is no hint.
+    node: Option<Arc<str>>,
+    hints: Option<Box<Hints>>,
+}
+
+/// An endpoint's `hints`: `forNodes` and `forZones` names (either may be empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Hints {
     for_nodes: BTreeSet<String>,
-    /// `hints.forZones` names; empty when there is no hint.
     for_zones: BTreeSet<String>,
+}
+
+impl Endpoint {
+    fn for_nodes(&self) -> Option<&BTreeSet<String>> {
+        (self.hints.as_deref()).map(|h| &h.for_nodes)
+    }
+
+    fn for_zones(&self) -> Option<&BTreeSet<String>> {
+        (self.hints.as_deref()).map(|h| &h.for_zones)
+    }
+
+    fn has_node_hint(&self, name: &str) -> bool {
+        self.for_nodes().is_some_and(|n| n.contains(name))
+    }
+
+    fn has_zone_hint(&self, zone: &str) -> bool {
+        self.for_zones().is_some_and(|z| z.contains(zone))
+    }
+}
+
+/// The node names of the endpoints read so far, one shared copy each (a cluster has thousands
+/// of nodes and hundreds of thousands of endpoints).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodeNames(HashSet<Arc<str>>);
+
+impl NodeNames {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(name) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(name);
+        self.0.insert(shared.clone());
+        shared
+    }
+
+    /// Forgets the names no endpoint holds any more.
+    pub(crate) fn prune(&mut self) {
+        self.0.retain(|name| Arc::strong_count(name) > 1);
+    }
 }
 
 /// A named port of a slice.
@@ -61,7 +108,11 @@ pub(super) fn mirrored(eps: &Endpoints) -> bool {
     !skip(eps.metadata.labels.as_ref()) && !skip(eps.metadata.annotations.as_ref())
 }
 
-pub(super) fn read_slice(slice: &EndpointSlice, diags: &mut Vec<Diagnostic>) -> Option<Slice> {
+pub(super) fn read_slice(
+    slice: &EndpointSlice,
+    names: &mut NodeNames,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Slice> {
     let obj = Obj::of("EndpointSlice", &slice.metadata);
     let family = match slice.address_type.as_str() {
         "IPv4" => Family::Ip,
@@ -127,25 +178,22 @@ pub(super) fn read_slice(slice: &EndpointSlice, diags: &mut Vec<Diagnostic>) -> 
         };
         let conditions = ep.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-        let hints = ep.hints.as_ref();
+        let hints = ep.hints.as_ref().map(|h| Hints {
+            for_nodes: (h.for_nodes.iter().flatten())
+                .map(|n| n.name.clone())
+                .collect(),
+            for_zones: (h.for_zones.iter().flatten())
+                .map(|z| z.name.clone())
+                .collect(),
+        });
         endpoints.push(Endpoint {
             addr,
             ready,
             serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-            node: ep.node_name.clone(),
-            for_nodes: hints
-                .and_then(|h| h.for_nodes.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|n| n.name.clone())
-                .collect(),
-            for_zones: hints
-                .and_then(|h| h.for_zones.as_ref())
-                .into_iter()
-                .flatten()
-                .map(|z| z.name.clone())
-                .collect(),
+            node: ep.node_name.as_deref().map(|n| names.intern(n)),
+            // `hints: {}` is no hint, as an absent one.
+            hints: hints.filter(|h| *h != Hints::default()).map(Box::new),
         });
     }
     Some(Slice { ports, endpoints })
@@ -196,7 +244,11 @@ fn endpoint_addr(
 
 /// Legacy Endpoints as slices, one per subset: `addresses` are ready, `notReadyAddresses` are
 /// neither ready nor serving (the mirroring controller's mapping); there are no hints.
-pub(super) fn mirror(eps: &Endpoints, diags: &mut Vec<Diagnostic>) -> Vec<Slice> {
+pub(super) fn mirror(
+    eps: &Endpoints,
+    names: &mut NodeNames,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Slice> {
     let obj = Obj::of("Endpoints", &eps.metadata);
     let mut out = Vec::new();
     for (s, subset) in eps.subsets.iter().flatten().enumerate() {
@@ -241,9 +293,8 @@ pub(super) fn mirror(eps: &Endpoints, diags: &mut Vec<Diagnostic>) -> Vec<Slice>
                     ready,
                     serving: ready,
                     terminating: false,
-                    node: address.node_name.clone(),
-                    for_nodes: BTreeSet::new(),
-                    for_zones: BTreeSet::new(),
+                    node: address.node_name.as_deref().map(|n| names.intern(n)),
+                    hints: None,
                 });
             }
         }
@@ -286,15 +337,19 @@ pub(super) fn categorize(
                     if have.node.is_none() {
                         have.node.clone_from(&ep.node);
                     }
-                    have.for_nodes.extend(ep.for_nodes.iter().cloned());
-                    have.for_zones.extend(ep.for_zones.iter().cloned());
+                    if let Some(hints) = &ep.hints {
+                        let have = have.hints.get_or_insert_with(Box::default);
+                        have.for_nodes.extend(hints.for_nodes.iter().cloned());
+                        have.for_zones.extend(hints.for_zones.iter().cloned());
+                    }
                 }
             }
         }
     }
 
     let topology = Topology::of(merged.values(), node);
-    let is_local = |ep: &Endpoint| node.name.is_some() && ep.node == node.name;
+    let is_local =
+        |ep: &Endpoint| node.name.is_some() && ep.node.as_deref() == node.name.as_deref();
     let fallback = |ep: &Endpoint| ep.serving && ep.terminating;
 
     let mut cluster = select(&merged, |ep| ep.ready && topology.admits(ep));
@@ -332,11 +387,13 @@ pub(super) fn local_ready(slices: &[&Slice], node: &NodeInfo) -> Vec<IpAddr> {
 
 /// Backends matching `keep`, in (address, port) order (the map's order).
 fn select(merged: &BTreeMap<Backend, Endpoint>, keep: impl Fn(&Endpoint) -> bool) -> Vec<Backend> {
-    merged
-        .iter()
+    let mut list: Vec<Backend> = (merged.iter())
         .filter(|(_, ep)| keep(ep))
         .map(|(backend, _)| *backend)
-        .collect()
+        .collect();
+    // The daemon keeps these lists for every Service: no growth slack.
+    list.shrink_to_fit();
+    list
 }
 
 /// Which topology hints apply to this node (kube-proxy's `topologyModeFromHints`).
@@ -359,15 +416,19 @@ impl<'n> Topology<'n> {
     ) -> Topology<'n> {
         let ready = endpoints.filter(|ep| ep.ready);
         if let Some(name) = node.name.as_deref() {
-            if ready.clone().all(|ep| !ep.for_nodes.is_empty())
-                && ready.clone().any(|ep| ep.for_nodes.contains(name))
+            if ready
+                .clone()
+                .all(|ep| ep.for_nodes().is_some_and(|n| !n.is_empty()))
+                && ready.clone().any(|ep| ep.has_node_hint(name))
             {
                 return Topology::Node(name);
             }
         }
         if let Some(zone) = node.zone.as_deref() {
-            if ready.clone().all(|ep| !ep.for_zones.is_empty())
-                && ready.clone().any(|ep| ep.for_zones.contains(zone))
+            if ready
+                .clone()
+                .all(|ep| ep.for_zones().is_some_and(|z| !z.is_empty()))
+                && ready.clone().any(|ep| ep.has_zone_hint(zone))
             {
                 return Topology::Zone(zone);
             }
@@ -378,8 +439,35 @@ impl<'n> Topology<'n> {
     fn admits(&self, ep: &Endpoint) -> bool {
         match self {
             Topology::None => true,
-            Topology::Node(name) => ep.for_nodes.contains(*name),
-            Topology::Zone(zone) => ep.for_zones.contains(*zone),
+            Topology::Node(name) => ep.has_node_hint(name),
+            Topology::Zone(zone) => ep.has_zone_hint(zone),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_shared_and_forgotten_when_unused() {
+        let mut names = NodeNames::default();
+        let a = names.intern("node-a");
+        let again = names.intern("node-a");
+        assert!(Arc::ptr_eq(&a, &again), "one copy per name");
+        let b = names.intern("node-b");
+        drop(b);
+        names.prune();
+        assert_eq!(names.0.len(), 1, "node-b is held by nobody");
+        assert!(
+            Arc::ptr_eq(&names.intern("node-a"), &a),
+            "node-a is still shared"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_is_small() {
+        // What the daemon keeps per endpoint of the cluster; see `Endpoint`.
+        assert!(std::mem::size_of::<Endpoint>() <= 48);
     }
 }

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
-use super::endpoints::{self, Slice, SERVICE_NAME_LABEL};
+use super::endpoints::{self, NodeNames, Slice, SERVICE_NAME_LABEL};
 use super::service::{self, ServiceIn};
 use super::{conflicts, detect, namespace_of, node, Obj};
 use crate::graph::{Graph, Service};
@@ -140,8 +140,9 @@ impl Changes {
 #[derive(Clone, Debug)]
 pub struct Inputs {
     config: Config,
-    services: BTreeMap<Key, ServiceEntry>,
-    slices: BTreeMap<Key, SliceEntry>,
+    // Boxed: B-tree nodes are on average a third empty, and these entries are 100-200 bytes.
+    services: BTreeMap<Key, Box<ServiceEntry>>,
+    slices: BTreeMap<Key, Box<SliceEntry>>,
     /// Service → names of the slices labelled for it.
     slices_by_service: BTreeMap<Key, BTreeSet<String>>,
     endpoints: BTreeMap<Key, EndpointsEntry>,
@@ -153,6 +154,8 @@ pub struct Inputs {
     changes: Changes,
     /// Keys seen since a relist of each kind began.
     relisting: BTreeMap<Kind, BTreeSet<Key>>,
+    /// The endpoints' node names, shared.
+    node_names: NodeNames,
 }
 
 impl Inputs {
@@ -169,6 +172,7 @@ impl Inputs {
             input_diags: Vec::new(),
             changes: Changes::default(),
             relisting: BTreeMap::new(),
+            node_names: NodeNames::default(),
         }
     }
 
@@ -268,7 +272,7 @@ impl Inputs {
         self.seen(Kind::Service, &key);
         let mut diags = Vec::new();
         let service = service::read(svc, &obj, &self.config, &mut diags);
-        let entry = ServiceEntry { service, diags };
+        let entry = Box::new(ServiceEntry { service, diags });
         if self.services.get(&key) != Some(&entry) {
             self.services.insert(key.clone(), entry);
             self.changes.services.insert(key);
@@ -287,12 +291,12 @@ impl Inputs {
             .and_then(|l| l.get(SERVICE_NAME_LABEL))
             .map(|name| Key::new(namespace_of(&slice.metadata), name.clone()));
         let mut diags = Vec::new();
-        let read = endpoints::read_slice(slice, &mut diags);
-        let entry = SliceEntry {
+        let read = endpoints::read_slice(slice, &mut self.node_names, &mut diags);
+        let entry = Box::new(SliceEntry {
             service,
             slice: read,
             diags,
-        };
+        });
         if self.slices.get(&key) == Some(&entry) {
             return;
         }
@@ -315,7 +319,7 @@ impl Inputs {
         let mut diags = Vec::new();
         let mirrored = endpoints::mirrored(eps);
         let slices = if mirrored {
-            endpoints::mirror(eps, &mut diags)
+            endpoints::mirror(eps, &mut self.node_names, &mut diags)
         } else {
             Vec::new()
         };
@@ -419,6 +423,11 @@ impl Inputs {
         let stale: Vec<Key> = stale.into_iter().filter(|k| !seen.contains(k)).collect();
         for key in &stale {
             self.delete(kind, key);
+        }
+        if matches!(kind, Kind::EndpointSlice | Kind::Endpoints) {
+            // A relist is rare and walks everything anyway: the time to forget the names of
+            // nodes that left the cluster.
+            self.node_names.prune();
         }
         stale.len()
     }

@@ -407,7 +407,9 @@ impl<K: Kernel> Engine<K> {
             Ok(current) => {
                 self.kernel_frontends
                     .extend(kube_nft_compiler::conntrack::frontends_of(&current));
-                let tx = plan::plan(&current, &desired);
+                // By value: on a cold start every element moves into the transaction
+                // instead of existing twice (about a million at 50k Services).
+                let tx = plan::plan_owned(&current, desired);
                 if tx.is_empty() {
                     return Ok(self.outcome(kind, tx.counts(), None, 0));
                 }
