@@ -7,5 +7,6 @@ mod cli;
 mod cmd;
 
 fn main() -> std::process::ExitCode {
+    alloc::tune();
     cmd::main()
 }

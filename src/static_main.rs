@@ -12,5 +12,6 @@ mod cli;
 mod cmd;
 
 fn main() -> std::process::ExitCode {
+    alloc::tune();
     cmd::main()
 }

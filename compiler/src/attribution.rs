@@ -100,7 +100,7 @@ impl BackendIndex {
                 // Whichever list a traffic policy picks, the DNAT goes to one of these (the
                 // Local list is a subset of the endpoints, but topology hints can leave a local
                 // endpoint out of the Cluster list).
-                let mut backends: Vec<_> = port.cluster.iter().chain(&port.local).collect();
+                let mut backends: Vec<_> = port.cluster.iter().chain(port.local.iter()).collect();
                 backends.sort();
                 backends.dedup();
                 for backend in backends {

@@ -590,6 +590,36 @@ impl AffinityMaps {
     pub fn is_empty(&self) -> bool {
         self.maps.is_empty()
     }
+
+    /// The maps of `self` that `before` lacks or whose endpoints differ: the only ones a
+    /// change can have left stale elements in (a map whose endpoint list did not change has
+    /// no element a sweep would delete that the previous sweep did not).
+    pub fn changed_since(&self, before: &AffinityMaps) -> AffinityMaps {
+        let maps = (self.maps.iter())
+            .filter(|(key, addrs)| before.maps.get(*key) != Some(*addrs))
+            .map(|(key, addrs)| (key.clone(), addrs.clone()))
+            .collect();
+        AffinityMaps { maps }
+    }
+
+    /// Adds the maps of `other`, whose endpoint lists replace those of the same maps here.
+    pub fn extend(&mut self, other: AffinityMaps) {
+        self.maps.extend(other.maps);
+    }
+
+    /// The maps of `self` that `names` also has (with the endpoints `self` gives them).
+    pub fn only(&self, names: &AffinityMaps) -> AffinityMaps {
+        let maps = (self.maps.iter())
+            .filter(|(key, _)| names.maps.contains_key(*key))
+            .map(|(key, addrs)| (key.clone(), addrs.clone()))
+            .collect();
+        AffinityMaps { maps }
+    }
+
+    /// The number of maps.
+    pub fn len(&self) -> usize {
+        self.maps.len()
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! sorted and deduplicated, so lowering is deterministic without further sorting.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -163,9 +164,10 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
     /// Endpoints for Cluster policy: ready endpoints (topology-filtered when hints apply to this
     /// node), else serving-and-terminating ones. Both families, sorted by (address, port).
-    pub cluster: Vec<Backend>,
+    /// Shared: the daemon's slot records of a single-family port hold the same list.
+    pub cluster: Arc<[Backend]>,
     /// Endpoints on this node: ready ones, else serving-and-terminating ones. Sorted.
-    pub local: Vec<Backend>,
+    pub local: Arc<[Backend]>,
 }
 
 /// One endpoint address and target port.

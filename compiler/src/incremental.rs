@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::graph::Graph;
+use crate::graph::{Backend, Graph};
+use crate::ir::packed::Packed;
 use crate::ir::{ElemData, Element, Family, Ruleset, Table, Value};
 use crate::lower::{self, Fragment};
 use crate::normalize::{Inputs, Key};
@@ -116,7 +117,8 @@ struct Lowered {
     fragments: [Stored; 2],
     /// The shared chains of `fragments` with their maps (without elements), until
     /// [`Incremental::install`] registers them.
-    shared: [Vec<(crate::ir::Chain, crate::ir::Set)>; 2],
+    /// Boxed, as it is empty for the Service's whole installed life.
+    shared: Option<Box<[SharedOfFamily; 2]>>,
     diags: Vec<Diagnostic>,
     /// Service ports with a Local policy and no local endpoint: (external, internal).
     no_local: (u32, u32),
@@ -127,16 +129,17 @@ struct Lowered {
 /// [`Incremental::shared`].
 #[derive(Debug, Default)]
 struct Stored {
-    chains: Vec<crate::ir::Chain>,
-    shared: Vec<String>,
-    sets: Vec<crate::ir::Set>,
-    elements: Vec<(u16, Element)>,
+    chains: Box<[crate::ir::Chain]>,
+    shared: Box<[String]>,
+    sets: Box<[crate::ir::Set]>,
+    /// Packed (see [`Packed`]): one allocation of about 50 bytes each instead of five.
+    elements: Box<[(u16, Packed)]>,
     /// The elements in shared maps, one group per frontend.
-    slots: Vec<SlotGroup>,
+    slots: Box<[SlotGroup]>,
     /// The `hairpin` set's elements, `e . e`, by endpoint address: one per endpoint, the most
     /// numerous global elements (500k at 50k Services), kept as 17 bytes each instead of an IR
     /// element with a heap-allocated key (about 170 bytes).
-    hairpins: Vec<IpAddr>,
+    hairpins: Box<[IpAddr]>,
 }
 
 impl Stored {
@@ -144,12 +147,15 @@ impl Stored {
     /// hairpin set's index): each element in a global set, and each slot group by its
     /// frontend (see [`SlotGroup`]).
     fn owned_slots(&self, f: usize, hairpin: u16) -> impl Iterator<Item = OwnerSlot> + '_ {
-        (self.elements.iter().map(move |(s, e)| slot(f, *s, &e.key)))
-            .chain(self.slots.iter().map(move |g| slot(f, g.set, &g.frontend)))
-            .chain(
-                (self.hairpins.iter())
-                    .map(move |a| slot(f, hairpin, &[Value::Addr(*a), Value::Addr(*a)])),
-            )
+        (self
+            .elements
+            .iter()
+            .map(move |(s, e)| slot(f, *s, &e.key())))
+        .chain(self.slots.iter().map(move |g| slot(f, g.set, &g.frontend)))
+        .chain(
+            (self.hairpins.iter())
+                .map(move |a| slot(f, hairpin, &[Value::Addr(*a), Value::Addr(*a)])),
+        )
     }
 
     /// Whether this fragment holds the global element `key` of set `s`.
@@ -162,8 +168,9 @@ impl Stored {
             }
         }
         (self.elements.iter())
-            .find(|(set, e)| *set == s && e.key == *key)
-            .map(|(_, e)| e.clone())
+            .filter(|(set, _)| *set == s)
+            .map(|(_, e)| e.unpack())
+            .find(|e| e.key == *key)
     }
 }
 
@@ -181,17 +188,18 @@ fn hairpin_element(addr: IpAddr) -> Element {
 /// the frontends of a port share one endpoint list. Every map belongs to one shared chain and
 /// so to one K, so of several Services claiming a frontend in a map the first claims every
 /// slot, which is what per-key ownership would give: the group is the ownership unit.
-/// The endpoints are kept as addresses and ports (20 bytes each, instead of two IR values of 32).
+/// The endpoints are kept as addresses and ports (20 bytes each, instead of two IR values of
+/// 32), in the same allocation as the Service port's list where they are all of it.
 #[derive(Debug)]
 struct SlotGroup {
     set: u16,
     frontend: Box<[Value]>,
-    endpoints: Arc<[(IpAddr, u16)]>,
+    endpoints: Arc<[Backend]>,
 }
 
 impl SlotGroup {
     fn element(&self, i: usize) -> Option<Element> {
-        let (addr, port) = *self.endpoints.get(i)?;
+        let Backend { addr, port } = *self.endpoints.get(i)?;
         let mut key = Vec::with_capacity(self.frontend.len() + 1);
         key.extend_from_slice(&self.frontend);
         key.push(Value::Int(i as u32));
@@ -206,6 +214,9 @@ impl SlotGroup {
         (0..self.endpoints.len()).filter_map(|i| self.element(i))
     }
 }
+
+/// The shared DNAT chains (with their maps, no elements) a Service enters in one family.
+type SharedOfFamily = Vec<(crate::ir::Chain, crate::ir::Set)>;
 
 /// A shared DNAT chain, its map (no elements) and how many installed Services enter it.
 type SharedChain = (usize, crate::ir::Chain, crate::ir::Set);
@@ -451,7 +462,7 @@ impl Incremental {
             return None;
         }
         let mut fragments: [Stored; 2] = Default::default();
-        let mut shared: [Vec<(crate::ir::Chain, crate::ir::Set)>; 2] = Default::default();
+        let mut shared: [SharedOfFamily; 2] = Default::default();
         let mut no_local = (0, 0);
         if let Some(service) = &service {
             let reachable = !service.external_ips.is_empty() || !service.lb_ips.is_empty();
@@ -464,14 +475,14 @@ impl Incremental {
                 let ctx = lower::family_ctx(&self.context, &self.config, family);
                 let fragment =
                     lower::lower_service(&self.skeletons[f], &mut self.scratch[f], &ctx, service);
-                (fragments[f], shared[f]) = self.store(f, fragment);
+                (fragments[f], shared[f]) = self.store(f, fragment, service);
             }
         }
         Some(Box::new(Lowered {
             key: Arc::new(key.clone()),
             service,
             fragments,
-            shared,
+            shared: Some(Box::new(shared)),
             diags,
             no_local,
         }))
@@ -483,10 +494,11 @@ impl Incremental {
         &mut self,
         f: usize,
         fragment: Fragment,
+        service: &crate::graph::Service,
     ) -> (Stored, Vec<(crate::ir::Chain, crate::ir::Set)>) {
         let is_shared = |name: &str| crate::ir::names::is_dnat_chain(name);
         let hairpin = self.hairpin_index(f);
-        let mut elements: Vec<(u16, Element)> = Vec::new();
+        let mut elements: Vec<(u16, Packed)> = Vec::new();
         let mut hairpins = Vec::new();
         for (set, element) in fragment.elements {
             let index = self.set_index[f][&set];
@@ -494,17 +506,15 @@ impl Incremental {
                 ([Value::Addr(a), Value::Addr(b)], None, None) if index == hairpin && a == b => {
                     hairpins.push(*a);
                 }
-                _ => elements.push((index, element)),
+                _ => elements.push((index, Packed::pack(&element))),
             }
         }
-        elements.shrink_to_fit();
-        hairpins.shrink_to_fit();
         let (shared_sets, sets): (Vec<_>, Vec<_>) =
             fragment.sets.into_iter().partition(|s| is_shared(&s.name));
         let mut maps = BTreeMap::new();
         // (set, frontend, endpoints), in the order lower pushed them: a frontend's slots are
         // consecutive and in slot order.
-        type Group = (u16, Vec<Value>, Vec<(IpAddr, u16)>);
+        type Group = (u16, Vec<Value>, Vec<Backend>);
         let mut groups: Vec<Group> = Vec::new();
         for mut map in shared_sets {
             let index = self.index_of(f, &map.name);
@@ -513,7 +523,7 @@ impl Incremental {
                 // `lower::service` writes every slot as `frontend . i : address . port`.
                 let endpoint = match (element.data.as_ref(), slot_value) {
                     (Some(ElemData::Values(v)), Some(Value::Int(i))) => match v[..] {
-                        [Value::Addr(addr), Value::Port(port)] => (i, (addr, port)),
+                        [Value::Addr(addr), Value::Port(port)] => (i, Backend { addr, port }),
                         _ => unreachable!("a shared map's slot data: {v:?}"),
                     },
                     other => unreachable!("a shared map's slot: {other:?}"),
@@ -530,9 +540,14 @@ impl Incremental {
         }
         let mut slots: Vec<SlotGroup> = Vec::with_capacity(groups.len());
         for (set, frontend, list) in groups {
-            // The frontends of a port pick from the same list: keep one copy.
-            let endpoints = match slots.iter().find(|g| *g.endpoints == *list) {
-                Some(same) => same.endpoints.clone(),
+            // The frontends of a port pick from the same list, usually the port's own (when
+            // the Service has one family): keep one copy.
+            let ports = service.ports.iter().flat_map(|p| [&p.cluster, &p.local]);
+            let endpoints = match (slots.iter().map(|g| &g.endpoints))
+                .chain(ports)
+                .find(|l| ***l == *list)
+            {
+                Some(same) => same.clone(),
                 None => Arc::from(list),
             };
             slots.push(SlotGroup {
@@ -555,12 +570,12 @@ impl Incremental {
             })
             .collect();
         let stored = Stored {
-            chains,
+            chains: chains.into(),
             shared: shared.iter().map(|(c, _)| c.name.clone()).collect(),
-            sets,
-            elements,
-            slots,
-            hairpins,
+            sets: sets.into(),
+            elements: elements.into(),
+            slots: slots.into(),
+            hairpins: hairpins.into(),
         };
         (stored, shared)
     }
@@ -582,9 +597,9 @@ impl Incremental {
     }
 
     fn install(&mut self, mut lowered: Box<Lowered>) {
-        for (f, shared) in lowered.shared.iter_mut().enumerate() {
-            // Taken, not drained: a drained vector keeps its buffer for the Service's lifetime.
-            for (chain, map) in std::mem::take(shared) {
+        let shared = lowered.shared.take().map_or_else(Default::default, |s| *s);
+        for (f, shared) in shared.into_iter().enumerate() {
+            for (chain, map) in shared {
                 let entry = self.shared[f].entry(chain.name.clone());
                 entry.or_insert((0, chain, map)).0 += 1;
             }
@@ -712,7 +727,7 @@ impl Incremental {
                         table.sets.insert(set.name.clone(), set.clone());
                     }
                     for (s, element) in &stored.elements {
-                        touched.insert((f as u8, *s, element.key.clone()));
+                        touched.insert((f as u8, *s, element.key()));
                     }
                     let hairpin = self.hairpin_index(f);
                     for addr in &stored.hairpins {
@@ -813,7 +828,7 @@ impl Incremental {
                 for (s, element) in &stored.elements {
                     let name = &self.set_names[f][usize::from(*s)];
                     let set = table.sets.get_mut(name).expect("global set");
-                    set.elements.push(element.clone());
+                    set.elements.push(element.unpack());
                 }
                 for group in &stored.slots {
                     let name = &self.set_names[f][usize::from(group.set)];

@@ -448,17 +448,25 @@ impl Drop for Reconciler {
 fn run(rx: &mpsc::Receiver<Command>, period: Duration, metrics: Option<&Metrics>) {
     let period = period.max(Duration::from_millis(100));
     let mut current: Option<(Destinations, AffinityMaps)> = None;
+    // The affinity maps changed since the last successful sweep: a pass after a change sweeps
+    // only those (a 50k-Service cluster has about a thousand maps, one dump each), the
+    // periodic pass every map.
+    let mut dirty = AffinityMaps::default();
+    let mut changed = false;
     let mut due: Option<Instant> = None;
     let mut retry = RETRY_MIN;
     loop {
         let wait = due.map_or(period, |d| d.saturating_duration_since(Instant::now()));
         match rx.recv_timeout(wait) {
             Ok(Command::Update(next, affinity)) => {
-                take(&mut current, next, affinity);
+                take(&mut current, &mut dirty, next, affinity);
+                changed = true;
                 // Coalesce whatever else is queued into the same pass.
                 loop {
                     match rx.try_recv() {
-                        Ok(Command::Update(next, affinity)) => take(&mut current, next, affinity),
+                        Ok(Command::Update(next, affinity)) => {
+                            take(&mut current, &mut dirty, next, affinity)
+                        }
                         Ok(Command::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
                         Err(mpsc::TryRecvError::Empty) => break,
                     }
@@ -476,11 +484,17 @@ fn run(rx: &mpsc::Receiver<Command>, period: Duration, metrics: Option<&Metrics>
             continue;
         }
         let pass = reconcile_here(destinations).and_then(|report| {
-            let swept = crate::affinity::sweep(affinity).map_err(Error::Affinity)?;
-            Ok((report, swept))
+            let swept = if changed {
+                crate::affinity::sweep(&affinity.only(&dirty))
+            } else {
+                crate::affinity::sweep(affinity)
+            };
+            Ok((report, swept.map_err(Error::Affinity)?))
         });
         match pass {
             Ok((report, swept)) => {
+                dirty = AffinityMaps::default();
+                changed = false;
                 if swept.deleted > 0 {
                     info!(report = %swept, "swept ClientIP affinity");
                 }
@@ -515,14 +529,20 @@ fn run(rx: &mpsc::Receiver<Command>, period: Duration, metrics: Option<&Metrics>
     }
 }
 
-/// The latest state, remembering the frontends the previous ones had that it lacks.
+/// The latest state, remembering the frontends the previous ones had that it lacks, and
+/// adding the affinity maps that changed to `dirty`.
 fn take(
     current: &mut Option<(Destinations, AffinityMaps)>,
+    dirty: &mut AffinityMaps,
     mut next: Destinations,
     affinity: AffinityMaps,
 ) {
-    if let Some((previous, _)) = current.as_ref() {
-        next.inherit(previous);
+    match current.as_ref() {
+        Some((previous, before)) => {
+            next.inherit(previous);
+            dirty.extend(affinity.changed_since(before));
+        }
+        None => dirty.extend(affinity.clone()),
     }
     *current = Some((next, affinity));
 }
@@ -558,11 +578,17 @@ mod tests {
     #[test]
     fn coalesced_updates_forget_nothing_before_a_pass() {
         let mut current = None;
+        let mut dirty = AffinityMaps::default();
         let none = AffinityMaps::default;
-        take(&mut current, state(&["172.30.0.1", "172.30.0.2"]), none());
+        take(
+            &mut current,
+            &mut dirty,
+            state(&["172.30.0.1", "172.30.0.2"]),
+            none(),
+        );
         // Two updates before the next pass: the first drops .1, the second drops .2 too.
-        take(&mut current, state(&["172.30.0.2"]), none());
-        take(&mut current, state(&["172.30.0.3"]), none());
+        take(&mut current, &mut dirty, state(&["172.30.0.2"]), none());
+        take(&mut current, &mut dirty, state(&["172.30.0.3"]), none());
         let d = &mut current.as_mut().unwrap().0;
         let retired: Vec<_> = d.retired().copied().collect();
         assert_eq!(retired, [frontend("172.30.0.1"), frontend("172.30.0.2")]);
@@ -572,12 +598,60 @@ mod tests {
         ));
         // A pass saw them: gone; the next update retires only what it drops itself.
         d.forget_retired();
-        take(&mut current, state(&[]), none());
+        take(&mut current, &mut dirty, state(&[]), none());
         let d = &current.as_ref().unwrap().0;
         assert_eq!(
             d.retired().copied().collect::<Vec<_>>(),
             [frontend("172.30.0.3")]
         );
+    }
+
+    /// Affinity maps with the given endpoints each (IPv4 table).
+    fn maps(maps: &[(&str, &[&str])]) -> AffinityMaps {
+        use kube_nft_compiler::ir::{Chain, Expr, Rule, Stmt, Value};
+        let mut out = AffinityMaps::default();
+        for (name, endpoints) in maps {
+            let mut chain = Chain {
+                name: format!("service-{name}"),
+                base: None,
+                comment: None,
+                rules: Vec::new(),
+            };
+            for endpoint in *endpoints {
+                chain.rules.push(Rule::new(vec![Stmt::Update {
+                    set: name.to_string(),
+                    key: Expr::Saddr(Family::Ip),
+                    data: Some(Value::Addr(endpoint.parse().unwrap())),
+                }]));
+            }
+            out.add_chain(Family::Ip, &chain);
+        }
+        out
+    }
+
+    #[test]
+    fn a_pass_after_a_change_sweeps_only_the_maps_that_changed() {
+        let mut current = None;
+        let mut dirty = AffinityMaps::default();
+        let first = maps(&[("a", &["10.0.1.1"]), ("b", &["10.0.1.2"])]);
+        take(&mut current, &mut dirty, state(&[]), first.clone());
+        assert_eq!(dirty, first, "the first state: every map");
+        // The pass succeeded; then b loses its endpoint to another and c appears.
+        dirty = AffinityMaps::default();
+        let second = maps(&[
+            ("a", &["10.0.1.1"]),
+            ("b", &["10.0.1.3"]),
+            ("c", &["10.0.1.4"]),
+        ]);
+        take(&mut current, &mut dirty, state(&[]), second.clone());
+        let expected = maps(&[("b", &["10.0.1.3"]), ("c", &["10.0.1.4"])]);
+        assert_eq!(dirty, expected);
+        // Coalesced with a third state before the pass: b changes again, c goes.
+        let third = maps(&[("a", &["10.0.1.1"]), ("b", &["10.0.1.5"])]);
+        take(&mut current, &mut dirty, state(&[]), third.clone());
+        // What the pass sweeps: the dirty maps that exist, with their latest endpoints.
+        let swept = current.as_ref().unwrap().1.only(&dirty);
+        assert_eq!(swept, maps(&[("b", &["10.0.1.5"])]));
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct Options {
     /// `--metrics-per-service`: `/metrics` also exposes per Service port and backend the
     /// counters the packet path keeps ([`serve::per_service`]). Off, nothing of it is built.
     pub metrics_per_service: bool,
+    /// Returns freed heap to the kernel; called after each round that materialized the whole
+    /// ruleset (a cold start holds it, its plan and its encoded batches at once), on the
+    /// thread that ran the round. The binary knows its allocator (`src/alloc.rs`).
+    pub release_memory: fn(),
 }
 
 /// Why the daemon could not run.
@@ -263,8 +267,14 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                 }
                 runner.started(Instant::now());
                 let index_wanted = per_service.is_some();
+                let release_memory = options.release_memory;
                 let (mut current, result, index) = tokio::task::spawn_blocking(move || {
                     let result = current.sync();
+                    if matches!(&result, Some(Ok(o)) if o.kind != SyncKind::Partial) {
+                        // On this thread: an allocator with per-thread heaps (mimalloc) frees
+                        // what the thread that allocated it releases.
+                        release_memory();
+                    }
                     // Built here, off the async runtime: O(Service ports x endpoints). Only
                     // after a commit that may have changed the desired state (a delta, a
                     // full or verifying round, anything sent).
@@ -279,7 +289,6 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                     per_service.publish(index);
                 }
                 let committed = matches!(result, Some(Ok(_)));
-                let full_round = matches!(&result, Some(Ok(o)) if o.kind != SyncKind::Partial);
                 let conntrack_due =
                     matches!(&result, Some(Ok(o)) if o.sent() || o.kind == SyncKind::Full);
                 let ok = record(&current, result, drift, &metrics, &health, &mut reported);
@@ -306,9 +315,6 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                 }
                 runner.finished(ok);
                 engine = Some(current);
-                if full_round {
-                    release_memory();
-                }
             }
         }
     }
@@ -332,17 +338,6 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpLis
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { what, addr, source })
-}
-
-/// Returns freed heap to the kernel after a round that materialized the whole ruleset (a cold
-/// start holds it, its plan and its encoded batches at once): glibc keeps freed memory in its
-/// arenas, so without this the peak of the first sync stays the daemon's RSS for its lifetime.
-fn release_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own arenas; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// The monitor's thread: reports foreign changes to our tables until told to stop (it wakes

@@ -111,6 +111,7 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<u8> {
         configz,
         watch_silence,
         metrics_per_service: args.metrics_per_service,
+        release_memory: crate::alloc::release,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,6 +5,7 @@
 //! a chain), so the same IR always renders to the same bytes.
 
 pub mod names;
+pub mod packed;
 pub mod verify;
 
 use std::collections::BTreeMap;

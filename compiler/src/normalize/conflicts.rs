@@ -99,7 +99,7 @@ fn endpoints_that_are_cluster_ips(services: &[&Service], diags: &mut Vec<Diagnos
     for &svc in services {
         let mut seen = BTreeSet::new();
         for port in &svc.ports {
-            for backend in port.cluster.iter().chain(&port.local) {
+            for backend in port.cluster.iter().chain(port.local.iter()) {
                 let Some(other) = owner.get(&backend.addr) else {
                     continue;
                 };

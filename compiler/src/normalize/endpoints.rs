@@ -387,13 +387,10 @@ pub(super) fn local_ready(slices: &[&Slice], node: &NodeInfo) -> Vec<IpAddr> {
 
 /// Backends matching `keep`, in (address, port) order (the map's order).
 fn select(merged: &BTreeMap<Backend, Endpoint>, keep: impl Fn(&Endpoint) -> bool) -> Vec<Backend> {
-    let mut list: Vec<Backend> = (merged.iter())
+    (merged.iter())
         .filter(|(_, ep)| keep(ep))
         .map(|(backend, _)| *backend)
-        .collect();
-    // The daemon keeps these lists for every Service: no growth slack.
-    list.shrink_to_fit();
-    list
+        .collect()
 }
 
 /// Which topology hints apply to this node (kube-proxy's `topologyModeFromHints`).

@@ -144,7 +144,9 @@ pub struct Inputs {
     services: BTreeMap<Key, Box<ServiceEntry>>,
     slices: BTreeMap<Key, Box<SliceEntry>>,
     /// Service → names of the slices labelled for it.
-    slices_by_service: BTreeMap<Key, BTreeSet<String>>,
+    /// Sorted and distinct; a vector, as almost every Service has one slice (a B-tree set
+    /// allocates a node of eleven names for one).
+    slices_by_service: BTreeMap<Key, Vec<String>>,
     endpoints: BTreeMap<Key, EndpointsEntry>,
     /// The Node named by the config's hostname, if it has been seen.
     node: Option<Node>,
@@ -302,10 +304,10 @@ impl Inputs {
         }
         self.unlink_slice(&key);
         if let Some(service) = &entry.service {
-            self.slices_by_service
-                .entry(service.clone())
-                .or_default()
-                .insert(key.name.clone());
+            let names = self.slices_by_service.entry(service.clone()).or_default();
+            if let Err(at) = names.binary_search(&key.name) {
+                names.insert(at, key.name.clone());
+            }
             self.changes.services.insert(service.clone());
         }
         self.slices.insert(key, entry);
@@ -453,7 +455,7 @@ impl Inputs {
             return;
         };
         if let Some(names) = self.slices_by_service.get_mut(&service) {
-            names.remove(&key.name);
+            names.retain(|name| *name != key.name);
             if names.is_empty() {
                 self.slices_by_service.remove(&service);
             }

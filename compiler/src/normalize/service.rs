@@ -196,8 +196,8 @@ pub(super) fn assemble(svc: &ServiceIn, slices: &[&Slice], node: &NodeInfo) -> O
                 proto: *proto,
                 port: *port,
                 node_port: *node_port,
-                cluster,
-                local,
+                cluster: cluster.into(),
+                local: local.into(),
             }
         })
         .collect();

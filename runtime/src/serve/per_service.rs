@@ -274,7 +274,7 @@ mod tests {
     }
 
     fn port(name: &str, proto: L4Proto, node_port: Option<u16>, backends: &[&str]) -> ServicePort {
-        let cluster = backends
+        let cluster: Vec<Backend> = backends
             .iter()
             .map(|b| {
                 let b: SocketAddr = b.parse().unwrap();
@@ -289,8 +289,8 @@ mod tests {
             proto,
             port: 80,
             node_port,
-            cluster,
-            local: vec![],
+            cluster: cluster.into(),
+            local: Default::default(),
         }
     }
 
