@@ -35,9 +35,8 @@ enum Owner {
 }
 
 /// The owners of one ownership slot, in `lower`'s order ([`Owner`]'s). Almost every slot has
-/// one (an endpoint in two Services' hairpin pairs, or two Services on one address, make more),
-/// so one is held inline: a vector per slot cost a heap allocation for each of the 700k global
-/// elements of a 50k-Service cluster. The list is boxed so that the whole is 16 bytes.
+/// one (two Services on one address make more), so one is held inline: a vector per slot
+/// cost a heap allocation for each global element. The list is boxed so that the whole is 16 bytes.
 #[derive(Clone, Debug)]
 enum Owners {
     One(Owner),
@@ -143,34 +142,64 @@ struct Stored {
 }
 
 impl Stored {
-    /// The slots this fragment claims in the ownership index (family `f`; `hairpin` is the
-    /// hairpin set's index): each element in a global set, and each slot group by its
-    /// frontend (see [`SlotGroup`]).
-    fn owned_slots(&self, f: usize, hairpin: u16) -> impl Iterator<Item = OwnerSlot> + '_ {
+    /// The slots this fragment claims in the ownership index (family `f`): each element in a
+    /// global set, and each slot group by its frontend (see [`SlotGroup`]). Hairpin pairs are
+    /// counted instead ([`HairpinCounts`]).
+    fn owned_slots(&self, f: usize) -> impl Iterator<Item = OwnerSlot> + '_ {
         (self
             .elements
             .iter()
             .map(move |(s, e)| slot(f, *s, &e.key())))
         .chain(self.slots.iter().map(move |g| slot(f, g.set, &g.frontend)))
-        .chain(
-            (self.hairpins.iter())
-                .map(move |a| slot(f, hairpin, &[Value::Addr(*a), Value::Addr(*a)])),
-        )
     }
 
-    /// Whether this fragment holds the global element `key` of set `s`.
-    fn element(&self, s: u16, key: &[Value], hairpin: u16) -> Option<Element> {
-        if s == hairpin {
-            if let [Value::Addr(a), Value::Addr(b)] = key {
-                if a == b && self.hairpins.contains(a) {
-                    return Some(hairpin_element(*a));
-                }
-            }
-        }
+    /// Whether this fragment holds the global element `key` of set `s` (hairpin pairs aside).
+    fn element(&self, s: u16, key: &[Value]) -> Option<Element> {
         (self.elements.iter())
             .filter(|(set, _)| *set == s)
             .map(|(_, e)| e.unpack())
             .find(|e| e.key == *key)
+    }
+}
+
+/// How many installed Services hold each endpoint's hairpin pair `e . e`: every claimant of a
+/// pair makes the same element, so a count says all there is to say about who owns it, in 8
+/// bytes per IPv4 endpoint (the pairs are half a million slots at 50k Services, which in the
+/// ownership index cost 24 bytes each and doubled its table).
+#[derive(Debug, Default)]
+struct HairpinCounts {
+    v4: HashMap<std::net::Ipv4Addr, u32>,
+    v6: HashMap<std::net::Ipv6Addr, u32>,
+}
+
+impl HairpinCounts {
+    fn add(&mut self, addr: IpAddr) {
+        match addr {
+            IpAddr::V4(a) => *self.v4.entry(a).or_default() += 1,
+            IpAddr::V6(a) => *self.v6.entry(a).or_default() += 1,
+        }
+    }
+
+    fn remove(&mut self, addr: IpAddr) {
+        fn dec<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u32>, key: K) {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = map.entry(key) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+        match addr {
+            IpAddr::V4(a) => dec(&mut self.v4, a),
+            IpAddr::V6(a) => dec(&mut self.v6, a),
+        }
+    }
+
+    fn contains(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.v4.contains_key(&a),
+            IpAddr::V6(a) => self.v6.contains_key(&a),
+        }
     }
 }
 
@@ -273,6 +302,8 @@ pub struct Incremental {
     /// on average a third empty.
     services: BTreeMap<Key, Box<Lowered>>,
     owners: HashMap<OwnerSlot, Owners>,
+    /// Per family, the installed Services' hairpin pairs.
+    hairpins: [HairpinCounts; 2],
     /// Per family, the shared DNAT chains (`clusterip-random-3`) and their maps (declarations
     /// only; the elements belong to the Services) with the number of installed Services that
     /// enter each: a chain and its map exist while that count is above zero.
@@ -315,6 +346,7 @@ impl Incremental {
             set_index: Default::default(),
             services: BTreeMap::new(),
             owners: HashMap::new(),
+            hairpins: Default::default(),
             shared: Default::default(),
             no_local: (0, 0),
             with_health_check: BTreeSet::new(),
@@ -418,6 +450,7 @@ impl Incremental {
     fn rebuild_services(&mut self) {
         self.services.clear();
         self.owners.clear();
+        self.hairpins = Default::default();
         self.shared = Default::default();
         self.no_local = (0, 0);
         self.with_health_check.clear();
@@ -622,7 +655,10 @@ impl Incremental {
             }
         }
         for (f, stored) in lowered.fragments.iter().enumerate() {
-            for id in stored.owned_slots(f, self.hairpin_index(f)) {
+            for addr in &stored.hairpins {
+                self.hairpins[f].add(*addr);
+            }
+            for id in stored.owned_slots(f) {
                 let owner = Owner::Service(lowered.key.clone());
                 match self.owners.entry(id) {
                     std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().insert(owner),
@@ -651,7 +687,10 @@ impl Incremental {
                     }
                 }
             }
-            for id in stored.owned_slots(f, self.hairpin_index(f)) {
+            for addr in &stored.hairpins {
+                self.hairpins[f].remove(*addr);
+            }
+            for id in stored.owned_slots(f) {
                 if let Some(owners) = self.owners.get_mut(&id) {
                     if owners.remove_service(key) {
                         self.owners.remove(&id);
@@ -685,9 +724,8 @@ impl Incremental {
                     group.element(*i as usize)
                 });
         }
-        self.owners
-            .get(&slot(fi, *s, key))?
-            .iter()
+        let owned = (self.owners.get(&slot(fi, *s, key)).into_iter())
+            .flat_map(|owners| owners.iter())
             .find_map(|owner| match owner {
                 Owner::Skeleton => self.skeletons[fi]
                     .sets
@@ -696,12 +734,19 @@ impl Incremental {
                     .iter()
                     .find(|e| e.key == *key)
                     .cloned(),
-                Owner::Service(service) => self.services.get(service)?.fragments[fi].element(
-                    *s,
-                    key,
-                    self.hairpin_index(fi),
-                ),
-            })
+                Owner::Service(service) => {
+                    self.services.get(service)?.fragments[fi].element(*s, key)
+                }
+            });
+        if owned.is_some() || *s != self.hairpin_index(fi) {
+            return owned;
+        }
+        match key[..] {
+            [Value::Addr(a), Value::Addr(b)] if a == b && self.hairpins[fi].contains(a) => {
+                Some(hairpin_element(a))
+            }
+            _ => None,
+        }
     }
 
     /// Re-lowers the given Services and returns the partial rulesets before and after.

@@ -4,9 +4,8 @@
 //! ready endpoints (topology-filtered when hints apply), else serving-and-terminating ones; the
 //! same again restricted to this node for the Local policies.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EndpointAddress, Endpoints};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -24,17 +23,39 @@ pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
 
 /// One endpoint of a slice with its conditions resolved (API defaults applied). The daemon
-/// keeps one per endpoint of the cluster (500k at 50k Services), so it is 48 bytes without a
-/// heap allocation of its own: the node name is shared ([`NodeNames`]) and the rare topology
-/// hints are boxed.
+/// keeps one per endpoint of the cluster (500k at 50k Services), so it is 32 bytes without a
+/// heap allocation of its own: of its node only whether it is this one is kept, and the rare
+/// topology hints are boxed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Endpoint {
     addr: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
-    node: Option<Arc<str>>,
+    node: Placement,
     hints: Option<Box<Hints>>,
+}
+
+/// Where an endpoint runs, as far as this node is concerned (`nodeName` against the node
+/// name of the config the store was made for, which never changes for a store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// No `nodeName`.
+    Unknown,
+    /// On this node.
+    Here,
+    /// On another node.
+    Elsewhere,
+}
+
+impl Placement {
+    fn of(node_name: Option<&str>, here: Option<&str>) -> Placement {
+        match node_name {
+            None => Placement::Unknown,
+            Some(name) if Some(name) == here => Placement::Here,
+            Some(_) => Placement::Elsewhere,
+        }
+    }
 }
 
 /// An endpoint's `hints`: `forNodes` and `forZones` names (either may be empty).
@@ -59,27 +80,6 @@ impl Endpoint {
 
     fn has_zone_hint(&self, zone: &str) -> bool {
         self.for_zones().is_some_and(|z| z.contains(zone))
-    }
-}
-
-/// The node names of the endpoints read so far, one shared copy each (a cluster has thousands
-/// of nodes and hundreds of thousands of endpoints).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct NodeNames(HashSet<Arc<str>>);
-
-impl NodeNames {
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(shared) = self.0.get(name) {
-            return shared.clone();
-        }
-        let shared: Arc<str> = Arc::from(name);
-        self.0.insert(shared.clone());
-        shared
-    }
-
-    /// Forgets the names no endpoint holds any more.
-    pub(crate) fn prune(&mut self) {
-        self.0.retain(|name| Arc::strong_count(name) > 1);
     }
 }
 
@@ -110,7 +110,7 @@ pub(super) fn mirrored(eps: &Endpoints) -> bool {
 
 pub(super) fn read_slice(
     slice: &EndpointSlice,
-    names: &mut NodeNames,
+    here: Option<&str>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Slice> {
     let obj = Obj::of("EndpointSlice", &slice.metadata);
@@ -191,7 +191,7 @@ pub(super) fn read_slice(
             ready,
             serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
             terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
-            node: ep.node_name.as_deref().map(|n| names.intern(n)),
+            node: Placement::of(ep.node_name.as_deref(), here),
             // `hints: {}` is no hint, as an absent one.
             hints: hints.filter(|h| *h != Hints::default()).map(Box::new),
         });
@@ -246,7 +246,7 @@ fn endpoint_addr(
 /// neither ready nor serving (the mirroring controller's mapping); there are no hints.
 pub(super) fn mirror(
     eps: &Endpoints,
-    names: &mut NodeNames,
+    here: Option<&str>,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<Slice> {
     let obj = Obj::of("Endpoints", &eps.metadata);
@@ -293,7 +293,7 @@ pub(super) fn mirror(
                     ready,
                     serving: ready,
                     terminating: false,
-                    node: address.node_name.as_deref().map(|n| names.intern(n)),
+                    node: Placement::of(address.node_name.as_deref(), here),
                     hints: None,
                 });
             }
@@ -334,8 +334,8 @@ pub(super) fn categorize(
                     have.ready |= ep.ready;
                     have.serving |= ep.serving;
                     have.terminating |= ep.terminating;
-                    if have.node.is_none() {
-                        have.node.clone_from(&ep.node);
+                    if have.node == Placement::Unknown {
+                        have.node = ep.node;
                     }
                     if let Some(hints) = &ep.hints {
                         let have = have.hints.get_or_insert_with(Box::default);
@@ -348,8 +348,8 @@ pub(super) fn categorize(
     }
 
     let topology = Topology::of(merged.values(), node);
-    let is_local =
-        |ep: &Endpoint| node.name.is_some() && ep.node.as_deref() == node.name.as_deref();
+    // `Here` was decided against this same node name when the slice was read.
+    let is_local = |ep: &Endpoint| ep.node == Placement::Here;
     let fallback = |ep: &Endpoint| ep.serving && ep.terminating;
 
     let mut cluster = select(&merged, |ep| ep.ready && topology.admits(ep));
@@ -372,14 +372,14 @@ pub(super) fn categorize(
 /// is one endpoint). A slice with no usable port contributes nothing, as its endpoints reach no
 /// port in kube-proxy's map either.
 pub(super) fn local_ready(slices: &[&Slice], node: &NodeInfo) -> Vec<IpAddr> {
-    let Some(name) = node.name.as_deref() else {
+    if node.name.is_none() {
         return Vec::new();
-    };
+    }
     let addrs: BTreeSet<IpAddr> = slices
         .iter()
         .filter(|slice| !slice.ports.is_empty())
         .flat_map(|slice| &slice.endpoints)
-        .filter(|ep| ep.ready && ep.node.as_deref() == Some(name))
+        .filter(|ep| ep.ready && ep.node == Placement::Here)
         .map(|ep| ep.addr)
         .collect();
     addrs.into_iter().collect()
@@ -447,24 +447,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node_names_are_shared_and_forgotten_when_unused() {
-        let mut names = NodeNames::default();
-        let a = names.intern("node-a");
-        let again = names.intern("node-a");
-        assert!(Arc::ptr_eq(&a, &again), "one copy per name");
-        let b = names.intern("node-b");
-        drop(b);
-        names.prune();
-        assert_eq!(names.0.len(), 1, "node-b is held by nobody");
-        assert!(
-            Arc::ptr_eq(&names.intern("node-a"), &a),
-            "node-a is still shared"
+    fn placement_is_this_node_only_by_the_exact_name() {
+        assert_eq!(Placement::of(None, Some("node-a")), Placement::Unknown);
+        assert_eq!(
+            Placement::of(Some("node-a"), Some("node-a")),
+            Placement::Here
         );
+        assert_eq!(
+            Placement::of(Some("node-b"), Some("node-a")),
+            Placement::Elsewhere
+        );
+        // The store's name is already kube-proxy's (lower-cased); nodeName is compared as is.
+        assert_eq!(
+            Placement::of(Some("Node-A"), Some("node-a")),
+            Placement::Elsewhere
+        );
+        assert_eq!(Placement::of(Some("node-a"), None), Placement::Elsewhere);
     }
 
     #[test]
     fn an_endpoint_is_small() {
         // What the daemon keeps per endpoint of the cluster; see `Endpoint`.
-        assert!(std::mem::size_of::<Endpoint>() <= 48);
+        assert!(std::mem::size_of::<Endpoint>() <= 32);
     }
 }

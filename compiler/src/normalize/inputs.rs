@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
-use super::endpoints::{self, NodeNames, Slice, SERVICE_NAME_LABEL};
+use super::endpoints::{self, Slice, SERVICE_NAME_LABEL};
 use super::service::{self, ServiceIn};
 use super::{conflicts, detect, namespace_of, node, Obj};
 use crate::graph::{Graph, Service};
@@ -156,8 +156,9 @@ pub struct Inputs {
     changes: Changes,
     /// Keys seen since a relist of each kind began.
     relisting: BTreeMap<Kind, BTreeSet<Key>>,
-    /// The endpoints' node names, shared.
-    node_names: NodeNames,
+    /// This node's name (kube-proxy's rule), which endpoints are placed against as they are
+    /// read.
+    here: Option<String>,
 }
 
 impl Inputs {
@@ -174,7 +175,7 @@ impl Inputs {
             input_diags: Vec::new(),
             changes: Changes::default(),
             relisting: BTreeMap::new(),
-            node_names: NodeNames::default(),
+            here: super::node::node_name(config),
         }
     }
 
@@ -293,7 +294,7 @@ impl Inputs {
             .and_then(|l| l.get(SERVICE_NAME_LABEL))
             .map(|name| Key::new(namespace_of(&slice.metadata), name.clone()));
         let mut diags = Vec::new();
-        let read = endpoints::read_slice(slice, &mut self.node_names, &mut diags);
+        let read = endpoints::read_slice(slice, self.here.as_deref(), &mut diags);
         let entry = Box::new(SliceEntry {
             service,
             slice: read,
@@ -321,7 +322,7 @@ impl Inputs {
         let mut diags = Vec::new();
         let mirrored = endpoints::mirrored(eps);
         let slices = if mirrored {
-            endpoints::mirror(eps, &mut self.node_names, &mut diags)
+            endpoints::mirror(eps, self.here.as_deref(), &mut diags)
         } else {
             Vec::new()
         };
@@ -426,11 +427,6 @@ impl Inputs {
         for key in &stale {
             self.delete(kind, key);
         }
-        if matches!(kind, Kind::EndpointSlice | Kind::Endpoints) {
-            // A relist is rare and walks everything anyway: the time to forget the names of
-            // nodes that left the cluster.
-            self.node_names.prune();
-        }
         stale.len()
     }
 
@@ -509,7 +505,7 @@ impl Inputs {
                 slices.extend(eps.slices.iter());
             }
         }
-        (service::assemble(svc, &slices, &context.node), diags)
+        (service::assemble(key, svc, &slices, &context.node), diags)
     }
 
     /// The keys of every Service in the store, in order.

@@ -19,14 +19,17 @@ use crate::{Config, Diagnostic};
 /// The label the node's zone is read from (and that `forZones` hints refer to).
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
+/// This node's name, by kube-proxy's rule: `--hostname-override` trimmed and lower-cased,
+/// empty meaning unset.
+pub(super) fn node_name(config: &Config) -> Option<String> {
+    (config.hostname.as_deref())
+        .map(|h| h.trim().to_lowercase())
+        .filter(|h| !h.is_empty())
+}
+
 /// This node's name, zone and primary IPs.
 pub(super) fn node_info(nodes: &[Node], config: &Config, diags: &mut Vec<Diagnostic>) -> NodeInfo {
-    // kube-proxy's node-name rule: trimmed, lower-cased, empty means unset.
-    let name = config
-        .hostname
-        .as_deref()
-        .map(|h| h.trim().to_lowercase())
-        .filter(|h| !h.is_empty());
+    let name = node_name(config);
     let node = name.as_deref().and_then(|name| {
         nodes
             .iter()

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Service as K8sService, ServiceSpec};
 
 use super::address::{parse_cidr, parse_ip};
 use super::endpoints::{self, Slice};
-use super::Obj;
+use super::{Key, Obj};
 use crate::config::{parse_scheduler, scheduler_name};
 use crate::graph::{NodeInfo, Scheduler, Service, ServicePort};
 use crate::ir::{Family, L4Proto};
@@ -47,8 +47,7 @@ impl Type {
 /// the Kubernetes object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServiceIn {
-    namespace: String,
-    name: String,
+    // No namespace and name: the store's key has them.
     /// No `spec.selector`: its legacy Endpoints are mirrored into slices.
     pub(super) selectorless: bool,
     scheduler: Scheduler,
@@ -164,8 +163,6 @@ pub(super) fn read(
     };
 
     Some(ServiceIn {
-        namespace: obj.namespace.clone(),
-        name: obj.name.clone(),
         selectorless,
         scheduler,
         affinity_timeout,
@@ -182,7 +179,12 @@ pub(super) fn read(
 
 /// The Service for this node: each port's endpoints categorized from the Service's slices.
 /// `None` when no port is valid.
-pub(super) fn assemble(svc: &ServiceIn, slices: &[&Slice], node: &NodeInfo) -> Option<Service> {
+pub(super) fn assemble(
+    key: &Key,
+    svc: &ServiceIn,
+    slices: &[&Slice],
+    node: &NodeInfo,
+) -> Option<Service> {
     if svc.ports.is_empty() {
         return None;
     }
@@ -202,8 +204,8 @@ pub(super) fn assemble(svc: &ServiceIn, slices: &[&Slice], node: &NodeInfo) -> O
         })
         .collect();
     Some(Service {
-        namespace: svc.namespace.clone(),
-        name: svc.name.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
         scheduler: svc.scheduler,
         affinity_timeout: svc.affinity_timeout,
         external_local: svc.external_local,
