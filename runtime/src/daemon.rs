@@ -80,8 +80,9 @@ pub struct Options {
     /// counters the packet path keeps ([`serve::per_service`]). Off, nothing of it is built.
     pub metrics_per_service: bool,
     /// Returns freed heap to the kernel; called after each round that materialized the whole
-    /// ruleset (a cold start holds it, its plan and its encoded batches at once), on the
-    /// thread that ran the round. The binary knows its allocator (`src/alloc.rs`).
+    /// ruleset (a cold start holds it, its plan and its encoded batches at once) or sent a
+    /// change, on the thread that ran the round. The binary knows its allocator
+    /// (`src/alloc.rs`).
     pub release_memory: fn(),
 }
 
@@ -270,9 +271,11 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                 let release_memory = options.release_memory;
                 let (mut current, result, index) = tokio::task::spawn_blocking(move || {
                     let result = current.sync();
-                    if matches!(&result, Some(Ok(o)) if o.kind != SyncKind::Partial) {
+                    if matches!(&result, Some(Ok(o)) if o.kind != SyncKind::Partial || o.sent()) {
                         // On this thread: an allocator with per-thread heaps (mimalloc) frees
-                        // what the thread that allocated it releases.
+                        // what the thread that allocated it releases. After every round that
+                        // sent something, not only full ones: at 10k Services the RSS after 90
+                        // changes was 151 MiB with full rounds only, 138 MiB so.
                         release_memory();
                     }
                     // Built here, off the async runtime: O(Service ports x endpoints). Only
