@@ -36,7 +36,8 @@ enum Owner {
 
 /// The owners of one ownership slot, in `lower`'s order ([`Owner`]'s). Almost every slot has
 /// one (two Services on one address make more), so one is held inline: a vector per slot
-/// cost a heap allocation for each global element. The list is boxed so that the whole is 16 bytes.
+/// cost a heap allocation for each global element. The list is boxed so that the whole is 16
+/// bytes.
 #[derive(Clone, Debug)]
 enum Owners {
     One(Owner),
