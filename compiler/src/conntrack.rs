@@ -615,11 +615,6 @@ impl AffinityMaps {
             .collect();
         AffinityMaps { maps }
     }
-
-    /// The number of maps.
-    pub fn len(&self) -> usize {
-        self.maps.len()
-    }
 }
 
 #[cfg(test)]

@@ -157,9 +157,8 @@ impl Stored {
     /// Whether this fragment holds the global element `key` of set `s` (hairpin pairs aside).
     fn element(&self, s: u16, key: &[Value]) -> Option<Element> {
         (self.elements.iter())
-            .filter(|(set, _)| *set == s)
+            .find(|(set, e)| *set == s && e.key() == *key)
             .map(|(_, e)| e.unpack())
-            .find(|e| e.key == *key)
     }
 }
 
