@@ -207,14 +207,17 @@ fn a_partial_initial_list_is_never_programmed() {
         let done = wait_until(CONVERGE, Duration::from_millis(5), || {
             let got = kernel();
             if !got.tables.is_empty() && got != want {
-                seen.push(got.tables.iter().map(|t| t.chains.len()).sum::<usize>());
+                // What differs, as the operations that would turn the expected ruleset into it.
+                let chains = got.tables.iter().map(|t| t.chains.len()).sum::<usize>();
+                let diff = kube_nft_compiler::plan::plan(&want, &got);
+                seen.push(format!("{chains} chains, differing by: {diff}"));
             }
             got == want
         });
         assert!(done.is_some(), "never converged");
         assert!(
             seen.is_empty(),
-            "a partial ruleset was programmed (chain counts seen: {seen:?})"
+            "a partial ruleset was programmed: {seen:#?}"
         );
     });
 }

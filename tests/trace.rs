@@ -726,6 +726,23 @@ fn external_local_external_ip_preserves_the_client() {
 }
 
 #[test]
+fn external_local_short_circuit_keeps_every_hairpin() {
+    // A pod of node-b (inside --cluster-cidr, so "local" to the ClusterCIDR detector) reaching
+    // an eTP=Local Service's external address through this node (in a cluster, a NodePort of
+    // this node; this golden has an external IP) is short-circuited to every endpoint, itself
+    // included: the way an endpoint elsewhere is DNATed back to itself here, so such a Service
+    // keeps the pairs of all its endpoints.
+    check(
+        "externalip/local-policy",
+        "pod",
+        "tcp 10.0.2.111:40000 -> 192.168.99.12:80",
+        expect![[r#"
+            1/2  dnat 10.0.1.111:8080
+            1/2  dnat 10.0.2.111:8080  masquerade"#]],
+    );
+}
+
+#[test]
 fn internal_local_uses_only_local_endpoints() {
     check(
         "traffic-policy/internal-local-with-local-endpoints",
@@ -795,8 +812,31 @@ fn hairpin_is_masqueraded_only_when_the_endpoint_reaches_itself() {
         "pod",
         "tcp 10.0.1.203:40000 -> 172.30.8.13:80",
         expect![[r#"
-            1/2  dnat 10.0.1.203:8080  masquerade
-            1/2  dnat 10.0.2.203:8080"#]],
+            1/3  dnat 10.0.1.203:8080  masquerade
+            1/3  dnat 10.0.2.203:8080
+            1/3  dnat 10.0.3.203:8080"#]],
+    );
+    // An endpoint without a nodeName may run here: its pair is kept.
+    check(
+        "masquerade/hairpin",
+        "pod",
+        "tcp 10.0.3.203:40000 -> 172.30.8.13:80",
+        expect![[r#"
+            1/3  dnat 10.0.1.203:8080
+            1/3  dnat 10.0.2.203:8080
+            1/3  dnat 10.0.3.203:8080  masquerade"#]],
+    );
+    // node-b's endpoint sends to the ClusterIP through node-b's own proxy, never un-DNATed
+    // through this node: no pair, so the packet this trace makes up is not masqueraded
+    // (kube-proxy would; compiler/README.md, "Hairpin pairs").
+    check(
+        "masquerade/hairpin",
+        "pod",
+        "tcp 10.0.2.203:40000 -> 172.30.8.13:80",
+        expect![[r#"
+            1/3  dnat 10.0.1.203:8080
+            1/3  dnat 10.0.2.203:8080
+            1/3  dnat 10.0.3.203:8080"#]],
     );
 }
 

@@ -168,6 +168,11 @@ pub struct ServicePort {
     pub cluster: Arc<[Backend]>,
     /// Endpoints on this node: ready ones, else serving-and-terminating ones. Sorted.
     pub local: Arc<[Backend]>,
+    /// The addresses in `cluster` or `local` of endpoints not known to run on another node (on
+    /// this node, or without a `nodeName`), sorted and distinct: the endpoints whose hairpin
+    /// pair is needed whatever the Service (see `lower`'s hairpin pairs). Usually a small part
+    /// of the list: a node runs few of the cluster's endpoints.
+    pub near: Box<[IpAddr]>,
 }
 
 /// One endpoint address and target port.

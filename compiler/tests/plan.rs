@@ -127,11 +127,17 @@ const NODE_PORT: usize = 5;
 #[test]
 fn adding_an_endpoint_changes_slots_and_the_dispatch_element() {
     // The port's 3 slots leave the map of `clusterip-random-3` and 4 slots go into the map of
-    // `clusterip-random-4`; one hairpin pair is added; the service-ips element is replaced to
-    // enter the new chain. In this uniform cluster (3 endpoints each) no Service used that
-    // chain yet: it is created with its map and 2 rules.
+    // `clusterip-random-4`; the service-ips element is replaced to enter the new chain. In this
+    // uniform cluster (3 endpoints each) no Service used that chain yet: it is created with its
+    // map and 2 rules. The endpoint runs on node-b: no hairpin pair (it cannot send to this
+    // ClusterIP through this node).
     assert_counts(
         |c| c[CLUSTER_IP].endpoints.push(Ep::ready(4, 1)),
+        "add chain 1, add set 1, add rule 2, add element 5, delete element 4",
+    );
+    // On this node, its hairpin pair comes too.
+    assert_counts(
+        |c| c[CLUSTER_IP].endpoints.push(Ep::ready(4, 0)),
         "add chain 1, add set 1, add rule 2, add element 6, delete element 4",
     );
     // Where another ClusterIP Service already has 4 endpoints, the chain exists: elements only.
@@ -141,18 +147,25 @@ fn adding_an_endpoint_changes_slots_and_the_dispatch_element() {
             |c| c[CLUSTER_IP + 2].endpoints.push(Ep::ready(9, 1)),
             |c| c[CLUSTER_IP].endpoints.push(Ep::ready(4, 1)),
         );
-        assert_eq!(counts, "add element 6, delete element 4", "{n} Services");
+        assert_eq!(counts, "add element 5, delete element 4", "{n} Services");
     }
 }
 
 #[test]
 fn removing_an_endpoint_changes_slots_and_the_dispatch_element() {
     // 3 slots out of `clusterip-random-3`'s map, 2 into `clusterip-random-2`'s (created with
-    // its chain, unused before in this cluster), the endpoint's hairpin pair deleted, the
-    // service-ips element replaced.
+    // its chain, unused before in this cluster), the service-ips element replaced. The endpoint
+    // ran on node-c: it had no hairpin pair.
     assert_counts(
         |c| {
             c[CLUSTER_IP].endpoints.pop();
+        },
+        "add chain 1, add set 1, add rule 2, add element 3, delete element 4",
+    );
+    // The one on this node (the first) takes its hairpin pair with it.
+    assert_counts(
+        |c| {
+            c[CLUSTER_IP].endpoints.remove(0);
         },
         "add chain 1, add set 1, add rule 2, add element 3, delete element 5",
     );
@@ -160,12 +173,12 @@ fn removing_an_endpoint_changes_slots_and_the_dispatch_element() {
 
 #[test]
 fn new_paths_go_first_and_old_ones_last() {
-    // An endpoint removed: `clusterip-random-2` with its map, rules and the port's 2 slots
-    // first; then the dispatch element moved to it and the endpoint's hairpin pair deleted;
-    // then the 3 slots the port leaves in `clusterip-random-3`'s map.
+    // An endpoint removed (this node's): `clusterip-random-2` with its map, rules and the
+    // port's 2 slots first; then the dispatch element moved to it and the endpoint's hairpin
+    // pair deleted; then the 3 slots the port leaves in `clusterip-random-3`'s map.
     let before = uniform(20);
     let mut after = before.clone();
-    after[CLUSTER_IP].endpoints.pop();
+    after[CLUSTER_IP].endpoints.remove(0);
     let tx = check(&ruleset(&before), &ruleset(&after));
     let [prepare, switch, retire] = tx.phases();
     assert_eq!(
@@ -197,28 +210,28 @@ fn new_paths_go_first_and_old_ones_last() {
 #[test]
 fn adding_a_service_adds_elements_only() {
     // svc-N is a ClusterIP Service (N even) with 3 endpoints, like others: it enters the
-    // existing `clusterip-random-3`; elements: cluster-ips, service-ips, three slots and three
-    // hairpin pairs.
+    // existing `clusterip-random-3`; elements: cluster-ips, service-ips, three slots and the
+    // hairpin pair of its endpoint on this node.
     for n in [20, 200] {
         let before = uniform(n);
         let mut after = before.clone();
         after.push(Svc::new(Kind::ClusterIp));
         let tx = check(&ruleset(&before), &ruleset(&after));
-        assert_eq!(tx.counts().to_string(), "add element 8");
+        assert_eq!(tx.counts().to_string(), "add element 6");
         // And the reverse.
         let tx = check(&ruleset(&after), &ruleset(&before));
-        assert_eq!(tx.counts().to_string(), "delete element 8");
+        assert_eq!(tx.counts().to_string(), "delete element 6");
     }
 }
 
 #[test]
 fn a_service_without_endpoints_loses_its_elements_and_rejects() {
-    // The service-ips element, the three slots and the three hairpin pairs go, a
-    // no-endpoint-services element (reject) comes. The ClusterIP stays in cluster-ips and the
-    // shared chain stays for the other Services.
+    // The service-ips element, the three slots and the hairpin pair of the endpoint on this
+    // node go, a no-endpoint-services element (reject) comes. The ClusterIP stays in
+    // cluster-ips and the shared chain stays for the other Services.
     assert_counts(
         |c| c[CLUSTER_IP].endpoints.clear(),
-        "add element 1, delete element 7",
+        "add element 1, delete element 5",
     );
 }
 
@@ -228,10 +241,12 @@ fn external_traffic_policy_local_moves_the_nodeport_to_the_local_chains() {
     // node's pods and the node itself: all 3 endpoints), whose map takes the 3 slots the map
     // of `nodeport-random-3` loses; clients elsewhere are sent by a new
     // external-local-nodeports element to `nodeport-local-random-1`, whose map holds the one
-    // node-local endpoint. Both chains are new in this cluster (2 + 1 rules, 2 maps).
+    // node-local endpoint. Both chains are new in this cluster (2 + 1 rules, 2 maps). Pods on
+    // other nodes now reach every endpoint through this node's NodePort un-masqueraded (the
+    // short-circuit of pod traffic), so the endpoints on node-b and node-c get hairpin pairs.
     assert_counts(
         |c| c[NODE_PORT].etp_local = true,
-        "add chain 2, add set 2, add rule 3, add element 6, delete element 4",
+        "add chain 2, add set 2, add rule 3, add element 8, delete element 4",
     );
 }
 

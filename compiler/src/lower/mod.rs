@@ -173,6 +173,11 @@ mod tests {
                 proto: L4Proto::Tcp,
                 port: 80,
                 node_port: None,
+                // As endpoints without a `nodeName`: every hairpin pair is kept.
+                near: (cluster.iter().map(|b| b.addr))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
                 cluster: cluster.into(),
                 local: Default::default(),
             }],

@@ -44,16 +44,16 @@ enum Placement {
     Unknown,
     /// On this node.
     Here,
-    /// On another node.
+    /// On another node (known only when this node's name is).
     Elsewhere,
 }
 
 impl Placement {
     fn of(node_name: Option<&str>, here: Option<&str>) -> Placement {
-        match node_name {
-            None => Placement::Unknown,
-            Some(name) if Some(name) == here => Placement::Here,
-            Some(_) => Placement::Elsewhere,
+        match (node_name, here) {
+            (None, _) | (_, None) => Placement::Unknown,
+            (Some(name), Some(here)) if name == here => Placement::Here,
+            (Some(_), Some(_)) => Placement::Elsewhere,
         }
     }
 }
@@ -303,13 +303,24 @@ pub(super) fn mirror(
     out
 }
 
-/// `(cluster, local)` endpoints of the service port `(name, proto)` for this node.
+/// The endpoints of the service port `(name, proto)` for this node.
+pub(super) struct Categorized {
+    /// What the Cluster policy picks from.
+    pub(super) cluster: Vec<Backend>,
+    /// What the Local policy picks from: endpoints on this node.
+    pub(super) local: Vec<Backend>,
+    /// The addresses in `cluster` or `local` not known to run on another node (on this node, or
+    /// without a `nodeName`), sorted and distinct; see `graph::ServicePort::near`.
+    pub(super) near: Vec<IpAddr>,
+}
+
+/// Categorizes the endpoints of the service port `(name, proto)` for this node.
 pub(super) fn categorize(
     slices: &[&Slice],
     name: &str,
     proto: L4Proto,
     node: &NodeInfo,
-) -> (Vec<Backend>, Vec<Backend>) {
+) -> Categorized {
     // The same endpoint may appear in several slices (mirrored and real, or during a slice
     // rewrite): merge copies so that any ready copy makes it ready.
     let mut merged: BTreeMap<Backend, Endpoint> = BTreeMap::new();
@@ -360,7 +371,15 @@ pub(super) fn categorize(
     if local.is_empty() {
         local = select(&merged, |ep| fallback(ep) && is_local(ep));
     }
-    (cluster, local)
+    let near: BTreeSet<IpAddr> = (cluster.iter().chain(&local))
+        .filter(|b| merged[*b].node != Placement::Elsewhere)
+        .map(|b| b.addr)
+        .collect();
+    Categorized {
+        cluster,
+        local,
+        near: near.into_iter().collect(),
+    }
 }
 
 /// The addresses of this node's ready endpoints in `slices`, sorted and distinct: what
@@ -462,7 +481,8 @@ mod tests {
             Placement::of(Some("Node-A"), Some("node-a")),
             Placement::Elsewhere
         );
-        assert_eq!(Placement::of(Some("node-a"), None), Placement::Elsewhere);
+        // Without a name of our own nothing is known to be elsewhere (see `categorize`'s `near`).
+        assert_eq!(Placement::of(Some("node-a"), None), Placement::Unknown);
     }
 
     #[test]

@@ -192,14 +192,15 @@ pub(super) fn assemble(
         .ports
         .iter()
         .map(|(name, proto, port, node_port)| {
-            let (cluster, local) = endpoints::categorize(slices, name, *proto, node);
+            let endpoints = endpoints::categorize(slices, name, *proto, node);
             ServicePort {
                 name: name.clone(),
                 proto: *proto,
                 port: *port,
                 node_port: *node_port,
-                cluster: cluster.into(),
-                local: local.into(),
+                cluster: endpoints.cluster.into(),
+                local: endpoints.local.into(),
+                near: endpoints.near.into(),
             }
         })
         .collect();

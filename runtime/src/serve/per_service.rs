@@ -291,6 +291,7 @@ mod tests {
             node_port,
             cluster: cluster.into(),
             local: Default::default(),
+            near: Default::default(),
         }
     }
 
