@@ -136,9 +136,9 @@ struct Stored {
     elements: Box<[(u16, Packed)]>,
     /// The elements in shared maps, one group per frontend.
     slots: Box<[SlotGroup]>,
-    /// The `hairpin` set's elements, `e . e`, by endpoint address: one per endpoint, the most
-    /// numerous global elements (500k at 50k Services), kept as 17 bytes each instead of an IR
-    /// element with a heap-allocated key (about 170 bytes).
+    /// The `hairpin` set's elements, `e . e`, by endpoint address (only the endpoints a DNATed
+    /// packet can come from; see `lower::service::add_hairpin_pairs`), kept as 17 bytes each
+    /// instead of an IR element with a heap-allocated key (about 170 bytes).
     hairpins: Box<[IpAddr]>,
 }
 
@@ -164,8 +164,9 @@ impl Stored {
 
 /// How many installed Services hold each endpoint's hairpin pair `e . e`: every claimant of a
 /// pair makes the same element, so a count says all there is to say about who owns it, in 8
-/// bytes per IPv4 endpoint (the pairs are half a million slots at 50k Services, which in the
-/// ownership index cost 24 bytes each and doubled its table).
+/// bytes per IPv4 endpoint (the pairs were half a million slots at 50k Services before they
+/// were limited to the endpoints that can hairpin here, and in the ownership index cost 24
+/// bytes each and doubled its table).
 #[derive(Debug, Default)]
 struct HairpinCounts {
     v4: HashMap<std::net::Ipv4Addr, u32>,

@@ -347,8 +347,9 @@ fn names<'m, 'n>(
 ///
 /// Both lists are normally sorted by key already (`lower` sorts, and so does the read-back),
 /// and a sync usually changes a handful of elements of a set with up to a few hundred thousand
-/// (`hairpin` has one per endpoint): then one merge pass finds the difference, about ten times
-/// faster than building two key maps, which dominated a one-endpoint plan at 10k Services.
+/// (a shared chain's map has one per slot): then one merge pass finds the difference, about
+/// ten times faster than building two key maps, which dominated a one-endpoint plan at 10k
+/// Services.
 /// Lists that are not strictly sorted (hand-built rulesets) take the map path.
 pub(super) fn diff_elements(
     old: &[Element],
