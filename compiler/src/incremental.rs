@@ -318,6 +318,10 @@ pub struct Incremental {
     with_udp: BTreeSet<Key>,
     /// Services with ClientIP affinity: what [`Incremental::affinity_maps`] reads.
     with_affinity: BTreeSet<Key>,
+    /// Whether what [`Incremental::udp_destinations`] and [`Incremental::affinity_maps`] return
+    /// may have changed since [`Incremental::take_conntrack_changed`] last said so: a Service
+    /// with a UDP or SCTP port or with affinity was installed or removed, or every Service was.
+    conntrack_changed: bool,
     /// The next sync must be [`Sync::Full`].
     full: bool,
     /// ... after re-lowering every Service (first sync, or the node-wide part changed).
@@ -353,6 +357,7 @@ impl Incremental {
             with_health_check: BTreeSet::new(),
             with_udp: BTreeSet::new(),
             with_affinity: BTreeSet::new(),
+            conntrack_changed: true,
             full: true,
             rebuild: true,
             quarantined: BTreeMap::new(),
@@ -457,6 +462,7 @@ impl Incremental {
         self.with_health_check.clear();
         self.with_udp.clear();
         self.with_affinity.clear();
+        self.conntrack_changed = true;
         for (f, skeleton) in self.skeletons.iter().enumerate() {
             for (s, set) in skeleton.sets.values().enumerate() {
                 for element in &set.elements {
@@ -650,9 +656,11 @@ impl Incremental {
                 .any(|p| crate::conntrack::reconciled(p.proto))
             {
                 self.with_udp.insert((*lowered.key).clone());
+                self.conntrack_changed = true;
             }
             if service.affinity_timeout.is_some() {
                 self.with_affinity.insert((*lowered.key).clone());
+                self.conntrack_changed = true;
             }
         }
         for (f, stored) in lowered.fragments.iter().enumerate() {
@@ -677,8 +685,10 @@ impl Incremental {
         self.no_local.0 -= lowered.no_local.0 as usize;
         self.no_local.1 -= lowered.no_local.1 as usize;
         self.with_health_check.remove(key);
-        self.with_udp.remove(key);
-        self.with_affinity.remove(key);
+        // Bitwise: both sets must forget the key.
+        if self.with_udp.remove(key) | self.with_affinity.remove(key) {
+            self.conntrack_changed = true;
+        }
         for (f, stored) in lowered.fragments.iter().enumerate() {
             for name in &stored.shared {
                 if let Some(entry) = self.shared[f].get_mut(name) {
@@ -954,6 +964,15 @@ impl Incremental {
     /// (kube-proxy's `sync_proxy_rules_no_local_endpoints_total` gauges).
     pub fn no_local_endpoints(&self) -> (usize, usize) {
         self.no_local
+    }
+
+    /// Whether [`Incremental::udp_destinations`] or [`Incremental::affinity_maps`] may differ
+    /// from what they returned when this last said `true` (or ever, the first time): a sync
+    /// that touched only Services without a UDP or SCTP port and without affinity changes
+    /// neither, and a daemon need not rebuild them (O(those Services)) nor have the conntrack
+    /// reconciler judge the same state again. Resets the answer.
+    pub fn take_conntrack_changed(&mut self) -> bool {
+        std::mem::take(&mut self.conntrack_changed)
     }
 
     /// The UDP and SCTP frontends of every programmed Service, with the endpoints the ruleset

@@ -104,9 +104,22 @@ fn run(states: &[Snapshot], config: &Config) {
     let mut inc = Incremental::new(config);
     let mut kernel = Ruleset::default();
     let mut previous = Snapshot::default();
+    // What a daemon last handed the conntrack reconciler: refreshed only when the compiler
+    // says it may have changed, which must be whenever it has.
+    let mut handed = None;
     for (i, state) in states.iter().enumerate() {
         feed(&mut inc, &previous, state);
         sync(&mut inc, &mut kernel);
+        let now = (inc.udp_destinations(), inc.affinity_maps());
+        if inc.take_conntrack_changed() {
+            handed = Some(now);
+        } else {
+            assert_eq!(
+                handed.as_ref(),
+                Some(&now),
+                "state {i}: the conntrack state changed unannounced"
+            );
+        }
         let expected = compile(state, config);
         assert_eq!(inc.ruleset(), expected.ruleset, "state {i}: materialized");
         assert_eq!(
@@ -135,6 +148,7 @@ fn run(states: &[Snapshot], config: &Config) {
         // Nothing changed: nothing to do.
         feed(&mut inc, state, state);
         assert!(matches!(inc.sync(), Sync::Unchanged), "state {i}: resync");
+        assert!(!inc.take_conntrack_changed(), "state {i}: resync");
         previous = state.clone();
     }
 }
@@ -179,6 +193,45 @@ fn one_endpoint_change_relowers_one_service() {
         other => panic!("expected a delta, got {other:?}"),
     }
     assert_eq!(kernel, compile(&second, &config).ruleset);
+}
+
+#[test]
+fn only_udp_sctp_and_affinity_services_change_the_conntrack_state() {
+    let mut services: Vec<Svc> = kube_nft_testkit::cluster::uniform(10);
+    services[3].ports = vec![("UDP", 53)];
+    services[4].affinity = Some(Some(60));
+    let config = config();
+    let mut inc = Incremental::new(&config);
+    let mut kernel = Ruleset::default();
+    let mut before = snapshot(&services);
+    feed(&mut inc, &Snapshot::default(), &before);
+    sync(&mut inc, &mut kernel);
+    assert!(inc.take_conntrack_changed(), "the first sync");
+    assert!(!inc.take_conntrack_changed(), "reset once taken");
+    // Removing a Service renames the ones after it (names follow the position): all TCP.
+    let changes: [(&str, bool, fn(&mut Vec<Svc>)); 7] = [
+        ("a TCP endpoint removed", false, |s| {
+            drop(s[2].endpoints.pop())
+        }),
+        ("a UDP endpoint removed", true, |s| {
+            drop(s[3].endpoints.pop())
+        }),
+        ("an affinity endpoint removed", true, |s| {
+            drop(s[4].endpoints.pop())
+        }),
+        ("TCP became SCTP", true, |s| s[5].ports = vec![("SCTP", 80)]),
+        ("and back", true, |s| s[5].ports = vec![("TCP", 80)]),
+        ("a TCP Service deleted", false, |s| drop(s.remove(6))),
+        ("the UDP Service deleted", true, |s| drop(s.remove(3))),
+    ];
+    for (what, expect, change) in changes {
+        change(&mut services);
+        let after = snapshot(&services);
+        feed(&mut inc, &before, &after);
+        assert!(sync(&mut inc, &mut kernel).is_some(), "{what}: a delta");
+        assert_eq!(inc.take_conntrack_changed(), expect, "{what}");
+        before = after;
+    }
 }
 
 /// Two Services claiming the same externalIP and port: the first in namespace/name order owns

@@ -14,9 +14,10 @@
 //! per family and protocol (10-20 ms on the test machine, whatever the table holds) plus about 3 µs
 //! per UDP entry, most of it the kernel's serialising, and 3-6 µs per delete: 0.3 s for 100k
 //! entries, 0.6-0.9 s when all 100k are stale (release build, `runtime/tests/conntrack.rs`).
-//! [`Reconciler`] runs passes on a thread of its own, after each sync that changed the ruleset (the
-//! latest state wins: updates that arrive during a pass are coalesced into one next pass) and every
-//! period; it remembers frontends that stopped being ours until a pass has seen them, and records
+//! [`Reconciler`] runs passes on a thread of its own, after each sync that changed what it judges
+//! (the daemon updates it after a delta that touched a Service with a UDP or SCTP port or with
+//! affinity, and after full and repairing syncs; the latest state wins: updates that arrive
+//! during a pass are coalesced into one next pass) and every period; it remembers frontends that stopped being ours until a pass has seen them, and records
 //! kube-proxy's metrics. It never runs on the sync thread.
 
 use std::collections::BTreeSet;

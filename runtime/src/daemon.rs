@@ -292,8 +292,21 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                     per_service.publish(index);
                 }
                 let committed = matches!(result, Some(Ok(_)));
-                let conntrack_due =
-                    matches!(&result, Some(Ok(o)) if o.sent() || o.kind == SyncKind::Full);
+                // The reconciler gets the desired state again after a full round and a repair,
+                // and after a delta only if it touched a Service with a UDP or SCTP port or with
+                // affinity: rebuilding what it judges against walks all of those Services (a
+                // quarter of the daemon's CPU per change at 50k), for nothing when a delta
+                // touched only TCP Services without affinity.
+                let conntrack_due = match &result {
+                    Some(Ok(o)) if o.kind == SyncKind::Partial => {
+                        o.sent() && current.take_conntrack_changed()
+                    }
+                    Some(Ok(o)) => o.sent() || o.kind == SyncKind::Full,
+                    _ => false,
+                };
+                if conntrack_due {
+                    current.take_conntrack_changed();
+                }
                 let ok = record(&current, result, drift, &metrics, &health, &mut reported);
                 if conntrack_due {
                     conntrack.update(current.conntrack_destinations(), current.affinity_maps());

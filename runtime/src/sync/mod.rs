@@ -265,6 +265,12 @@ impl<K: Kernel> Engine<K> {
         destinations
     }
 
+    /// Whether [`Engine::conntrack_destinations`] or [`Engine::affinity_maps`] may have
+    /// changed since this last said so; see `Incremental::take_conntrack_changed`.
+    pub fn take_conntrack_changed(&mut self) -> bool {
+        self.compiler.take_conntrack_changed()
+    }
+
     /// The ClientIP affinity maps of the desired state, for the reconciler's sweep.
     pub fn affinity_maps(&self) -> kube_nft_compiler::conntrack::AffinityMaps {
         self.compiler.affinity_maps()
