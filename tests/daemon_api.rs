@@ -205,8 +205,9 @@ fn a_partial_initial_list_is_never_programmed() {
             .expect("kind");
         // A ruleset the daemon committed stays until its next round, at least --min-sync-period
         // (100 ms) later, so it is read many times at this pace; a state read once and never
-        // again did not stay in the kernel (a read-back racing the commit; it happened twice in
-        // 77 runs, with the final chain count) and is reported but not held against the daemon.
+        // again did not stay in the kernel and is reported but not held against the daemon (it
+        // happened twice in 77 runs, with the final chain count, while the daemon's log showed a
+        // single commit; why such a read differed is not known).
         let mut seen = Vec::new();
         let mut last: Option<String> = None;
         let done = wait_until(CONVERGE, Duration::from_millis(5), || {

@@ -209,20 +209,25 @@ fn only_udp_sctp_and_affinity_services_change_the_conntrack_state() {
     assert!(inc.take_conntrack_changed(), "the first sync");
     assert!(!inc.take_conntrack_changed(), "reset once taken");
     // Removing a Service renames the ones after it (names follow the position): all TCP.
-    let changes: [(&str, bool, fn(&mut Vec<Svc>)); 7] = [
+    type Change = fn(&mut Vec<Svc>);
+    let changes: [(&str, bool, Change); 7] = [
         ("a TCP endpoint removed", false, |s| {
-            drop(s[2].endpoints.pop())
+            s[2].endpoints.pop();
         }),
         ("a UDP endpoint removed", true, |s| {
-            drop(s[3].endpoints.pop())
+            s[3].endpoints.pop();
         }),
         ("an affinity endpoint removed", true, |s| {
-            drop(s[4].endpoints.pop())
+            s[4].endpoints.pop();
         }),
         ("TCP became SCTP", true, |s| s[5].ports = vec![("SCTP", 80)]),
         ("and back", true, |s| s[5].ports = vec![("TCP", 80)]),
-        ("a TCP Service deleted", false, |s| drop(s.remove(6))),
-        ("the UDP Service deleted", true, |s| drop(s.remove(3))),
+        ("a TCP Service deleted", false, |s| {
+            s.remove(6);
+        }),
+        ("the UDP Service deleted", true, |s| {
+            s.remove(3);
+        }),
     ];
     for (what, expect, change) in changes {
         change(&mut services);
