@@ -17,8 +17,9 @@
 //! [`Reconciler`] runs passes on a thread of its own, after each sync that changed what it judges
 //! (the daemon updates it after a delta that touched a Service with a UDP or SCTP port or with
 //! affinity, and after full and repairing syncs; the latest state wins: updates that arrive
-//! during a pass are coalesced into one next pass) and every period; it remembers frontends that stopped being ours until a pass has seen them, and records
-//! kube-proxy's metrics. It never runs on the sync thread.
+//! during a pass are coalesced into one next pass) and every period; it remembers frontends that
+//! stopped being ours until a pass has seen them, and records kube-proxy's metrics. It never runs
+//! on the sync thread.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

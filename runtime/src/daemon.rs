@@ -301,12 +301,13 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                     Some(Ok(o)) if o.kind == SyncKind::Partial => {
                         o.sent() && current.take_conntrack_changed()
                     }
-                    Some(Ok(o)) => o.sent() || o.kind == SyncKind::Full,
+                    Some(Ok(o)) if o.sent() || o.kind == SyncKind::Full => {
+                        // Handed on whatever the flag says; it is reset all the same.
+                        current.take_conntrack_changed();
+                        true
+                    }
                     _ => false,
                 };
-                if conntrack_due {
-                    current.take_conntrack_changed();
-                }
                 let ok = record(&current, result, drift, &metrics, &health, &mut reported);
                 if conntrack_due {
                     conntrack.update(current.conntrack_destinations(), current.affinity_maps());
