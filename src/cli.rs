@@ -448,6 +448,15 @@ pub(crate) struct NodeArgs {
     /// source-hash, `mh`: maglev). [default: random]
     #[arg(long, value_name = "SCHEDULER", value_parser = parse_scheduler)]
     pub(crate) scheduler: Option<Scheduler>,
+    /// kube-nft only: spread the Service dispatch over this many tables per family (1 to 64).
+    ///
+    /// The kernel checks a table's whole jump graph after every change that adds a verdict (a
+    /// Service added, a port's endpoint count changed), in time proportional to the table's
+    /// dispatch elements: about 35 ms at 50k Services in one table. Each further table,
+    /// `kube-nft-dispatch-<i>`, takes the Services whose name hashes to it, so such a change
+    /// costs about 1/N of that. [default: 1]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=config::MAX_DISPATCH_TABLES as i64))]
+    pub(crate) dispatch_tables: Option<u16>,
     /// A kube-proxy `KubeProxyConfiguration` file (kubeproxy.config.k8s.io/v1alpha1).
     ///
     /// Read: hostnameOverride, bindAddress, clusterCIDR, nodePortAddresses,

@@ -240,7 +240,7 @@ fn restart_adopts_the_kernel_and_keeps_affinity_state() {
         // Packet-path state: a ClientIP affinity entry, as a packet would have added it (a
         // client remembered on one of the Service's endpoints).
         let maps = kube_nft_compiler::conntrack::AffinityMaps::of_ruleset(&expected);
-        let (_, set, endpoints) = maps.iter().next().expect("an affinity map");
+        let (_, _, set, endpoints) = maps.iter().next().expect("an affinity map");
         let set = set.to_owned();
         let entry = format!(
             "{{ 203.0.113.9 : {} }}",

@@ -375,6 +375,91 @@ fn client_ip_affinity_expires_after_its_timeout() {
     );
 }
 
+// --- Dispatch tables ------------------------------------------------------------------------
+
+/// `--dispatch-tables 3` spreads the lab's Services over three tables per family (web, nodeport
+/// and local in `kube-nft-dispatch-1`, external, lb and hairpin in `-2`, sticky in the main
+/// table): every way in still reaches the same endpoints with the same sources.
+#[test]
+fn dispatch_tables_change_no_traffic() {
+    let Some(s) = Scene::new("dispatch_tables", &cluster(), &["--dispatch-tables", "3"]) else {
+        return;
+    };
+    let tables = s
+        .lab
+        .command("node-a", "nft")
+        .expect("node-a")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft list tables");
+    let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
+    assert!(tables.contains("table ip kube-nft-dispatch-2"), "{tables}");
+    // ClusterIP, from a pod and from outside the cluster network.
+    let r = s.replies("pod-client", tcp("172.30.0.10:80"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    assert_eq!(sources(&r), BTreeSet::from([s.addr("pod-client", true)]));
+    let r = s.replies("client", udp("172.30.0.10:53"), DRAWS);
+    assert_eq!(hosts(&r), set(&WEB));
+    s.assert_masqueraded(&r, "client to a ClusterIP over UDP");
+    // NodePort and externalIP, masqueraded.
+    for dst in ["192.168.0.2:30080", "198.51.100.20:80"] {
+        let r = s.replies("client", tcp(dst), DRAWS);
+        assert_eq!(hosts(&r), set(&WEB), "{dst}");
+        s.assert_masqueraded(&r, dst);
+    }
+    // externalTrafficPolicy Local: the local endpoint only, the client's own address.
+    for dst in ["198.51.100.11:80", "192.168.0.2:30082"] {
+        let r = s.replies("client", tcp(dst), 20);
+        assert_eq!(hosts(&r), set(&["web-a1"]), "{dst}");
+        assert_eq!(
+            sources(&r),
+            BTreeSet::from([s.addr("client", true)]),
+            "{dst}"
+        );
+    }
+    // ClientIP affinity: each client address sticks to one endpoint.
+    let src = (s
+        .lab
+        .topology()
+        .host("client")
+        .expect("client")
+        .addrs
+        .iter())
+    .find(|a| a.is_ipv4())
+    .copied()
+    .expect("an IPv4 client address");
+    let r = s.replies("client", tcp("172.30.0.19:80").from_addr(src), 10);
+    assert_eq!(hosts(&r).len(), 1, "{r:?}");
+    // Hairpin: masqueraded in the main table's postrouting, whatever table DNATed it.
+    let r = s.replies("hairpin-a1", tcp("172.30.0.21:80"), 5);
+    assert_eq!(hosts(&r), set(&["hairpin-a1"]));
+    s.assert_masqueraded(&r, "hairpin");
+    // An unknown port of a ClusterIP is still refused.
+    assert_eq!(
+        s.probe("pod-client", tcp("172.30.0.10:81")),
+        Outcome::Refused
+    );
+}
+
+/// An externalIP that is node-a's own address wins over another Service's NodePort on the
+/// same port when the two are in different dispatch tables, as in one table: the NodePort
+/// chains run one nat priority after every table's address dispatch (and by-nodeport's table,
+/// created after the main one, would otherwise run first at an equal priority).
+#[test]
+fn an_external_ip_on_the_node_wins_over_a_nodeport_in_another_table() {
+    let file = kube_nft_testkit::golden::repo_root().join("testdata/lab/dispatch.yaml");
+    let Some(s) = Scene::new("dispatch_precedence", &file, &["--dispatch-tables", "3"]) else {
+        return;
+    };
+    let r = s.replies("client", tcp("192.168.0.2:30090"), 10);
+    assert_eq!(hosts(&r), set(&["web-a1"]));
+    // The NodePort Service's other NodePort, which nothing else claims, is served from its
+    // table, masqueraded.
+    let r = s.replies("client", tcp("192.168.0.2:30091"), DRAWS);
+    assert_eq!(hosts(&r), set(&["web-b1", "web-b2"]));
+    s.assert_masqueraded(&r, "NodePort from the second table");
+}
+
 // --- Hairpin, IPv6, dual-stack --------------------------------------------------------------
 
 #[test]

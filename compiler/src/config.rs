@@ -46,7 +46,15 @@ pub struct Config {
     /// `--scheduler` (or an IPVS-mode file's `ipvs.scheduler`): how a Service without the
     /// `kube-nft.io/scheduler` annotation spreads new connections over its endpoints.
     pub default_scheduler: Scheduler,
+    /// `--dispatch-tables`: how many tables per family the Service dispatch is spread over
+    /// (1 to [`MAX_DISPATCH_TABLES`]; see `compiler/README.md`, "Dispatch tables"). The kernel
+    /// validates the jump graph of a table after every change that adds a verdict, so a change
+    /// costs in proportion to the dispatch elements of its table, not of the cluster.
+    pub dispatch_tables: u16,
 }
+
+/// The most tables the Service dispatch may be spread over, per family.
+pub const MAX_DISPATCH_TABLES: u16 = 64;
 
 impl Default for Config {
     fn default() -> Config {
@@ -62,6 +70,7 @@ impl Default for Config {
             pod_bridge_interface: None,
             pod_interface_name_prefix: None,
             default_scheduler: Scheduler::Random,
+            dispatch_tables: 1,
         }
     }
 }

@@ -547,7 +547,8 @@ pub fn frontends_of(ruleset: &Ruleset) -> BTreeSet<Frontend> {
 /// have are not listed: they go with their chain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AffinityMaps {
-    maps: BTreeMap<(Family, String), BTreeSet<IpAddr>>,
+    /// By family, table and map name.
+    maps: BTreeMap<(Family, String, String), BTreeSet<IpAddr>>,
 }
 
 impl AffinityMaps {
@@ -556,14 +557,14 @@ impl AffinityMaps {
         let mut out = AffinityMaps::default();
         for table in &ruleset.tables {
             for chain in table.chains.values() {
-                out.add_chain(table.family, chain);
+                out.add_chain(table.family, &table.name, chain);
             }
         }
         out
     }
 
-    /// Adds the maps `chain` (of a `family` table) records endpoints in.
-    pub fn add_chain(&mut self, family: Family, chain: &Chain) {
+    /// Adds the maps `chain` (of the `family` table `table`) records endpoints in.
+    pub fn add_chain(&mut self, family: Family, table: &str, chain: &Chain) {
         for stmt in chain.rules.iter().flat_map(|r| &r.stmts) {
             if let Stmt::Update {
                 set,
@@ -572,18 +573,17 @@ impl AffinityMaps {
             } = stmt
             {
                 self.maps
-                    .entry((family, set.clone()))
+                    .entry((family, table.to_owned(), set.clone()))
                     .or_default()
                     .insert(*addr);
             }
         }
     }
 
-    /// Each map, by family and name, with the endpoint addresses its elements may hold.
-    pub fn iter(&self) -> impl Iterator<Item = (Family, &str, &BTreeSet<IpAddr>)> {
-        self.maps
-            .iter()
-            .map(|((family, name), addrs)| (*family, name.as_str(), addrs))
+    /// Each map, by family, table and name, with the endpoint addresses its elements may hold.
+    pub fn iter(&self) -> impl Iterator<Item = (Family, &str, &str, &BTreeSet<IpAddr>)> {
+        (self.maps.iter())
+            .map(|((family, table, name), addrs)| (*family, table.as_str(), name.as_str(), addrs))
     }
 
     /// No affinity map at all (no Service uses ClientIP affinity).

@@ -996,7 +996,7 @@ impl Incremental {
         for lowered in (self.with_affinity.iter()).filter_map(|key| self.services.get(key)) {
             for (stored, family) in lowered.fragments.iter().zip([Family::Ip, Family::Ip6]) {
                 for chain in &stored.chains {
-                    out.add_chain(family, chain);
+                    out.add_chain(family, crate::ir::names::TABLE, chain);
                 }
             }
         }

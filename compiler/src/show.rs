@@ -135,11 +135,55 @@ pub fn rows(ruleset: &Ruleset, env: &Env) -> Vec<Row> {
 pub fn rows_where(ruleset: &Ruleset, env: &Env, wanted: impl Fn(&Frontend) -> bool) -> Vec<Row> {
     let tracer = Tracer::new(ruleset, env);
     let mut rows = Vec::new();
-    for table in &ruleset.tables {
-        rows.extend(table_rows(table, &tracer, env, &wanted));
+    for family in [Family::Ip, Family::Ip6] {
+        let mut tables = ruleset.tables.iter().filter(|t| t.family == family);
+        let Some(first) = tables.next() else { continue };
+        match merged(first, tables) {
+            Some(view) => rows.extend(table_rows(&view, &tracer, env, &wanted)),
+            None => rows.extend(table_rows(first, &tracer, env, &wanted)),
+        }
     }
     rows.sort_by(|a, b| a.frontend.cmp(&b.frontend));
     rows
+}
+
+/// One family's tables as one for reading (`--dispatch-tables` above 1): every chain and set
+/// by its name, the elements of a set of one name in several tables together. That is what
+/// the rows read: the frontends of every dispatch table, the shared chains and their maps the
+/// traces went through (a frontend and its slots live in one table only), and the main
+/// table's `cluster-ips`, `nodeport-ips` and firewall sets. `None` for a single table.
+fn merged<'a>(first: &Table, rest: impl Iterator<Item = &'a Table>) -> Option<Table> {
+    let mut view: Option<Table> = None;
+    for table in rest {
+        let view = view.get_or_insert_with(|| first.clone());
+        for (name, chain) in &table.chains {
+            view.chains
+                .entry(name.clone())
+                .or_insert_with(|| chain.clone());
+        }
+        for (name, set) in &table.sets {
+            match view.sets.get_mut(name) {
+                Some(into) => {
+                    into.elements.extend(set.elements.iter().cloned());
+                    into.elements.sort_by(|a, b| a.key.cmp(&b.key));
+                    into.elements.dedup_by(|a, b| a.key == b.key);
+                }
+                None => {
+                    view.sets.insert(name.clone(), set.clone());
+                }
+            }
+        }
+    }
+    view
+}
+
+/// The chain of a trace's path step: a chain of a dispatch table other than the main one
+/// shows as `<table>:<chain>`.
+fn chain_of_step(step: &str) -> &str {
+    match step.split_once(':') {
+        Some((table, chain)) if names::is_ours(table) => chain,
+        _ => step,
+    }
 }
 
 fn table_rows(
@@ -244,7 +288,7 @@ fn table_rows(
         };
         let traced = tracer.trace(&packet);
         let path: Vec<&str> = (traced.outcomes.iter())
-            .flat_map(|o| o.path.iter().map(String::as_str))
+            .flat_map(|o| o.path.iter().map(|step| chain_of_step(step)))
             .collect();
         let mut backends: Vec<Backend> = (traced.targets().into_iter())
             .map(|(addr, port, share)| Backend { addr, port, share })

@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use kube_nft_compiler::conntrack::AffinityMaps;
-use kube_nft_compiler::ir::{self, names, ElemData, Family, Value};
+use kube_nft_compiler::ir::{self, ElemData, Family, Value};
 use kube_nft_compiler::plan::{self, Object, Op, Verb};
 
 use crate::apply;
@@ -89,7 +89,7 @@ pub fn sweep(maps: &AffinityMaps) -> Result<Report, Error> {
         return Ok(report);
     }
     let mut socket = Socket::open().map_err(Error::Open)?;
-    for (family, name, endpoints) in maps.iter() {
+    for (family, table, name, endpoints) in maps.iter() {
         let header = header(family, name);
         report.maps += 1;
         for attempt in 1..=ATTEMPTS {
@@ -98,8 +98,7 @@ pub fn sweep(maps: &AffinityMaps) -> Result<Report, Error> {
                 map: name.to_owned(),
                 source: Box::new(source),
             };
-            let elements = match readback::read_elements(&mut socket, family, names::TABLE, &header)
-            {
+            let elements = match readback::read_elements(&mut socket, family, table, &header) {
                 Ok(elements) => elements,
                 Err(readback::Error::Netlink(e)) if e.errno().is_some_and(|e| e.is_not_found()) => {
                     break
@@ -123,7 +122,7 @@ pub fn sweep(maps: &AffinityMaps) -> Result<Report, Error> {
                 break;
             }
             let count = stale.len();
-            match delete(family, &header, stale) {
+            match delete(family, table, &header, stale) {
                 Ok(()) => {
                     report.deleted += count;
                     break;
@@ -157,8 +156,13 @@ fn header(family: Family, name: &str) -> ir::Set {
 }
 
 /// One transaction deleting `stale` from the map.
-fn delete(family: Family, header: &ir::Set, stale: Vec<ir::Element>) -> Result<(), apply::Error> {
-    let mut table = ir::Table::new(family, names::TABLE);
+fn delete(
+    family: Family,
+    table_name: &str,
+    header: &ir::Set,
+    stale: Vec<ir::Element>,
+) -> Result<(), apply::Error> {
+    let mut table = ir::Table::new(family, table_name);
     table.sets.insert(header.name.clone(), header.clone());
     let old = ir::Ruleset {
         tables: vec![table],
@@ -167,7 +171,7 @@ fn delete(family: Family, header: &ir::Set, stale: Vec<ir::Element>) -> Result<(
         ops: vec![Op {
             verb: Verb::Delete,
             family,
-            table: names::TABLE.to_owned(),
+            table: table_name.to_owned(),
             object: Object::Elements {
                 set: header.name.clone(),
                 elements: stale,

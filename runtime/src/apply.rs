@@ -89,6 +89,9 @@ pub enum Error {
         #[source]
         source: socket::Error,
     },
+    /// Listing our tables before deleting them failed; nothing was sent.
+    #[error("list our tables")]
+    Tables(#[source] Box<crate::readback::Error>),
 }
 
 impl Error {
@@ -96,6 +99,10 @@ impl Error {
     pub fn netlink(&self) -> Option<&socket::Error> {
         match self {
             Error::Netlink(err) | Error::Incomplete { source: err, .. } => Some(err),
+            Error::Tables(e) => match &**e {
+                crate::readback::Error::Netlink(err) => Some(err),
+                _ => None,
+            },
             Error::Encode(_) => None,
         }
     }
@@ -103,13 +110,24 @@ impl Error {
 
 /// Builds the transaction [`replace`] sends: for every table of the ruleset, `add table` (so the
 /// delete cannot fail when the table is absent), `delete table`, `add table` with its comment,
-/// then the table's chains, sets, elements and rules. Our table of a family the ruleset does not
-/// have is deleted too (a node that went single-stack must not keep stale DNAT rules).
-pub fn replace_transaction(ruleset: &ir::Ruleset) -> Result<Transaction, encode::Error> {
+/// then the table's chains, sets, elements and rules. Our tables the ruleset does not have are
+/// deleted too: the main table of a family it lacks (a node that went single-stack must not
+/// keep stale DNAT rules) and those of `existing` (what the kernel holds, [`crate::readback::our_tables`]:
+/// dispatch tables of a larger `--dispatch-tables`).
+pub fn replace_transaction(
+    ruleset: &ir::Ruleset,
+    existing: &[(Family, String)],
+) -> Result<Transaction, encode::Error> {
     let mut batch = Batch::new(first_seq());
-    for family in [Family::Ip, Family::Ip6] {
-        if ruleset.table(family).is_none() {
-            remove_table(&mut batch, family, names::TABLE);
+    let stale = [Family::Ip, Family::Ip6]
+        .into_iter()
+        .map(|family| (family, names::TABLE.to_owned()))
+        .chain(existing.iter().cloned())
+        .collect::<BTreeSet<_>>();
+    for (family, name) in stale {
+        let kept = (ruleset.tables.iter()).any(|t| t.family == family && t.name == name);
+        if !kept {
+            remove_table(&mut batch, family, &name);
         }
     }
     for table in &ruleset.tables {
@@ -122,7 +140,7 @@ pub fn replace_transaction(ruleset: &ir::Ruleset) -> Result<Transaction, encode:
 
 /// Atomically replaces our tables with the ruleset's, in one transaction.
 pub fn replace(ruleset: &ir::Ruleset) -> Result<ApplyReport, Error> {
-    let tx = replace_transaction(ruleset)?;
+    let tx = replace_transaction(ruleset, &our_tables()?)?;
     send(&[tx])
 }
 
@@ -344,18 +362,29 @@ pub fn apply_transactions(transactions: &[Transaction]) -> Result<ApplyReport, E
     send(transactions)
 }
 
-/// Builds the transaction [`cleanup`] sends.
-pub fn cleanup_transaction() -> Transaction {
+/// Builds the transaction [`cleanup`] sends: deletes the main tables and `existing` (our
+/// tables the kernel holds, [`crate::readback::our_tables`]).
+pub fn cleanup_transaction(existing: &[(Family, String)]) -> Transaction {
     let mut batch = Batch::new(first_seq());
-    for family in [Family::Ip, Family::Ip6] {
-        remove_table(&mut batch, family, names::TABLE);
+    let tables = [Family::Ip, Family::Ip6]
+        .into_iter()
+        .map(|family| (family, names::TABLE.to_owned()))
+        .chain(existing.iter().cloned())
+        .collect::<BTreeSet<_>>();
+    for (family, name) in tables {
+        remove_table(&mut batch, family, &name);
     }
     batch.finish()
 }
 
-/// Deletes `ip kube-nft` and `ip6 kube-nft`, in one transaction. Absent tables are fine.
+/// Deletes our tables (`ip kube-nft`, `ip6 kube-nft` and any dispatch tables), in one
+/// transaction. Absent tables are fine.
 pub fn cleanup() -> Result<ApplyReport, Error> {
-    send(&[cleanup_transaction()])
+    send(&[cleanup_transaction(&our_tables()?)])
+}
+
+fn our_tables() -> Result<Vec<(Family, String)>, Error> {
+    crate::readback::our_tables().map_err(|e| Error::Tables(Box::new(e)))
 }
 
 /// `add table` + `delete table`: deletes the table whether or not it exists (`delete` alone

@@ -626,7 +626,7 @@ mod tests {
                     data: Some(Value::Addr(endpoint.parse().unwrap())),
                 }]));
             }
-            out.add_chain(Family::Ip, &chain);
+            out.add_chain(Family::Ip, "kube-nft", &chain);
         }
         out
     }

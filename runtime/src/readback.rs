@@ -3,7 +3,8 @@
 //! sets by name, elements sorted by key (as `lower` sorts them), rules in kernel order. It
 //! dumps one family's table, chains, sets, elements and rules over one socket, decodes them
 //! with `netlink::decode`, and folds each numgen DNAT's anonymous map back into its rule. It
-//! reads only `ip kube-nft` and `ip6 kube-nft`; other tables are never decoded.
+//! reads only our tables (`kube-nft` and its dispatch tables `kube-nft-dispatch-<i>`,
+//! `names::is_ours`, in each family); other tables are never decoded.
 //!
 //! Elements of dynamic sets (`update @set`, the session-affinity sets) are left out: the packet
 //! path adds them (client addresses with expiry timers), so they are runtime state, not
@@ -58,25 +59,33 @@ pub enum Error {
     Unstable,
 }
 
-/// Reads our tables of the given families (`ip kube-nft`, `ip6 kube-nft`) in family order;
-/// absent tables are absent from the result. The read is consistent: it is retried when the
-/// generation id changed between its start and its end.
+/// Reads our tables of the given families (`kube-nft` and any dispatch tables, in each) in
+/// family order, a family's tables by name; absent tables are absent from the result. The
+/// read is consistent: it is retried when the generation id changed between its start and its
+/// end.
 pub fn read(families: &[Family]) -> Result<ir::Ruleset, Error> {
     let mut socket = Socket::open()?;
     for _ in 0..ATTEMPTS {
         let before = socket.get_gen()?;
         let mut tables = Vec::new();
         let mut interrupted = false;
-        for family in [Family::Ip, Family::Ip6] {
+        'families: for family in [Family::Ip, Family::Ip6] {
             if !families.contains(&family) {
                 continue;
             }
-            match read_table(&mut socket, family, names::TABLE) {
-                Ok(Some(table)) => tables.push(table),
-                Ok(None) => {}
+            let read = list_tables(&mut socket, family).and_then(|headers| {
+                let ours = headers.into_iter().filter(|t| names::is_ours(&t.name));
+                ours.map(|header| read_contents(&mut socket, header))
+                    .collect::<Result<Vec<_>, _>>()
+            });
+            match read {
+                Ok(mut read) => {
+                    read.sort_by(|a, b| a.name.cmp(&b.name));
+                    tables.extend(read);
+                }
                 Err(Error::Netlink(socket::Error::DumpInterrupted)) => {
                     interrupted = true;
-                    break;
+                    break 'families;
                 }
                 Err(err) => return Err(err),
             }
@@ -88,6 +97,40 @@ pub fn read(families: &[Family]) -> Result<ir::Ruleset, Error> {
     Err(Error::Unstable)
 }
 
+/// Our tables the kernel holds (`names::is_ours`), by family and name: what a cleanup or a
+/// replacement deletes, dispatch tables a smaller `--dispatch-tables` left behind included.
+pub fn our_tables() -> Result<Vec<(Family, String)>, Error> {
+    let mut socket = Socket::open()?;
+    let mut ours = Vec::new();
+    for family in [Family::Ip, Family::Ip6] {
+        let tables = list_tables(&mut socket, family)?;
+        ours.extend(
+            (tables.into_iter())
+                .filter(|t| names::is_ours(&t.name))
+                .map(|t| (family, t.name)),
+        );
+    }
+    Ok(ours)
+}
+
+/// The tables of `family` (name and comment only).
+fn list_tables(socket: &mut Socket, family: Family) -> Result<Vec<ir::Table>, Error> {
+    let decode_err = |source| Error::Decode {
+        object: format!("table {family}"),
+        source,
+    };
+    // Dumps of tables are not filtered by name; the list of tables is short.
+    let mut tables = Vec::new();
+    for bytes in socket.dump(decode::NFT_MSG_GETTABLE, nfproto(family), &[])? {
+        let msg = Message::parse(&bytes).map_err(decode_err)?;
+        let decoded = decode::table(&msg).map_err(decode_err)?;
+        if decoded.family == family {
+            tables.push(decoded);
+        }
+    }
+    Ok(tables)
+}
+
 /// Reads one table, or `None` if it does not exist. Not retried on concurrent commits; see
 /// [`read`].
 pub fn read_table(
@@ -95,22 +138,20 @@ pub fn read_table(
     family: Family,
     name: &str,
 ) -> Result<Option<ir::Table>, Error> {
+    let header = list_tables(socket, family)?
+        .into_iter()
+        .find(|t| t.name == name);
+    header.map(|h| read_contents(socket, h)).transpose()
+}
+
+/// Reads the chains, sets, elements and rules of the table `table` (as listed).
+fn read_contents(socket: &mut Socket, mut table: ir::Table) -> Result<ir::Table, Error> {
+    let family = table.family;
+    let name = table.name.clone();
+    let name = name.as_str();
     let nfproto = nfproto(family);
     let object = |what: &str| format!("{what} {family} {name}");
     let decode_err = |object: String| move |source| Error::Decode { object, source };
-
-    // Dumps of tables are not filtered by name; the list of tables is short.
-    let mut table = None;
-    for bytes in socket.dump(decode::NFT_MSG_GETTABLE, nfproto, &[])? {
-        let msg = Message::parse(&bytes).map_err(decode_err(object("table")))?;
-        let decoded = decode::table(&msg).map_err(decode_err(object("table")))?;
-        if decoded.name == name && decoded.family == family {
-            table = Some(decoded);
-        }
-    }
-    let Some(mut table) = table else {
-        return Ok(None);
-    };
     let filter = decode::filter_attrs(name, None);
 
     for bytes in socket.dump(decode::NFT_MSG_GETCHAIN, nfproto, &filter)? {
@@ -173,7 +214,7 @@ pub fn read_table(
             chain.rules.push(rule);
         }
     }
-    Ok(Some(table))
+    Ok(table)
 }
 
 /// The elements of `set` (its header as the kernel has it: name, key and data types, flags) in

@@ -114,6 +114,78 @@ fn applying_twice_is_idempotent() {
     });
 }
 
+/// The small cluster with its dispatch over `n` tables per family.
+fn small_cluster_over(n: u16) -> ir::Ruleset {
+    let text = std::fs::read_to_string(
+        golden::repo_root().join("testdata/compile/cluster/small-cluster.yaml"),
+    )
+    .expect("read case");
+    let mut config = golden::case_config(&text);
+    config.dispatch_tables = n;
+    let loaded = kube_nft_compiler::model::load(&[kube_nft_compiler::model::Source {
+        origin: "small-cluster.yaml".into(),
+        text,
+    }])
+    .expect("load");
+    kube_nft_compiler::compile(&loaded.snapshot, &config).ruleset
+}
+
+/// Our tables in the namespace, as `nft list tables` names them.
+fn tables_listed(ns: &kube_nft_testkit::netns::Netns) -> Vec<String> {
+    let out = ns.nft(&["list", "tables"]).expect("nft list tables");
+    out.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn dispatch_tables_come_and_go_with_the_setting() {
+    if !can_run("dispatch_tables_come_and_go_with_the_setting") {
+        return;
+    }
+    let (one, three) = (small_cluster_over(1), small_cluster_over(3));
+    in_netns(|ns| {
+        // A replacement deletes dispatch tables the new ruleset does not have.
+        apply::replace(&three).expect("apply three");
+        assert_eq!(
+            tables_listed(ns),
+            [
+                "table ip kube-nft",
+                "table ip kube-nft-dispatch-1",
+                "table ip kube-nft-dispatch-2",
+                "table ip6 kube-nft",
+                "table ip6 kube-nft-dispatch-1",
+                "table ip6 kube-nft-dispatch-2",
+            ]
+        );
+        assert_eq!(
+            readback::read(&[Family::Ip, Family::Ip6]).expect("read"),
+            three
+        );
+        apply::replace(&one).expect("apply one");
+        assert_eq!(
+            tables_listed(ns),
+            ["table ip kube-nft", "table ip6 kube-nft"]
+        );
+        // So does a plan against the read-back (`compile -f`, the daemon's full sync).
+        apply::replace(&three).expect("apply three again");
+        let kernel = readback::read(&[Family::Ip, Family::Ip6]).expect("read");
+        let tx = plan(&kernel, &one);
+        apply::apply_plan(&kernel, &tx).expect("plan three → one");
+        assert_eq!(
+            readback::read(&[Family::Ip, Family::Ip6]).expect("read"),
+            one
+        );
+        let tx = plan(&one, &three);
+        apply::apply_plan(&one, &tx).expect("plan one → three");
+        assert_eq!(
+            readback::read(&[Family::Ip, Family::Ip6]).expect("read"),
+            three
+        );
+        // And a cleanup removes them all.
+        apply::cleanup().expect("cleanup");
+        assert_eq!(tables_listed(ns), Vec::<String>::new());
+    });
+}
+
 #[test]
 fn cleanup_removes_only_our_tables() {
     if !can_run("cleanup_removes_only_our_tables") {
@@ -124,7 +196,8 @@ fn cleanup_removes_only_our_tables() {
                    add rule ip other input tcp dport 22 accept\n\
                    add table inet fast\n\
                    add set inet fast peers { type ipv4_addr; elements = { 10.0.0.1 }; }\n\
-                   add table ip6 kube-nft-other\n";
+                   add table ip6 kube-nft-other\n\
+                   add table ip kube-nft-dispatch-01\n";
     // Flowtables need nf_flow_table, which not every kernel has (ENOENT without it).
     let flowtable = "add flowtable inet fast ft { hook ingress priority 0; devices = { lo }; }\n";
     let ruleset = small_cluster();

@@ -135,6 +135,9 @@ fn node_config_and_file(
     if let Some(scheduler) = node.scheduler {
         config.default_scheduler = scheduler;
     }
+    if let Some(n) = node.dispatch_tables {
+        config.dispatch_tables = n;
+    }
     // What kube-proxy refuses to start with: a usage error when the flags chose the mode or
     // the interface, else the config file's.
     if let Err(message) = config.check() {

@@ -122,6 +122,7 @@ pub fn case_config(text: &str) -> Config {
             "--pod-bridge-interface" => config.pod_bridge_interface = Some(v.to_owned()),
             "--pod-interface-name-prefix" => config.pod_interface_name_prefix = Some(v.to_owned()),
             "--scheduler" => config.default_scheduler = parse_scheduler(v).expect("scheduler"),
+            "--dispatch-tables" => config.dispatch_tables = v.parse().expect("dispatch tables"),
             other => panic!("case uses flag {other}, which this test does not parse yet"),
         }
     }

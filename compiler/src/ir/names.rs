@@ -20,6 +20,28 @@ const MAX_BODY: usize = 230;
 /// The table name, the same in both families.
 pub const TABLE: &str = "kube-nft";
 
+/// The prefix of the further dispatch tables (`--dispatch-tables` above 1): `kube-nft-dispatch-1`
+/// and on; the main table [`TABLE`] is part 0.
+const DISPATCH_TABLE_PREFIX: &str = "kube-nft-dispatch-";
+
+/// The name of part `i` of the Service dispatch: [`TABLE`] for 0, `kube-nft-dispatch-<i>` after.
+pub fn dispatch_table(i: u16) -> String {
+    if i == 0 {
+        TABLE.to_owned()
+    } else {
+        format!("{DISPATCH_TABLE_PREFIX}{i}")
+    }
+}
+
+/// Whether a table of this name is one of ours: [`TABLE`] or a dispatch table (what read-back,
+/// cleanup and the monitor of foreign changes look at; nothing else is ever touched).
+pub fn is_ours(table: &str) -> bool {
+    table == TABLE
+        || table.strip_prefix(DISPATCH_TABLE_PREFIX).is_some_and(|i| {
+            !i.is_empty() && !i.starts_with('0') && i.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
 /// The words after a service port's label in the comment of an element keyed by an
 /// externalIP (kube-proxy's iptables mode writes the same).
 pub const EXTERNAL_IP_COMMENT: &str = "external IP";
@@ -218,6 +240,23 @@ pub fn is_legal(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dispatch_tables_are_named_from_the_main_one() {
+        assert_eq!(dispatch_table(0), "kube-nft");
+        assert_eq!(dispatch_table(3), "kube-nft-dispatch-3");
+        for i in [0, 1, 9, 64] {
+            assert!(is_ours(&dispatch_table(i)), "{i}");
+        }
+        for other in [
+            "kube-proxy",
+            "kube-nft-dispatch-",
+            "kube-nft-dispatch-03",
+            "kube-nft-x",
+        ] {
+            assert!(!is_ours(other), "{other}");
+        }
+    }
 
     #[test]
     fn hash_matches_kube_proxy_vectors() {

@@ -554,8 +554,12 @@ impl<'a> TableCheck<'a, '_> {
                 // A service port's chain whose dispatch element went to another Service
                 // claiming the same address and port is unused, not wrong (normalize reports
                 // the claim); every other chain must be reachable.
+                // A further dispatch table's `mark-for-masquerade` waits for the shared chains
+                // that jump to it, which come and go with its Services.
+                let idle_mark = name == "mark-for-masquerade" && table.name != names::TABLE;
                 if !crate::ir::names::is_service_port_chain(name)
                     && !crate::ir::names::is_dnat_chain(name)
+                    && !idle_mark
                 {
                     self.err(
                         &format!("chain {}", name),

@@ -26,14 +26,42 @@ use crate::graph::{Graph, LocalDetector, Service};
 use crate::ir::{names, Chain, Element, Family, Ruleset, Set, Table};
 use crate::Config;
 
-/// Lowers the graph into one table per family. Both tables are always present, so a script
-/// that replaces them leaves no stale family behind.
+/// Lowers the graph into one table per family (and, with `--dispatch-tables` N above 1, N - 1
+/// further dispatch tables per family after it). Both families are always present, so a
+/// script that replaces them leaves no stale family behind.
 pub fn lower(graph: &Graph, config: &Config) -> Ruleset {
     let tables = [Family::Ip, Family::Ip6]
         .into_iter()
-        .map(|family| lower_family(graph, config, family))
+        .flat_map(|family| lower_family(graph, config, family))
         .collect();
     Ruleset { tables }
+}
+
+/// The dispatch table (0: the main one) of the Service `namespace/name` among `n`: FNV-1a of
+/// `namespace/name`, so a Service stays in its table for its whole life and the tables fill
+/// evenly. Everything a Service dispatches through (its dispatch elements, the shared chains
+/// and maps they enter, its own chains and affinity maps) lives in that one table: a `goto`
+/// cannot leave its table, and a port's frontends share its chains and affinity maps.
+pub fn dispatch_table_of(namespace: &str, name: &str, n: u16) -> u16 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace.bytes().chain([b'/']).chain(name.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(n.max(1))) as u16
+}
+
+/// Whether elements of the global set `name` belong in the Service's dispatch table (the
+/// dispatch maps) rather than the main table (the filter side: `cluster-ips`, the firewall,
+/// the no-endpoint maps, `hairpin`).
+pub(crate) fn is_dispatch_set(name: &str) -> bool {
+    matches!(
+        name,
+        SERVICE_IPS
+            | SERVICE_NODEPORTS
+            | skeleton::EXTERNAL_LOCAL_IPS
+            | skeleton::EXTERNAL_LOCAL_NODEPORTS
+    )
 }
 
 /// Per-family facts every lowering step needs.
@@ -45,6 +73,8 @@ pub(crate) struct FamilyCtx<'a> {
     pub(crate) local: Option<&'a LocalDetector>,
     /// This family's primary node IP.
     pub(crate) node_ip: Option<IpAddr>,
+    /// `--dispatch-tables`: the tables the Service dispatch is spread over (at least 1).
+    pub(crate) dispatch_tables: u16,
     pub(crate) graph: &'a Graph,
 }
 
@@ -56,17 +86,106 @@ pub(crate) fn family_ctx<'a>(graph: &'a Graph, config: &Config, family: Family) 
         masquerade_all: config.masquerade_all,
         local: graph.local_detector(family),
         node_ip: graph.node.ip(family),
+        dispatch_tables: config.dispatch_tables.max(1),
         graph,
     }
 }
 
-fn lower_family(graph: &Graph, config: &Config, family: Family) -> Table {
+fn lower_family(graph: &Graph, config: &Config, family: Family) -> Vec<Table> {
     let ctx = family_ctx(graph, config, family);
     let mut table = skeleton_table(&ctx);
-    for svc in &graph.services {
-        service::add(&mut table, &ctx, svc);
+    if ctx.dispatch_tables == 1 {
+        for svc in &graph.services {
+            service::add(&mut table, &ctx, svc);
+        }
+        skeleton::finish(&mut table);
+        return vec![table];
     }
-    skeleton::finish(&mut table);
+    let mut tables = vec![table];
+    tables.extend((1..ctx.dispatch_tables).map(|i| dispatch_skeleton_table(&ctx, i)));
+    // The main table before any Service: what `lower_service` tells a Service's own sets
+    // (and shared chains' maps) from the global ones by.
+    let skeleton = tables[0].clone();
+    let mut scratch = scratch_table(&skeleton);
+    let mut placer = Placer::default();
+    for svc in &graph.services {
+        let fragment = lower_service(&skeleton, &mut scratch, &ctx, svc);
+        let t = dispatch_table_of(&svc.namespace, &svc.name, ctx.dispatch_tables);
+        placer.place(&mut tables, usize::from(t), fragment);
+    }
+    for table in &mut tables {
+        skeleton::finish(table);
+    }
+    // Tables in name order, as everything that lists them (`kube-nft-dispatch-10` before `-2`).
+    tables.sort_by(|a, b| a.name.cmp(&b.name));
+    tables
+}
+
+/// Puts each Service's fragment into its dispatch table and its filter-side elements into the
+/// main one, claiming dispatch keys and slot groups across all tables: a frontend dispatched
+/// by two Services belongs to the first in `lower`'s order, as it does in one table (where
+/// `finish` keeps the first element of a key), and a packet must never find it in two tables.
+#[derive(Default)]
+struct Placer {
+    /// (dispatch map, key) and (shared map, frontend) already placed, in any table.
+    claimed: std::collections::HashSet<(String, Vec<crate::ir::Value>)>,
+}
+
+impl Placer {
+    fn place(&mut self, tables: &mut [Table], t: usize, fragment: Fragment) {
+        let Fragment {
+            chains,
+            sets,
+            elements,
+        } = fragment;
+        for chain in chains {
+            tables[t].chains.entry(chain.name.clone()).or_insert(chain);
+        }
+        for mut set in sets {
+            if names::is_dnat_chain(&set.name) {
+                // A shared chain's map: the frontend's K slots go with its dispatch element.
+                let elements = std::mem::take(&mut set.elements);
+                let map = tables[t].sets.entry(set.name.clone()).or_insert(set);
+                // The frontends this Service claimed in this map; a frontend it lost is one
+                // an earlier Service holds.
+                let mut mine = std::collections::HashSet::new();
+                for e in elements {
+                    let frontend = e.key[..e.key.len() - 1].to_vec();
+                    if mine.contains(&frontend)
+                        || (self.claimed).insert((map.name.clone(), frontend.clone()))
+                    {
+                        mine.insert(frontend);
+                        map.elements.push(e);
+                    }
+                }
+            } else {
+                tables[t].sets.insert(set.name.clone(), set);
+            }
+        }
+        for (set, element) in elements {
+            let to = if is_dispatch_set(&set) {
+                if !self.claimed.insert((set.clone(), element.key.clone())) {
+                    continue;
+                }
+                t
+            } else {
+                0
+            };
+            let set = tables[to].sets.get_mut(&set).expect("global set");
+            set.elements.push(element);
+        }
+    }
+}
+
+/// Dispatch table `i` > 0 with only its skeleton (the dispatch part of the main table's).
+pub(crate) fn dispatch_skeleton_table(ctx: &FamilyCtx<'_>, i: u16) -> Table {
+    let mut table = Table::new(ctx.family, names::dispatch_table(i));
+    table.comment = Some(format!(
+        "Service dispatch for kube-nft, part {} of {}",
+        i + 1,
+        ctx.dispatch_tables
+    ));
+    skeleton::add_dispatch_table(&mut table, ctx);
     table
 }
 

@@ -50,6 +50,8 @@ pub(crate) const HAIRPIN: &str = "hairpin";
 pub(crate) const REJECT_CHAIN: &str = "reject-chain";
 pub(crate) const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 const SERVICES: &str = "services";
+/// With several dispatch tables, the NodePort half of `services`, one nat priority later.
+const NODEPORTS: &str = "nodeports";
 const MASQUERADING: &str = "masquerading";
 const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
 const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
@@ -61,6 +63,7 @@ const BACKEND_STATS: &str = "backend-stats";
 pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
     let family = ctx.family;
     add_sets(table, family);
+    add_dispatch(table, ctx);
 
     let base = |kind, hook, priority| BaseChain {
         kind,
@@ -104,30 +107,13 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
             .collect();
         insert_chain(table, c);
     }
-    for (name, hook, target) in [
-        (
-            "nat-prerouting",
-            base(ChainKind::Nat, Hook::Prerouting, priority::DSTNAT),
-            SERVICES,
-        ),
-        (
-            "nat-output",
-            base(ChainKind::Nat, Hook::Output, priority::DSTNAT),
-            SERVICES,
-        ),
-        (
-            "nat-postrouting",
-            base(ChainKind::Nat, Hook::Postrouting, priority::SRCNAT),
-            MASQUERADING,
-        ),
-    ] {
-        let mut c = base_chain(name, hook);
-        if hook.hook == Hook::Postrouting {
-            c.rules.push(count_connection(family));
-        }
-        c.rules.push(Rule::new(vec![jump(target)]));
-        insert_chain(table, c);
-    }
+    let mut c = base_chain(
+        "nat-postrouting",
+        base(ChainKind::Nat, Hook::Postrouting, priority::SRCNAT),
+    );
+    c.rules.push(count_connection(family));
+    c.rules.push(Rule::new(vec![jump(MASQUERADING)]));
+    insert_chain(table, c);
     // The source-NAT hooks run their nat chains once per connection, on its first packet, and
     // after DNAT (the packet already goes to the backend): postrouting for everything that
     // leaves, input for what is delivered here (a backend on the host network). Counting there
@@ -187,59 +173,6 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
     .collect();
     insert_chain(table, stats);
 
-    // The NodePort match: a local destination address inside `nodeport-ips`, never loopback
-    // (localhost NodePorts would need route_localnet, which kube-proxy's nftables mode also
-    // refuses). `fib daddr type local` keeps the set of prefixes honest: only addresses this
-    // node really owns match, whatever the CIDRs given.
-    let nodeport_dst = |with_fib: bool| {
-        let mut stmts = Vec::new();
-        if with_fib {
-            stmts.push(match_eq(
-                Expr::FibType(crate::ir::FibAddr::Daddr),
-                Value::FibLocal,
-            ));
-        }
-        stmts.push(match_ne(Expr::Daddr(family), Value::net(family.loopback())));
-        stmts.push(lookup(Expr::Daddr(family), NODEPORT_IPS));
-        stmts
-    };
-
-    // eTP=Local frontends first send clients from elsewhere (neither a pod of this node nor the
-    // node itself) to the local endpoints, keeping their address; whatever is left of eTP=Local
-    // traffic, and all other traffic, is dispatched by `service-ips` / `service-nodeports`.
-    let from_elsewhere = || {
-        let mut stmts = Vec::new();
-        if let Some(detector) = ctx.local {
-            stmts.push(from_local_pod(detector, false));
-        }
-        stmts.push(match_ne(
-            Expr::FibType(crate::ir::FibAddr::Saddr),
-            Value::FibLocal,
-        ));
-        stmts
-    };
-    let mut services = chain(SERVICES);
-    services.rules = vec![
-        Rule::new({
-            let mut stmts = from_elsewhere();
-            stmts.push(vmap(addr_proto_port(family), EXTERNAL_LOCAL_IPS));
-            stmts
-        }),
-        Rule::new(vec![vmap(addr_proto_port(family), SERVICE_IPS)]),
-        Rule::new({
-            let mut stmts = from_elsewhere();
-            stmts.extend(nodeport_dst(true));
-            stmts.push(vmap(proto_port(), EXTERNAL_LOCAL_NODEPORTS));
-            stmts
-        }),
-        Rule::new({
-            let mut stmts = nodeport_dst(true);
-            stmts.push(vmap(proto_port(), SERVICE_NODEPORTS));
-            stmts
-        }),
-    ];
-    insert_chain(table, services);
-
     let mut check = chain(SERVICE_ENDPOINTS_CHECK);
     check.rules = vec![Rule::new(vec![vmap(
         addr_proto_port(family),
@@ -250,7 +183,7 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
     // Runs in the input hook only, where the destination is already known to be local.
     let mut check = chain(NODEPORT_ENDPOINTS_CHECK);
     check.rules = vec![Rule::new({
-        let mut stmts = nodeport_dst(false);
+        let mut stmts = nodeport_dst(family, false);
         stmts.push(vmap(proto_port(), NO_ENDPOINT_NODEPORTS));
         stmts
     })];
@@ -303,10 +236,6 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
     reject.rules = vec![Rule::new(vec![Stmt::Reject])];
     insert_chain(table, reject);
 
-    let mut mark = chain(MARK_FOR_MASQUERADE);
-    mark.rules = vec![Rule::new(vec![Stmt::MarkOr(ctx.mark)])];
-    insert_chain(table, mark);
-
     let mut masq = chain(MASQUERADING);
     masq.rules = vec![
         // Hairpin: after DNAT the packet goes from an endpoint to the same endpoint; without
@@ -329,6 +258,112 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
         Rule::new(vec![Stmt::Masquerade { fully_random: true }]),
     ];
     insert_chain(table, masq);
+}
+
+/// The NodePort match: a local destination address inside `nodeport-ips`, never loopback
+/// (localhost NodePorts would need route_localnet, which kube-proxy's nftables mode also
+/// refuses). `fib daddr type local` keeps the set of prefixes honest: only addresses this node
+/// really owns match, whatever the CIDRs given.
+fn nodeport_dst(family: Family, with_fib: bool) -> Vec<Stmt> {
+    let mut stmts = Vec::new();
+    if with_fib {
+        stmts.push(match_eq(
+            Expr::FibType(crate::ir::FibAddr::Daddr),
+            Value::FibLocal,
+        ));
+    }
+    stmts.push(match_ne(Expr::Daddr(family), Value::net(family.loopback())));
+    stmts.push(lookup(Expr::Daddr(family), NODEPORT_IPS));
+    stmts
+}
+
+/// Adds the Service dispatch part of a table: the dispatch maps and `nodeport-ips`, the nat
+/// base chains on prerouting and output, `services` and `mark-for-masquerade`. The main table
+/// has it (with its other parts, [`add`]), and so does each further dispatch table
+/// ([`add_dispatch_table`]).
+fn add_dispatch(table: &mut Table, ctx: &FamilyCtx<'_>) {
+    let family = ctx.family;
+    add_dispatch_sets(table, family);
+    let base = |kind, hook, priority| BaseChain {
+        kind,
+        hook,
+        priority,
+    };
+    for (name, hook) in [
+        ("nat-prerouting", Hook::Prerouting),
+        ("nat-output", Hook::Output),
+    ] {
+        let mut c = base_chain(name, base(ChainKind::Nat, hook, priority::DSTNAT));
+        c.rules.push(Rule::new(vec![jump(SERVICES)]));
+        insert_chain(table, c);
+    }
+
+    // The NodePort match: a local destination address inside `nodeport-ips`, never loopback
+    // (localhost NodePorts would need route_localnet, which kube-proxy's nftables mode also
+    // refuses). `fib daddr type local` keeps the set of prefixes honest: only addresses this
+    // node really owns match, whatever the CIDRs given.
+
+    // eTP=Local frontends first send clients from elsewhere (neither a pod of this node nor the
+    // node itself) to the local endpoints, keeping their address; whatever is left of eTP=Local
+    // traffic, and all other traffic, is dispatched by `service-ips` / `service-nodeports`.
+    let from_elsewhere = || {
+        let mut stmts = Vec::new();
+        if let Some(detector) = ctx.local {
+            stmts.push(from_local_pod(detector, false));
+        }
+        stmts.push(match_ne(
+            Expr::FibType(crate::ir::FibAddr::Saddr),
+            Value::FibLocal,
+        ));
+        stmts
+    };
+    let mut services = chain(SERVICES);
+    services.rules = vec![
+        Rule::new({
+            let mut stmts = from_elsewhere();
+            stmts.push(vmap(addr_proto_port(family), EXTERNAL_LOCAL_IPS));
+            stmts
+        }),
+        Rule::new(vec![vmap(addr_proto_port(family), SERVICE_IPS)]),
+    ];
+    let nodeport_rules = vec![
+        Rule::new({
+            let mut stmts = from_elsewhere();
+            stmts.extend(nodeport_dst(family, true));
+            stmts.push(vmap(proto_port(), EXTERNAL_LOCAL_NODEPORTS));
+            stmts
+        }),
+        Rule::new({
+            let mut stmts = nodeport_dst(family, true);
+            stmts.push(vmap(proto_port(), SERVICE_NODEPORTS));
+            stmts
+        }),
+    ];
+    if ctx.dispatch_tables == 1 {
+        services.rules.extend(nodeport_rules);
+    } else {
+        // Several dispatch tables: every table's address dispatch must run before any table's
+        // NodePort dispatch, as rules 1-2 run before rules 3-4 in one table (an externalIP that
+        // is a node address wins over another Service's NodePort). nf_nat asks a hook's nat
+        // chains in priority order until one sets up a mapping, so the NodePorts go in chains
+        // one priority later.
+        let mut nodeports = chain(NODEPORTS);
+        nodeports.rules = nodeport_rules;
+        insert_chain(table, nodeports);
+        for (name, hook) in [
+            ("nat-prerouting-nodeports", Hook::Prerouting),
+            ("nat-output-nodeports", Hook::Output),
+        ] {
+            let mut c = base_chain(name, base(ChainKind::Nat, hook, priority::DSTNAT + 1));
+            c.rules.push(Rule::new(vec![jump(NODEPORTS)]));
+            insert_chain(table, c);
+        }
+    }
+    insert_chain(table, services);
+
+    let mut mark = chain(MARK_FOR_MASQUERADE);
+    mark.rules = vec![Rule::new(vec![Stmt::MarkOr(ctx.mark)])];
+    insert_chain(table, mark);
 
     // NodePort addresses exactly as `normalize` resolved them: a zero-length prefix where the
     // family serves every local address, nothing where it serves none (the lookup then never
@@ -345,6 +380,12 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
         let key = Value::net(net);
         super::build::add_element(table, NODEPORT_IPS, vec![key], None, None);
     }
+}
+
+/// Adds to `table` (dispatch table `i` > 0, `--dispatch-tables`) what it holds before any
+/// Service: the dispatch part of the skeleton only.
+pub(crate) fn add_dispatch_table(table: &mut Table, ctx: &FamilyCtx<'_>) {
+    add_dispatch(table, ctx);
 }
 
 /// `ct status dnat update @backend-connections { frontend . backend . proto . port }`, for a
@@ -365,17 +406,23 @@ fn count_connection(family: Family) -> Rule {
     ])
 }
 
-fn add_sets(table: &mut Table, family: Family) {
+/// The dispatch maps and `nodeport-ips`, in every table that dispatches Services.
+fn add_dispatch_sets(table: &mut Table, family: Family) {
     let addr = family.addr_type();
     let app = vec![addr, DataType::InetProto, DataType::InetService];
     let pp = vec![DataType::InetProto, DataType::InetService];
     let verdict = vec![DataType::Verdict];
-    let interval = SetFlags {
+    let mut nodeport_ips = set_decl(
+        NODEPORT_IPS,
+        vec![addr],
+        vec![],
+        "local addresses that serve NodePorts",
+    );
+    nodeport_ips.flags = SetFlags {
         interval: true,
         ..SetFlags::default()
     };
-    let mut sets = vec![
-        set_decl(CLUSTER_IPS, vec![addr], vec![], "active ClusterIPs"),
+    let sets = [
         set_decl(
             SERVICE_IPS,
             app.clone(),
@@ -388,6 +435,36 @@ fn add_sets(table: &mut Table, family: Family) {
             verdict.clone(),
             "NodePort traffic",
         ),
+        set_decl(
+            EXTERNAL_LOCAL_IPS,
+            app,
+            verdict.clone(),
+            "externalTrafficPolicy Local IPs, for clients not on this node",
+        ),
+        set_decl(
+            EXTERNAL_LOCAL_NODEPORTS,
+            pp,
+            verdict,
+            "externalTrafficPolicy Local NodePorts, for clients not on this node",
+        ),
+        nodeport_ips,
+    ];
+    for set in sets {
+        table.sets.insert(set.name.clone(), set);
+    }
+}
+
+fn add_sets(table: &mut Table, family: Family) {
+    let addr = family.addr_type();
+    let app = vec![addr, DataType::InetProto, DataType::InetService];
+    let pp = vec![DataType::InetProto, DataType::InetService];
+    let verdict = vec![DataType::Verdict];
+    let interval = SetFlags {
+        interval: true,
+        ..SetFlags::default()
+    };
+    let mut sets = vec![
+        set_decl(CLUSTER_IPS, vec![addr], vec![], "active ClusterIPs"),
         set_decl(
             NO_ENDPOINT_SERVICES,
             app.clone(),
@@ -407,27 +484,7 @@ fn add_sets(table: &mut Table, family: Family) {
             "LoadBalancer IP ports with loadBalancerSourceRanges",
         ),
         set_decl(HAIRPIN, vec![addr, addr], vec![], "endpoint . endpoint"),
-        set_decl(
-            EXTERNAL_LOCAL_IPS,
-            app.clone(),
-            verdict.clone(),
-            "externalTrafficPolicy Local IPs, for clients not on this node",
-        ),
-        set_decl(
-            EXTERNAL_LOCAL_NODEPORTS,
-            pp.clone(),
-            verdict.clone(),
-            "externalTrafficPolicy Local NodePorts, for clients not on this node",
-        ),
     ];
-    let mut nodeport_ips = set_decl(
-        NODEPORT_IPS,
-        vec![addr],
-        vec![],
-        "local addresses that serve NodePorts",
-    );
-    nodeport_ips.flags = interval;
-    sets.push(nodeport_ips);
     let mut allow_key = app;
     allow_key.push(addr);
     let mut allow = set_decl(

@@ -44,6 +44,9 @@ struct Branch {
     /// `lo`: its input interface is `lo`, and the input hook's nat chains are skipped (the
     /// kernel made the connection's source binding in postrouting already).
     looped: bool,
+    /// The table (index in [`Prepared::tables`]) of the chain being run: `jump` and `goto`
+    /// stay in it, and its sets are the ones the rules name.
+    table: usize,
     path: Vec<String>,
     rules: u32,
 }
@@ -87,43 +90,66 @@ enum RuleFlow {
 /// The values an expression can take (one part per concatenation member), with probabilities.
 type Dist = Vec<(Ratio, Vec<Val>)>;
 
-/// A table made ready for tracing: built once, it serves any number of packets.
+/// A family's tables made ready for tracing: built once, they serve any number of packets.
 pub(super) struct Prepared<'a> {
-    table: &'a Table,
-    /// Every base chain in the order a hook runs them: ascending priority, at equal priority
-    /// filter before nat, then by name, so the order never depends on anything but the
-    /// ruleset. A hook runs those of its own, in this order.
-    base_chains: Vec<(BaseChain, &'a Chain)>,
-    /// Every set by name, each with whether it may be searched by key (`lookup::is_keyed`),
-    /// decided the first time a trace looks it up: a single trace pays only for the sets it
-    /// reads, and many traces pay once.
-    sets: BTreeMap<&'a str, (&'a Set, OnceLock<bool>)>,
+    family: Family,
+    /// The family's tables, in the ruleset's order (the main table first).
+    tables: Vec<&'a Table>,
+    /// Every base chain of the family with its table, in the order a hook runs them: ascending
+    /// priority, at equal priority filter before nat, then by name and table, so the order
+    /// never depends on anything but the ruleset. A hook runs those of its own, in this order.
+    /// (Several tables' chains at one priority run in the order the kernel registered them;
+    /// kube-nft's dispatch tables never hold the same frontend, so their order does not
+    /// matter there.)
+    base_chains: Vec<(BaseChain, usize, &'a Chain)>,
+    /// Every set by table and name, each with whether it may be searched by key
+    /// (`lookup::is_keyed`), decided the first time a trace looks it up: a single trace pays
+    /// only for the sets it reads, and many traces pay once.
+    sets: BTreeMap<(usize, &'a str), (&'a Set, OnceLock<bool>)>,
 }
 
 impl<'a> Prepared<'a> {
-    pub(super) fn new(table: &'a Table) -> Prepared<'a> {
-        let mut base_chains: Vec<_> = (table.chains.values())
-            .filter_map(|c| c.base.map(|b| (b, c)))
+    /// `tables`: the tables of one family (at least one).
+    pub(super) fn new(tables: Vec<&'a Table>) -> Prepared<'a> {
+        let family = tables[0].family;
+        let mut base_chains: Vec<_> = (tables.iter().enumerate())
+            .flat_map(|(t, table)| {
+                (table.chains.values()).filter_map(move |c| c.base.map(|b| (b, t, c)))
+            })
             .collect();
-        base_chains.sort_by(|(a, ac), (b, bc)| {
-            (a.priority, a.kind, &ac.name).cmp(&(b.priority, b.kind, &bc.name))
+        base_chains.sort_by(|(a, at, ac), (b, bt, bc)| {
+            (a.priority, a.kind, &ac.name, at).cmp(&(b.priority, b.kind, &bc.name, bt))
         });
-        let sets = (table.sets.iter())
-            .map(|(name, set)| (name.as_str(), (set, OnceLock::new())))
+        let sets = (tables.iter().enumerate())
+            .flat_map(|(t, table)| {
+                (table.sets.iter())
+                    .map(move |(name, set)| ((t, name.as_str()), (set, OnceLock::new())))
+            })
             .collect();
         Prepared {
-            table,
+            family,
+            tables,
             base_chains,
             sets,
         }
     }
 
     pub(super) fn family(&self) -> Family {
-        self.table.family
+        self.family
+    }
+
+    /// How a chain of table `t` shows in a path: its name, after its table's for a table other
+    /// than the family's first (`kube-nft-dispatch-2:services`).
+    fn step(&self, t: usize, chain: &str) -> String {
+        if t == 0 {
+            chain.to_string()
+        } else {
+            format!("{}:{chain}", self.tables[t].name)
+        }
     }
 }
 
-/// Runs the packet through the hooks it crosses, in `table` (the first table of the packet's
+/// Runs the packet through the hooks it crosses, in `table` (the tables of the packet's
 /// family, if any); the outcomes are unmerged, in branch order.
 pub(super) fn run(table: Option<&Prepared>, env: &Env, packet: &Packet) -> Vec<Outcome> {
     let start = Branch {
@@ -134,6 +160,7 @@ pub(super) fn run(table: Option<&Prepared>, env: &Env, packet: &Packet) -> Vec<O
         dnat: None,
         masquerade: false,
         looped: false,
+        table: 0,
         path: Vec::new(),
         rules: 0,
     };
@@ -203,17 +230,18 @@ struct Interp<'a> {
 impl<'a> Interp<'a> {
     /// Runs every base chain of `hook` on each live branch; finished branches go to `done`.
     fn hook(&self, branches: Vec<Branch>, hook: Hook, done: &mut Vec<Outcome>) -> Vec<Branch> {
-        let chains = (self.table.base_chains.iter()).filter(|(b, _)| b.hook == hook);
+        let chains = (self.table.base_chains.iter()).filter(|(b, _, _)| b.hook == hook);
         // The flag: a NAT binding was made at this hook. The kernel then skips the remaining
         // nat chains of the hook (it runs them only while the connection has no binding).
         let mut live: Vec<(Branch, bool)> = branches.into_iter().map(|b| (b, false)).collect();
-        for &(base, chain) in chains {
+        for &(base, t, chain) in chains {
             let mut next = Vec::new();
-            for (b, bound) in live {
+            for (mut b, bound) in live {
                 if base.kind == ChainKind::Nat && (bound || b.looped) {
                     next.push((b, bound));
                     continue;
                 }
+                b.table = t;
                 for (b, flow) in self.chain(b, &chain.name, 0) {
                     match flow {
                         Flow::Return | Flow::Accept => next.push((b, bound)),
@@ -235,11 +263,11 @@ impl<'a> Interp<'a> {
             let e = format!("more than {MAX_DEPTH} nested chains at {name} (a cycle?)");
             return vec![(b, Flow::Error(e))];
         }
-        let Some(chain) = self.table.table.chains.get(name) else {
+        let Some(chain) = self.table.tables[b.table].chains.get(name) else {
             return vec![(b, Flow::Error(format!("no chain {name}")))];
         };
         let start = b.path.len();
-        b.path.push(name.to_string());
+        b.path.push(self.table.step(b.table, name));
         let mut out = Vec::new();
         // Pending (branch, next rule index); a stack, refilled in order so the first branch
         // of a fork is followed first.
@@ -322,7 +350,7 @@ impl<'a> Interp<'a> {
                 self.filter(b, classified, out)
             }
             Stmt::Lookup { left, set, negate } => {
-                let (set, keyed) = match self.set(set) {
+                let (set, keyed) = match self.set(&b, set) {
                     Ok(s) => s,
                     Err(e) => return fail(b, e, out),
                 };
@@ -332,7 +360,7 @@ impl<'a> Interp<'a> {
                 self.filter(b, classified, out)
             }
             Stmt::Vmap { left, map } => {
-                let (map, keyed) = match self.verdict_map(map) {
+                let (map, keyed) = match self.verdict_map(&b, map) {
                     Ok(m) => m,
                     Err(e) => return fail(b, e, out),
                 };
@@ -417,7 +445,7 @@ impl<'a> Interp<'a> {
                     NatTarget::AddrMap { proto, port, .. } => (*proto, Some(*port)),
                     _ => (self.packet.proto, None),
                 };
-                let (set, keyed) = match self.set(map) {
+                let (set, keyed) = match self.set(&b, map) {
                     Ok(set) => set,
                     Err(e) => {
                         out.push((b, RuleFlow::End(Flow::Error(e))));
@@ -597,13 +625,14 @@ impl<'a> Interp<'a> {
     }
 
     /// The set `name`, with whether it may be searched by key.
-    fn set(&self, name: &str) -> Result<(&'a Set, bool), String> {
-        let (set, keyed) = (self.table.sets.get(name)).ok_or_else(|| format!("no set @{name}"))?;
+    fn set(&self, b: &Branch, name: &str) -> Result<(&'a Set, bool), String> {
+        let (set, keyed) =
+            (self.table.sets.get(&(b.table, name))).ok_or_else(|| format!("no set @{name}"))?;
         Ok((set, *keyed.get_or_init(|| is_keyed(set))))
     }
 
-    fn verdict_map(&self, name: &str) -> Result<(&'a Set, bool), String> {
-        let (map, keyed) = self.set(name)?;
+    fn verdict_map(&self, b: &Branch, name: &str) -> Result<(&'a Set, bool), String> {
+        let (map, keyed) = self.set(b, name)?;
         if map.data != [crate::ir::DataType::Verdict] {
             return Err(format!("@{name} is not a verdict map"));
         }

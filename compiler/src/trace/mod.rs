@@ -391,7 +391,7 @@ pub fn trace(ruleset: &Ruleset, env: &Env, packet: &Packet) -> Trace {
 /// gives exactly what [`trace`] gives.
 pub struct Tracer<'a> {
     env: &'a Env,
-    /// One per table of the ruleset, in its order.
+    /// One per family of the ruleset (its tables together), in its order.
     tables: Vec<eval::Prepared<'a>>,
 }
 
@@ -401,7 +401,15 @@ impl<'a> Tracer<'a> {
     pub fn new(ruleset: &'a Ruleset, env: &'a Env) -> Tracer<'a> {
         Tracer {
             env,
-            tables: ruleset.tables.iter().map(eval::Prepared::new).collect(),
+            tables: [Family::Ip, Family::Ip6]
+                .into_iter()
+                .filter_map(|family| {
+                    let tables: Vec<_> = (ruleset.tables.iter())
+                        .filter(|t| t.family == family)
+                        .collect();
+                    (!tables.is_empty()).then(|| eval::Prepared::new(tables))
+                })
+                .collect(),
         }
     }
 
