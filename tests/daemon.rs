@@ -7,6 +7,7 @@
 //! metrics and bad objects. The API-server source has its own suite (`tests/daemon_api.rs`).
 //! Needs root; under `CI=true` a machine that cannot run it fails the tests.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -70,6 +71,11 @@ impl Folder {
 
     /// What `compile` makes of the folder now, as read back (dynamic set contents excluded).
     fn expected(&self) -> Ruleset {
+        self.expected_with(&config())
+    }
+
+    /// [`Folder::expected`] for the node config `config`.
+    fn expected_with(&self, config: &Config) -> Ruleset {
         let mut sources = Vec::new();
         let mut paths: Vec<PathBuf> = std::fs::read_dir(self.path())
             .expect("read dir")
@@ -85,7 +91,7 @@ impl Folder {
             });
         }
         let loaded = load(&sources).expect("the test's manifests load");
-        readback::canonical(&compile(&loaded.snapshot, &config()).ruleset)
+        readback::canonical(&compile(&loaded.snapshot, config).ruleset)
     }
 }
 
@@ -216,6 +222,63 @@ fn manifests_edits_additions_deletions_and_broken_files() {
         folder.remove("svc3.json");
         converges(&folder.expected(), "after removing the broken file");
         assert!(d.try_wait().is_none(), "the daemon keeps running");
+    });
+}
+
+/// `--dispatch-tables 3`: the daemon's deltas keep each Service in its table (endpoint and
+/// Service changes, a Service added and deleted), and a restart with another number moves
+/// every Service in its first sync, deleting the tables it no longer uses.
+#[test]
+fn dispatch_tables_through_the_daemon() {
+    if !can_run("dispatch_tables_through_the_daemon") {
+        return;
+    }
+    in_netns(|_| {
+        loopback_up();
+        let folder = Folder::new();
+        let mut services = uniform(9);
+        services[4].affinity = Some(Some(60));
+        write_cluster(&folder, &services);
+        let three = Config {
+            dispatch_tables: 3,
+            ..config()
+        };
+        let mut d = daemon(&folder, &["--dispatch-tables", "3"]);
+        converges(&folder.expected_with(&three), "initial sync");
+        let tables: BTreeSet<String> = kernel().tables.into_iter().map(|t| t.name).collect();
+        assert_eq!(tables.len(), 3, "{tables:?}");
+        let only = |services: &[Svc], name: &str| -> Vec<Value> {
+            manifests(services)
+                .into_iter()
+                .filter(|d| {
+                    d["metadata"]["name"] == name
+                        || d["metadata"]["labels"]["kubernetes.io/service-name"] == name
+                })
+                .collect()
+        };
+        for (i, what) in [(1, "an endpoint fewer"), (4, "an affinity endpoint fewer")] {
+            services[i].endpoints.pop();
+            let name = format!("svc{i}");
+            folder.write(&format!("{name}.json"), &only(&services, &name));
+            converges(&folder.expected_with(&three), what);
+        }
+        services[7].ports.push(("UDP", 53));
+        folder.write("svc7.json", &only(&services, "svc7"));
+        converges(&folder.expected_with(&three), "a port added");
+        let more = uniform(11);
+        for name in ["svc9", "svc10"] {
+            folder.write(&format!("{name}.json"), &only(&more, name));
+        }
+        converges(&folder.expected_with(&three), "two Services added");
+        folder.remove("svc2.json");
+        converges(&folder.expected_with(&three), "a Service deleted");
+        d.terminate();
+
+        let d = daemon(&folder, &[]);
+        converges(&folder.expected(), "restarted with one table");
+        let tables: BTreeSet<String> = kernel().tables.into_iter().map(|t| t.name).collect();
+        assert_eq!(tables, BTreeSet::from(["kube-nft".to_owned()]));
+        drop(d);
     });
 }
 

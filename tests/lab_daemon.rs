@@ -100,7 +100,16 @@ fn snapshot_of_file(file: &Path) -> Snapshot {
 
 /// What the daemon must program for `snapshot`, in the form the kernel is read back in.
 fn ruleset_of(snapshot: &Snapshot) -> Ruleset {
-    readback::canonical(&compile(snapshot, &config()).ruleset)
+    ruleset_over(snapshot, 1)
+}
+
+/// [`ruleset_of`] with the Service dispatch over `tables` tables per family.
+fn ruleset_over(snapshot: &Snapshot, tables: u16) -> Ruleset {
+    let config = Config {
+        dispatch_tables: tables,
+        ..config()
+    };
+    readback::canonical(&compile(snapshot, &config).ruleset)
 }
 
 /// The objects of a snapshot as an API server holds them (apiVersion, kind, metadata), legacy
@@ -188,6 +197,8 @@ struct Scene {
     api: FakeApiServer,
     lab: Lab,
     kubeconfig: PathBuf,
+    /// The daemon's `--dispatch-tables`.
+    dispatch_tables: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -196,7 +207,17 @@ impl Scene {
     /// first sync done, the kernel equal to `compile` of the objects. `None` where the lab
     /// cannot run (never under `CI=true`).
     fn start(test: &str, lab_from: &Snapshot, objects: &[Value]) -> Option<Scene> {
-        let mut s = Scene::launch(test, lab_from, objects, true)?;
+        Scene::start_over(test, lab_from, objects, 1)
+    }
+
+    /// [`Scene::start`] with the daemon's `--dispatch-tables` at `tables`.
+    fn start_over(
+        test: &str,
+        lab_from: &Snapshot,
+        objects: &[Value],
+        tables: u16,
+    ) -> Option<Scene> {
+        let mut s = Scene::launch_over(test, lab_from, objects, true, tables)?;
         s.daemon
             .wait_log(SYNCED, 1, CONVERGE)
             .unwrap_or_else(|e| panic!("{test}: the first sync: {e}"));
@@ -211,6 +232,16 @@ impl Scene {
         lab_from: &Snapshot,
         objects: &[Value],
         reachable: bool,
+    ) -> Option<Scene> {
+        Scene::launch_over(test, lab_from, objects, reachable, 1)
+    }
+
+    fn launch_over(
+        test: &str,
+        lab_from: &Snapshot,
+        objects: &[Value],
+        reachable: bool,
+        tables: u16,
     ) -> Option<Scene> {
         if !can_run(test) {
             return None;
@@ -234,12 +265,13 @@ impl Scene {
         let dir = tempfile::tempdir().expect("temp dir");
         let kubeconfig = dir.path().join("kubeconfig");
         api.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
-        let daemon = spawn_daemon(&lab, &kubeconfig);
+        let daemon = spawn_daemon(&lab, &kubeconfig, tables);
         Some(Scene {
             daemon,
             api,
             lab,
             kubeconfig,
+            dispatch_tables: tables,
             _dir: dir,
         })
     }
@@ -253,7 +285,10 @@ impl Scene {
         }
         items.extend(self.api.get("v1", "Node", None, "node-a"));
         let text = json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
-        ruleset_of(&snapshot_of("the fake API server", text))
+        ruleset_over(
+            &snapshot_of("the fake API server", text),
+            self.dispatch_tables,
+        )
     }
 
     /// Makes the API server hold exactly `objects`: applies each (a no-op when unchanged),
@@ -348,9 +383,12 @@ impl Scene {
 }
 
 /// `ip netns exec NODE-A kube-nft run --kubeconfig … FLAGS`.
-fn spawn_daemon(lab: &Lab, kubeconfig: &Path) -> Daemon {
+fn spawn_daemon(lab: &Lab, kubeconfig: &Path, dispatch_tables: u16) -> Daemon {
     let command = lab.command("node-a", BIN).expect("node-a");
+    let tables = dispatch_tables.to_string();
     let mut args = vec![
+        "--dispatch-tables",
+        tables.as_str(),
         "--kubeconfig",
         kubeconfig.to_str().expect("utf-8 path"),
         "--healthz-bind-address",
@@ -605,13 +643,20 @@ fn live_objects(endpoints: &[u8], others: &[u8]) -> Vec<Value> {
 
 #[test]
 fn endpoint_and_service_changes_arrive_under_live_traffic() {
+    changes_under_live_traffic("endpoint_and_service_changes_arrive_under_live_traffic", 1);
+}
+
+/// The same with the Service dispatch over three tables per family: `live` and the `other-…`
+/// Services spread over them, each change still three commits that never strand a packet.
+#[test]
+fn changes_under_live_traffic_over_dispatch_tables() {
+    changes_under_live_traffic("changes_under_live_traffic_over_dispatch_tables", 3);
+}
+
+fn changes_under_live_traffic(test: &str, tables: u16) {
     // The lab holds every pod any step uses; the API server starts with live-0 and live-1.
     let all = snapshot_of("all", live_cluster(&[0, 1, 2, 3, 4], &[1, 2, 3]));
-    let Some(s) = Scene::start(
-        "endpoint_and_service_changes_arrive_under_live_traffic",
-        &all,
-        &live_objects(&[0, 1], &[]),
-    ) else {
+    let Some(s) = Scene::start_over(test, &all, &live_objects(&[0, 1], &[]), tables) else {
         return;
     };
     // Each step keeps a ready endpoint of the step before, adds or removes endpoints of `live`
@@ -666,7 +711,7 @@ fn endpoint_and_service_changes_arrive_under_live_traffic() {
     assert_eq!(s.probe("pod-client", gone).reply(), None);
     assert_eq!(
         s.kernel().expect("read back"),
-        ruleset_of(&snapshot_of("final", live_cluster(&[3, 4], &[3])))
+        ruleset_over(&snapshot_of("final", live_cluster(&[3, 4], &[3])), tables)
     );
 }
 
@@ -721,7 +766,7 @@ fn twenty_restarts_under_live_traffic_break_no_connection() {
                     .expect("enter node-a")
                     .expect("read back");
                 assert!(kernel == expected, "restart {i}: the rules changed on exit");
-                *daemon = spawn_daemon(lab, kubeconfig);
+                *daemon = spawn_daemon(lab, kubeconfig, 1);
                 daemon
                     .wait_log(SYNCED, 1, CONVERGE)
                     .unwrap_or_else(|e| panic!("restart {i}: first sync: {e}"));

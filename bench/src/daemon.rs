@@ -73,6 +73,8 @@ pub(crate) struct Options<'a> {
     pub(crate) service_changes: usize,
     pub(crate) kube_nft: &'a Path,
     pub(crate) work: &'a Path,
+    /// `--dispatch-tables` of the daemon.
+    pub(crate) dispatch_tables: u16,
 }
 
 /// Resident memory of the daemon, in bytes.
@@ -180,7 +182,7 @@ fn measure_size(n: usize, opts: &Options<'_>) -> anyhow::Result<DaemonResult> {
         server
             .write_kubeconfig(&kubeconfig)
             .context("write the kubeconfig")?;
-        let mut run = Run::start(n, opts.kube_nft, &kubeconfig, &log, &server)?;
+        let mut run = Run::start(n, opts, &kubeconfig, &log, &server)?;
         let outcome = run.measure(&mut cluster, opts);
         let memory = run.daemon.memory();
         let exit = run.daemon.terminate();
@@ -201,7 +203,7 @@ fn measure_size(n: usize, opts: &Options<'_>) -> anyhow::Result<DaemonResult> {
                 progress(n, format_args!("daemon: exited with {status} on SIGTERM"));
             }
         }
-        let verified = verify(&cluster);
+        let verified = verify(&cluster, opts.dispatch_tables);
         apply::cleanup().context("clean up")?;
         drop(server);
         result.verified = verified?;
@@ -213,8 +215,13 @@ fn measure_size(n: usize, opts: &Options<'_>) -> anyhow::Result<DaemonResult> {
 }
 
 /// The kernel must hold what `compile` makes of the final cluster.
-fn verify(cluster: &Cluster) -> anyhow::Result<bool> {
-    let expected = readback::canonical(&cluster.ruleset());
+fn verify(cluster: &Cluster, dispatch_tables: u16) -> anyhow::Result<bool> {
+    let config = kube_nft_compiler::Config {
+        dispatch_tables,
+        ..synthetic::config()
+    };
+    let compiled = kube_nft_compiler::compile(&cluster.snapshot(), &config);
+    let expected = readback::canonical(&compiled.ruleset);
     let current = readback::read(&[Family::Ip, Family::Ip6]).context("read back")?;
     if current == expected {
         return Ok(true);
@@ -244,13 +251,13 @@ impl<'a> Run<'a> {
     /// Starts the daemon and waits for its initial full sync.
     fn start(
         n: usize,
-        kube_nft: &Path,
+        opts: &Options<'_>,
         kubeconfig: &Path,
         log_path: &Path,
         server: &'a FakeApiServer,
     ) -> anyhow::Result<Run<'a>> {
         let spawned = Instant::now();
-        let mut daemon = Daemon::spawn(kube_nft, kubeconfig, log_path)?;
+        let mut daemon = Daemon::spawn(opts, kubeconfig, log_path)?;
         let mut log = Log::new(log_path);
         let deadline = spawned + start_timeout(n);
         let first = loop {
@@ -499,14 +506,15 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(binary: &Path, kubeconfig: &Path, log: &Path) -> anyhow::Result<Daemon> {
+    fn spawn(opts: &Options<'_>, kubeconfig: &Path, log: &Path) -> anyhow::Result<Daemon> {
         let file = std::fs::File::create(log).context("create the daemon log")?;
-        let mut command = Command::new(binary);
+        let mut command = Command::new(opts.kube_nft);
         command
             .arg("run")
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(synthetic::NODE_FLAGS)
+            .args(["--dispatch-tables", &opts.dispatch_tables.to_string()])
             .args([
                 "--min-sync-period",
                 MIN_SYNC_PERIOD,
@@ -525,7 +533,7 @@ impl Daemon {
             .stderr(file);
         let child = command
             .spawn()
-            .with_context(|| format!("start {} run", binary.display()))?;
+            .with_context(|| format!("start {} run", opts.kube_nft.display()))?;
         let daemon = Daemon { child: Some(child) };
         // Never let it program the host: it must be in this thread's namespace.
         let ours = std::fs::read_link("/proc/thread-self/ns/net")?;
@@ -717,7 +725,14 @@ impl Commits {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let tables = [(Family::Ip, names::TABLE), (Family::Ip6, names::TABLE)];
+            // Any of ours: the main table and every dispatch table the daemon may use.
+            let names: Vec<String> = (0..kube_nft_compiler::config::MAX_DISPATCH_TABLES)
+                .map(names::dispatch_table)
+                .collect();
+            let tables: Vec<(Family, &str)> = [Family::Ip, Family::Ip6]
+                .into_iter()
+                .flat_map(|f| names.iter().map(move |n| (f, n.as_str())))
+                .collect();
             while !flag.load(Ordering::Relaxed) {
                 let seen = match monitor.next_foreign_change(&tables, Duration::from_millis(100)) {
                     Ok(Some(Event::Foreign(_))) => Seen::Commit(Instant::now()),

@@ -88,6 +88,10 @@ struct Args {
     /// Write the report into this file (replacing the part between its markers).
     #[arg(long, value_name = "FILE")]
     write: Option<PathBuf>,
+    /// Daemon: `--dispatch-tables` of `kube-nft run` (the Service dispatch spread over this
+    /// many tables per family).
+    #[arg(long, default_value_t = 1)]
+    dispatch_tables: u16,
     /// The kube-nft binary (default: next to this one, built first under `cargo run`).
     #[arg(long, value_name = "PATH")]
     kube_nft: Option<PathBuf>,
@@ -167,6 +171,7 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<Generated> {
         service_changes: args.daemon_service_changes,
         kube_nft,
         work,
+        dispatch_tables: args.dispatch_tables,
     };
     let mut daemon_sizes = args.daemon_sizes.clone();
     daemon_sizes.retain(|&n| n > 0);

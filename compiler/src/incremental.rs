@@ -251,6 +251,20 @@ type SharedOfFamily = Vec<(crate::ir::Chain, crate::ir::Set)>;
 /// A shared DNAT chain, its map (no elements) and how many installed Services enter it.
 type SharedChain = (usize, crate::ir::Chain, crate::ir::Set);
 
+/// Each dispatch table number's position among a family's `n` tables, which are in name order
+/// (`kube-nft`, then `kube-nft-dispatch-1`, `-10`, `-11`, `-2`, …).
+fn table_positions(n: u16) -> Vec<usize> {
+    let mut by_name: Vec<(String, u16)> = (0..n)
+        .map(|t| (crate::ir::names::dispatch_table(t), t))
+        .collect();
+    by_name.sort();
+    let mut positions = vec![0; usize::from(n)];
+    for (position, (_, t)) in by_name.into_iter().enumerate() {
+        positions[usize::from(t)] = position;
+    }
+    positions
+}
+
 /// The outcome of [`Incremental::sync`].
 #[derive(Debug)]
 pub enum Sync {
@@ -294,6 +308,13 @@ pub struct Incremental {
     /// sets to lower Services into.
     skeletons: [Table; 2],
     scratch: [Table; 2],
+    /// Per family, the skeletons of the further dispatch tables (`--dispatch-tables`), by
+    /// table number from 1.
+    dispatch_skeletons: [Vec<Table>; 2],
+    /// `--dispatch-tables`, and each table number's position among a family's tables, which
+    /// are in name order (`kube-nft`, `kube-nft-dispatch-1`, `-10`, `-11`, `-2`, …).
+    dispatch_tables: u16,
+    table_position: Vec<usize>,
     /// Per family, the names of the sets Services add elements to, indexed by the `u16` of an
     /// [`ElemId`]: the skeleton's global sets first, then every shared DNAT map seen so far
     /// (append-only until the skeleton is rebuilt, which re-lowers every Service).
@@ -306,9 +327,10 @@ pub struct Incremental {
     /// Per family, the installed Services' hairpin pairs.
     hairpins: [HairpinCounts; 2],
     /// Per family, the shared DNAT chains (`clusterip-random-3`) and their maps (declarations
-    /// only; the elements belong to the Services) with the number of installed Services that
-    /// enter each: a chain and its map exist while that count is above zero.
-    shared: [HashMap<String, SharedChain>; 2],
+    /// only; the elements belong to the Services) by dispatch table and name, with the number
+    /// of installed Services that enter each: a chain and its map exist in a table while that
+    /// count is above zero.
+    shared: [HashMap<(u16, String), SharedChain>; 2],
     /// The sum of every Service's `no_local`.
     no_local: (usize, usize),
     /// Services with a health-check node port, and Services with a UDP or SCTP port: what
@@ -347,6 +369,9 @@ impl Incremental {
             context_diags,
             skeletons: [Table::new(Family::Ip, ""), Table::new(Family::Ip6, "")],
             scratch: [Table::new(Family::Ip, ""), Table::new(Family::Ip6, "")],
+            dispatch_skeletons: Default::default(),
+            dispatch_tables: config.dispatch_tables.max(1),
+            table_position: table_positions(config.dispatch_tables.max(1)),
             set_names: [Vec::new(), Vec::new()],
             set_index: Default::default(),
             services: BTreeMap::new(),
@@ -444,6 +469,16 @@ impl Incremental {
                 set.elements.dedup_by(|a, b| a.key == b.key);
             }
             self.scratch[f] = lower::scratch_table(&skeleton);
+            self.dispatch_skeletons[f] = (1..self.dispatch_tables)
+                .map(|i| {
+                    let mut table = lower::dispatch_skeleton_table(&ctx, i);
+                    for set in table.sets.values_mut() {
+                        set.elements.sort_by(|a, b| a.key.cmp(&b.key));
+                        set.elements.dedup_by(|a, b| a.key == b.key);
+                    }
+                    table
+                })
+                .collect();
             self.set_names[f] = skeleton.sets.keys().cloned().collect();
             self.set_index[f] = (self.set_names[f].iter().enumerate())
                 .map(|(i, name)| (name.clone(), i as u16))
@@ -637,10 +672,11 @@ impl Incremental {
     }
 
     fn install(&mut self, mut lowered: Box<Lowered>) {
+        let t = self.table_of(&lowered.key);
         let shared = lowered.shared.take().map_or_else(Default::default, |s| *s);
         for (f, shared) in shared.into_iter().enumerate() {
             for (chain, map) in shared {
-                let entry = self.shared[f].entry(chain.name.clone());
+                let entry = self.shared[f].entry((t, chain.name.clone()));
                 entry.or_insert((0, chain, map)).0 += 1;
             }
         }
@@ -682,6 +718,7 @@ impl Incremental {
 
     fn uninstall(&mut self, key: &Key) -> Option<Box<Lowered>> {
         let lowered = self.services.remove(key)?;
+        let t = self.table_of(key);
         self.no_local.0 -= lowered.no_local.0 as usize;
         self.no_local.1 -= lowered.no_local.1 as usize;
         self.with_health_check.remove(key);
@@ -691,10 +728,11 @@ impl Incremental {
         }
         for (f, stored) in lowered.fragments.iter().enumerate() {
             for name in &stored.shared {
-                if let Some(entry) = self.shared[f].get_mut(name) {
+                let id = (t, name.clone());
+                if let Some(entry) = self.shared[f].get_mut(&id) {
                     entry.0 -= 1;
                     if entry.0 == 0 {
-                        self.shared[f].remove(name);
+                        self.shared[f].remove(&id);
                     }
                 }
             }
@@ -712,9 +750,10 @@ impl Incremental {
         Some(lowered)
     }
 
-    /// The element that wins `id` now, if any: the first owner (in `lower`'s order) that holds
-    /// exactly this key.
-    fn winner(&self, id: &ElemId) -> Option<Element> {
+    /// The element that wins `id` now, if any, with the dispatch table it goes in: the first
+    /// owner (in `lower`'s order) that holds exactly this key. A Service's elements in the
+    /// dispatch maps and its slots go in its table, everything else in the main one.
+    fn winner(&self, id: &ElemId) -> Option<(u16, Element)> {
         let (f, s, key) = id;
         let (fi, si) = (*f as usize, usize::from(*s));
         if si >= self.skeletons[fi].sets.len() {
@@ -732,21 +771,25 @@ impl Incremental {
                     let stored = &self.services.get(service)?.fragments[fi];
                     let group =
                         (stored.slots.iter()).find(|g| g.set == *s && *g.frontend == *frontend)?;
-                    group.element(*i as usize)
+                    Some((self.table_of(service), group.element(*i as usize)?))
                 });
         }
+        let name = &self.set_names[fi][si];
+        let dispatch = lower::is_dispatch_set(name);
         let owned = (self.owners.get(&slot(fi, *s, key)).into_iter())
             .flat_map(|owners| owners.iter())
             .find_map(|owner| match owner {
                 Owner::Skeleton => self.skeletons[fi]
                     .sets
-                    .get(&self.set_names[fi][si])?
+                    .get(name)?
                     .elements
                     .iter()
                     .find(|e| e.key == *key)
-                    .cloned(),
+                    .map(|e| (0, e.clone())),
                 Owner::Service(service) => {
-                    self.services.get(service)?.fragments[fi].element(*s, key)
+                    let element = self.services.get(service)?.fragments[fi].element(*s, key)?;
+                    let t = if dispatch { self.table_of(service) } else { 0 };
+                    Some((t, element))
                 }
             });
         if owned.is_some() || *s != self.hairpin_index(fi) {
@@ -754,10 +797,54 @@ impl Incremental {
         }
         match key[..] {
             [Value::Addr(a), Value::Addr(b)] if a == b && self.hairpins[fi].contains(a) => {
-                Some(hairpin_element(a))
+                Some((0, hairpin_element(a)))
             }
             _ => None,
         }
+    }
+
+    /// Whether the Service `key` is the first owner (in `lower`'s order) that holds the global
+    /// element `element` of set `s`, or the slot group of frontend `element` of shared map `s`,
+    /// in family `f`.
+    fn claims(&self, f: usize, s: u16, element: &[Value], key: &Key) -> bool {
+        let slots = usize::from(s) >= self.skeletons[f].sets.len();
+        let first = (self.owners.get(&slot(f, s, element)).into_iter())
+            .flat_map(Owners::iter)
+            .find(|owner| match owner {
+                Owner::Skeleton => !slots,
+                Owner::Service(service) => self.services.get(service).is_some_and(|l| {
+                    let stored = &l.fragments[f];
+                    match slots {
+                        true => {
+                            (stored.slots.iter()).any(|g| g.set == s && *g.frontend == *element)
+                        }
+                        false => stored.element(s, element).is_some(),
+                    }
+                }),
+            });
+        matches!(first, Some(Owner::Service(service)) if **service == *key)
+    }
+
+    /// The dispatch table (number) of the Service `key`.
+    fn table_of(&self, key: &Key) -> u16 {
+        if self.dispatch_tables == 1 {
+            return 0;
+        }
+        lower::dispatch_table_of(&key.namespace, &key.name, self.dispatch_tables)
+    }
+
+    /// The index in a partial or whole ruleset of family `f`'s dispatch table `t`.
+    fn table_index(&self, f: usize, t: u16) -> usize {
+        f * usize::from(self.dispatch_tables) + self.table_position[usize::from(t)]
+    }
+
+    /// Family `f`'s tables that declare the skeleton set `name`, by number: the main table,
+    /// and for a dispatch map or `nodeport-ips` every dispatch table.
+    fn tables_with_set(&self, f: usize, name: &str) -> Vec<u16> {
+        let further = (self.dispatch_skeletons[f].iter().zip(1u16..))
+            .filter(|(table, _)| table.sets.contains_key(name))
+            .map(|(_, t)| t);
+        std::iter::once(0).chain(further).collect()
     }
 
     /// Re-lowers the given Services and returns the partial rulesets before and after.
@@ -765,17 +852,19 @@ impl Incremental {
         let mut before = self.partial();
         let mut after = self.partial();
         let mut touched: BTreeSet<ElemId> = BTreeSet::new();
-        let mut touched_chains: BTreeSet<(usize, String)> = BTreeSet::new();
+        // (family, dispatch table, name) of the shared chains the touched Services enter.
+        let mut touched_chains: BTreeSet<(usize, u16, String)> = BTreeSet::new();
         let mut fresh = Vec::new();
         for key in keys {
             let new = self.lower(key);
+            let t = self.table_of(key);
             for (lowered, side) in [
                 (self.services.get(key), &mut before),
                 (new.as_ref(), &mut after),
             ] {
                 let Some(lowered) = lowered else { continue };
                 for (f, stored) in lowered.fragments.iter().enumerate() {
-                    let table = &mut side.tables[f];
+                    let table = &mut side.tables[self.table_index(f, t)];
                     for chain in &stored.chains {
                         table.chains.insert(chain.name.clone(), chain.clone());
                     }
@@ -795,13 +884,18 @@ impl Incremental {
                         }
                     }
                     for name in &stored.shared {
-                        touched_chains.insert((f, name.clone()));
+                        touched_chains.insert((f, t, name.clone()));
                     }
                 }
             }
             fresh.push((key.clone(), new));
         }
+        // With several dispatch tables, a frontend's slots may change hands to a Service of
+        // another table, whose shared chain and map that table has, untouched: both sides
+        // must declare them there (a chain only one side has would be added or deleted).
+        let mut claimed_in = self.slot_owner_chains(&touched);
         self.fill_shared(&mut before, &touched_chains);
+        self.fill_shared(&mut before, &claimed_in);
         self.fill(&mut before, &touched);
         for (key, new) in fresh {
             self.uninstall(&key);
@@ -809,28 +903,68 @@ impl Incremental {
                 self.install(new);
             }
         }
+        // The chains of the owners after, which the touched Services do not enter: untouched,
+        // they existed before as they do now.
+        let now = self.slot_owner_chains(&touched);
+        let late: BTreeSet<_> = (now.iter())
+            .filter(|c| !claimed_in.contains(*c) && !touched_chains.contains(*c))
+            .cloned()
+            .collect();
+        self.fill_shared(&mut before, &late);
+        claimed_in.extend(now);
         self.fill_shared(&mut after, &touched_chains);
+        self.fill_shared(&mut after, &claimed_in);
         self.fill(&mut after, &touched);
         (before, after)
     }
 
+    /// The shared chains, by (family, dispatch table, name), of every Service owning one of the
+    /// touched slots' frontends: where those slots may go. Empty with one dispatch table.
+    fn slot_owner_chains(&self, touched: &BTreeSet<ElemId>) -> BTreeSet<(usize, u16, String)> {
+        let mut out = BTreeSet::new();
+        if self.dispatch_tables == 1 {
+            return out;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (f, s, key) in touched {
+            let (fi, si) = (usize::from(*f), usize::from(*s));
+            if si < self.skeletons[fi].sets.len() || key.is_empty() {
+                continue;
+            }
+            let frontend = &key[..key.len() - 1];
+            let id = slot(fi, *s, frontend);
+            if !seen.insert(id) {
+                continue;
+            }
+            for owner in self.owners.get(&id).into_iter().flat_map(Owners::iter) {
+                if let Owner::Service(service) = owner {
+                    let name = self.set_names[fi][si].clone();
+                    out.insert((fi, self.table_of(service), name));
+                }
+            }
+        }
+        out
+    }
+
     /// Adds the touched shared chains and their (empty) maps that exist now: some installed
-    /// Service enters them.
-    fn fill_shared(&self, partial: &mut Ruleset, touched: &BTreeSet<(usize, String)>) {
-        for (f, name) in touched {
-            if let Some((_, chain, map)) = self.shared[*f].get(name) {
-                let table = &mut partial.tables[*f];
+    /// Service of their table enters them.
+    fn fill_shared(&self, partial: &mut Ruleset, touched: &BTreeSet<(usize, u16, String)>) {
+        for (f, t, name) in touched {
+            if let Some((_, chain, map)) = self.shared[*f].get(&(*t, name.clone())) {
+                let table = &mut partial.tables[self.table_index(*f, *t)];
                 table.chains.insert(name.clone(), chain.clone());
-                table.sets.insert(name.clone(), map.clone());
+                table
+                    .sets
+                    .entry(name.clone())
+                    .or_insert_with(|| map.clone());
             }
         }
     }
 
-    /// Tables with the skeleton's identity and no contents.
+    /// Every table (both families, a family's in name order) with the skeleton's identity and
+    /// no contents.
     fn partial(&self) -> Ruleset {
-        let tables = self
-            .skeletons
-            .iter()
+        let tables = (self.family_tables().into_iter())
             .map(|skeleton| {
                 let mut table = Table::new(skeleton.family, skeleton.name.clone());
                 table.comment = skeleton.comment.clone();
@@ -840,63 +974,104 @@ impl Incremental {
         Ruleset { tables }
     }
 
-    /// Adds the current winner of every touched element (and the header of its global set,
-    /// also when there is none, so both sides of a plan declare the same sets). A shared map is
-    /// declared by [`Incremental::fill_shared`] where it exists; where it does not, it has no
-    /// elements either.
+    /// The skeletons of every table, in ruleset order: by family, then by name.
+    fn family_tables(&self) -> Vec<&Table> {
+        let mut out = Vec::new();
+        for f in 0..FAMILIES.len() {
+            let mut tables: Vec<&Table> = std::iter::once(&self.skeletons[f])
+                .chain(&self.dispatch_skeletons[f])
+                .collect();
+            tables.sort_by(|a, b| a.name.cmp(&b.name));
+            out.extend(tables);
+        }
+        out
+    }
+
+    /// Adds the current winner of every touched element (and the header of its global set in
+    /// every table that has it, also when there is none, so both sides of a plan declare the
+    /// same sets). A shared map is declared by [`Incremental::fill_shared`] where it exists;
+    /// where it does not, it has no elements either.
     fn fill(&self, partial: &mut Ruleset, touched: &BTreeSet<ElemId>) {
+        let mut declared: Option<(u8, u16)> = None;
         for id in touched {
             let (f, s, _) = id;
-            let name = &self.set_names[*f as usize][usize::from(*s)];
-            let table = &mut partial.tables[*f as usize];
-            let set = match self.skeletons[*f as usize].sets.get(name) {
-                Some(global) => table.sets.entry(name.clone()).or_insert_with(|| {
-                    let mut set = global.clone();
-                    set.elements.clear();
-                    set
-                }),
-                None => match table.sets.get_mut(name) {
-                    Some(map) => map,
-                    None => continue,
-                },
-            };
+            let fi = usize::from(*f);
+            let name = &self.set_names[fi][usize::from(*s)];
+            let winner = self.winner(id);
+            if let Some(global) = self.skeletons[fi].sets.get(name) {
+                if declared != Some((*f, *s)) {
+                    declared = Some((*f, *s));
+                    for t in self.tables_with_set(fi, name) {
+                        let table = &mut partial.tables[self.table_index(fi, t)];
+                        table.sets.entry(name.clone()).or_insert_with(|| {
+                            let mut set = global.clone();
+                            set.elements.clear();
+                            set
+                        });
+                    }
+                }
+            }
+            let Some((t, element)) = winner else { continue };
+            let table = &mut partial.tables[self.table_index(fi, t)];
             // `touched` is ordered by key within a set, so elements stay sorted.
-            set.elements.extend(self.winner(id));
+            if let Some(set) = table.sets.get_mut(name) {
+                set.elements.push(element);
+            }
         }
     }
 
     /// The whole desired ruleset, exactly as [`crate::compile`] would lower the same inputs.
     pub fn ruleset(&self) -> Ruleset {
-        let mut tables: Vec<Table> = self.skeletons.to_vec();
-        for (f, table) in tables.iter_mut().enumerate() {
-            for (name, (_, chain, map)) in &self.shared[f] {
+        let mut tables: Vec<Table> = self.family_tables().into_iter().cloned().collect();
+        // With several dispatch tables, a frontend two Services claim belongs to the first,
+        // in whichever table (`lower`'s `Placer`); in one table `dedup_by` below does that.
+        let several = self.dispatch_tables > 1;
+        for f in 0..FAMILIES.len() {
+            for ((t, name), (_, chain, map)) in &self.shared[f] {
+                let table = &mut tables[self.table_index(f, *t)];
                 table.chains.insert(name.clone(), chain.clone());
                 table.sets.insert(name.clone(), map.clone());
             }
-            for lowered in self.services.values() {
+            let main = self.table_index(f, 0);
+            for (key, lowered) in &self.services {
+                let own = self.table_index(f, self.table_of(key));
                 let stored = &lowered.fragments[f];
                 for chain in &stored.chains {
-                    table.chains.insert(chain.name.clone(), chain.clone());
+                    tables[own].chains.insert(chain.name.clone(), chain.clone());
                 }
                 for set in &stored.sets {
-                    table.sets.insert(set.name.clone(), set.clone());
+                    tables[own].sets.insert(set.name.clone(), set.clone());
                 }
                 for (s, element) in &stored.elements {
                     let name = &self.set_names[f][usize::from(*s)];
-                    let set = table.sets.get_mut(name).expect("global set");
+                    let to = if lower::is_dispatch_set(name) {
+                        if several && !self.claims(f, *s, &element.key(), key) {
+                            continue;
+                        }
+                        own
+                    } else {
+                        main
+                    };
+                    let set = tables[to].sets.get_mut(name).expect("global set");
                     set.elements.push(element.unpack());
                 }
                 for group in &stored.slots {
+                    if several && !self.claims(f, group.set, &group.frontend, key) {
+                        continue;
+                    }
                     let name = &self.set_names[f][usize::from(group.set)];
-                    let set = table.sets.get_mut(name).expect("shared map");
+                    let set = tables[own].sets.get_mut(name).expect("shared map");
                     set.elements.extend(group.elements());
                 }
                 if !stored.hairpins.is_empty() {
-                    let set = (table.sets.get_mut(crate::lower::HAIRPIN)).expect("global set");
+                    let set =
+                        (tables[main].sets.get_mut(crate::lower::HAIRPIN)).expect("global set");
                     set.elements
                         .extend(stored.hairpins.iter().map(|a| hairpin_element(*a)));
                 }
             }
+        }
+        for table in &mut tables {
             for set in table.sets.values_mut() {
                 set.elements.sort_by(|a, b| a.key.cmp(&b.key));
                 set.elements.dedup_by(|a, b| a.key == b.key);
@@ -993,10 +1168,14 @@ impl Incremental {
     /// [`Incremental::ruleset`]. O(Services with affinity).
     pub fn affinity_maps(&self) -> crate::conntrack::AffinityMaps {
         let mut out = crate::conntrack::AffinityMaps::default();
-        for lowered in (self.with_affinity.iter()).filter_map(|key| self.services.get(key)) {
+        for key in &self.with_affinity {
+            let Some(lowered) = self.services.get(key) else {
+                continue;
+            };
+            let table = crate::ir::names::dispatch_table(self.table_of(key));
             for (stored, family) in lowered.fragments.iter().zip([Family::Ip, Family::Ip6]) {
                 for chain in &stored.chains {
-                    out.add_chain(family, crate::ir::names::TABLE, chain);
+                    out.add_chain(family, &table, chain);
                 }
             }
         }

@@ -163,6 +163,24 @@ proptest! {
         let snapshots: Vec<Snapshot> = states.iter().map(|s| snapshot(s)).collect();
         run(&snapshots, &config());
     }
+
+    /// The same over three dispatch tables (`--dispatch-tables`): each Service's elements in
+    /// its table, claims across tables.
+    #[test]
+    fn deltas_end_where_compile_does_over_dispatch_tables(
+        states in prop::collection::vec(prop::collection::vec(svc(), 0..6), 1..5)
+    ) {
+        let snapshots: Vec<Snapshot> = states.iter().map(|s| snapshot(s)).collect();
+        run(&snapshots, &three_tables());
+    }
+}
+
+/// The test cluster's config with the dispatch over three tables per family.
+fn three_tables() -> Config {
+    Config {
+        dispatch_tables: 3,
+        ..config()
+    }
 }
 
 #[test]
@@ -268,7 +286,13 @@ fn contested_elements_change_hands() {
     let only_b = snapshot_of(vec![svc("b", "172.30.0.2"), slice("b", "10.1.0.2")]);
     let empty = Snapshot::default();
     run(
-        &[both.clone(), only_b.clone(), both.clone(), empty, only_b],
+        &[
+            both.clone(),
+            only_b.clone(),
+            both.clone(),
+            empty,
+            only_b.clone(),
+        ],
         &config(),
     );
     // With another endpoint count, b's slots for the shared address are in another map: both
@@ -288,7 +312,32 @@ fn contested_elements_change_hands() {
         slice3("b", "10.1.0.2"),
     ]);
     let only_b3 = snapshot_of(vec![svc("b", "172.30.0.2"), slice3("b", "10.1.0.2")]);
-    run(&[uneven.clone(), only_b3, uneven, both], &config());
+    run(
+        &[
+            uneven.clone(),
+            only_b3.clone(),
+            uneven.clone(),
+            both.clone(),
+        ],
+        &config(),
+    );
+    // Over dispatch tables, a and b live in different ones (ns/a in 0, ns/b in 2 of 3): the
+    // elements change tables as they change hands.
+    assert_ne!(
+        kube_nft_compiler::lower::dispatch_table_of("ns", "a", 3),
+        kube_nft_compiler::lower::dispatch_table_of("ns", "b", 3)
+    );
+    run(
+        &[
+            both.clone(),
+            only_b.clone(),
+            both.clone(),
+            Snapshot::default(),
+            only_b,
+        ],
+        &three_tables(),
+    );
+    run(&[uneven.clone(), only_b3, uneven, both], &three_tables());
 }
 
 /// A Node change that moves the node-wide part (its InternalIP, hence NodePort addresses)

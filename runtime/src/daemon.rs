@@ -316,7 +316,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> Result
                     match Monitor::open() {
                         Ok(monitor) => {
                             let stop = monitor_stop.clone();
-                            monitor_thread = Some(spawn_monitor(monitor, drift_tx.clone(), stop));
+                            let n = options.config.dispatch_tables;
+                            monitor_thread =
+                                Some(spawn_monitor(monitor, n, drift_tx.clone(), stop));
                             // A change between our commit and the subscription is not announced:
                             // check once now (free when the generation is still ours).
                             drift_pending = true;
@@ -361,11 +363,19 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpLis
 /// up every 200 ms to check).
 fn spawn_monitor(
     mut monitor: Monitor,
+    dispatch_tables: u16,
     tx: mpsc::UnboundedSender<monitor::Event>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let tables = [(Family::Ip, names::TABLE), (Family::Ip6, names::TABLE)];
+        // Ours: the main table and every dispatch table (`--dispatch-tables`), both families.
+        let names: Vec<String> = (0..dispatch_tables.max(1))
+            .map(names::dispatch_table)
+            .collect();
+        let tables: Vec<(Family, &str)> = [Family::Ip, Family::Ip6]
+            .into_iter()
+            .flat_map(|f| names.iter().map(move |n| (f, n.as_str())))
+            .collect();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             match monitor.next_foreign_change(&tables, Duration::from_millis(200)) {
                 Ok(Some(event)) => {

@@ -24,7 +24,16 @@ use kube_nft_testkit::netns::{can_run, in_netns};
 
 /// The compiled ruleset of a generated cluster, which must compile without diagnostics.
 fn ruleset(services: &[Svc]) -> ir::Ruleset {
-    let compiled = compile(&cluster::snapshot(services), &cluster::config());
+    ruleset_over(services, 1)
+}
+
+/// [`ruleset`] with the Service dispatch over `tables` tables per family.
+fn ruleset_over(services: &[Svc], tables: u16) -> ir::Ruleset {
+    let config = kube_nft_compiler::Config {
+        dispatch_tables: tables,
+        ..cluster::config()
+    };
+    let compiled = compile(&cluster::snapshot(services), &config);
     assert!(
         compiled.diagnostics.is_empty(),
         "generated cluster compiles cleanly: {:?}",
@@ -144,11 +153,30 @@ fn every_step_of_a_cluster_history_applied_incrementally_lists_like_a_fresh_repl
     {
         return;
     }
+    history(1);
+}
+
+/// The same with the Service dispatch over three tables per family (`--dispatch-tables`).
+#[test]
+fn the_history_over_dispatch_tables_lists_like_a_fresh_replace() {
+    if !can_run("the_history_over_dispatch_tables_lists_like_a_fresh_replace") {
+        return;
+    }
+    history(3);
+}
+
+fn history(tables: u16) {
     let mut cluster = base_cluster();
-    let mut rulesets = vec![("base", ruleset(&cluster))];
+    let mut rulesets = vec![("base", ruleset_over(&cluster, tables))];
     for (name, change) in steps() {
         change(&mut cluster);
-        rulesets.push((name, ruleset(&cluster)));
+        rulesets.push((name, ruleset_over(&cluster, tables)));
+    }
+    if tables > 1 {
+        let names: std::collections::BTreeSet<&str> = (rulesets.iter())
+            .flat_map(|(_, r)| r.tables.iter().map(|t| t.name.as_str()))
+            .collect();
+        assert_eq!(names.len(), usize::from(tables), "{names:?}");
     }
     // Side A: the first ruleset fresh, then one incremental transaction per step.
     let incremental: Vec<String> = in_netns(|ns| {

@@ -35,12 +35,6 @@ pub(super) fn run(args: &RunArgs) -> anyhow::Result<u8> {
         config.hostname = Some(os_hostname()?);
     }
     let node_name = config.hostname.clone().expect("set above");
-    if config.dispatch_tables > 1 {
-        // The warm compiler keeps one table per family so far; `compile -f` spreads them.
-        bail!(UsageError(
-            "--dispatch-tables above 1 is not supported by `run` yet (only by `compile`)".into()
-        ));
-    }
 
     let source = match &args.manifests {
         Some(dir) => Source::Manifests {
