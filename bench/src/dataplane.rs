@@ -33,7 +33,7 @@ const WARMUP: usize = 100;
 #[derive(Clone, Debug)]
 pub(crate) struct Latency {
     /// `kube-nft`, `kube-nft, counters off` or `kube-proxy-shaped`.
-    pub(crate) ruleset: &'static str,
+    pub(crate) ruleset: String,
     /// Services loaded.
     pub(crate) services: usize,
     /// Connections measured.
@@ -42,13 +42,15 @@ pub(crate) struct Latency {
     pub(crate) p99: Duration,
 }
 
-/// Measures `connections` new connections at each size in `sizes` for kube-nft, and at each
-/// size also in `kube_proxy_sizes` for the kube-proxy-shaped ruleset.
+/// Measures `connections` new connections at each size in `sizes` for kube-nft (also with the
+/// Service dispatch over `dispatch_tables` tables per family, when above 1), and at each size
+/// also in `kube_proxy_sizes` for the kube-proxy-shaped ruleset.
 pub(crate) fn measure(
     sizes: &[usize],
     kube_proxy_sizes: &[usize],
     endpoints: usize,
     connections: usize,
+    dispatch_tables: u16,
     kube_nft: &Path,
     work: &Path,
 ) -> anyhow::Result<Vec<Latency>> {
@@ -99,6 +101,30 @@ pub(crate) fn measure(
         )
         .with_context(|| format!("turn the counters off ({n} Services)"))?;
         rows.push(sample(&lab, "kube-nft, counters off", n, dst, connections)?);
+
+        if dispatch_tables > 1 {
+            // The probed Service's table is whichever its name hashes to; the connection
+            // passes the nat chains of the tables before it at its priority.
+            let tables = dispatch_tables.to_string();
+            std::fs::write(&file, cluster.to_json())?;
+            let out = lab
+                .command("node-0", kube_nft)?
+                .arg("compile")
+                .arg("-f")
+                .arg(&file)
+                .args(synthetic::NODE_FLAGS)
+                .args(["--dispatch-tables", &tables])
+                .output()?;
+            let _ = std::fs::remove_file(&file);
+            if !out.status.success() {
+                bail!(
+                    "kube-nft compile -f --dispatch-tables {tables} ({n} Services): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let what = format!("kube-nft, {tables} dispatch tables");
+            rows.push(sample(&lab, &what, n, dst, connections)?);
+        }
 
         if kube_proxy_sizes.contains(&n) {
             let cleanup = lab.command("node-0", kube_nft)?.arg("cleanup").output()?;
@@ -178,7 +204,7 @@ fn lab_for(cluster: &Cluster, target: usize) -> anyhow::Result<Lab> {
 
 fn sample(
     lab: &Lab,
-    ruleset: &'static str,
+    ruleset: &str,
     services: usize,
     dst: SocketAddr,
     connections: usize,
@@ -186,7 +212,7 @@ fn sample(
     let mut times = lab.connect_times("client", dst, WARMUP + connections)?;
     times.drain(..WARMUP);
     Ok(Latency {
-        ruleset,
+        ruleset: ruleset.to_owned(),
         services,
         connections,
         p50: percentile(&times, 50),

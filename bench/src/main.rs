@@ -89,7 +89,7 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     write: Option<PathBuf>,
     /// Daemon: `--dispatch-tables` of `kube-nft run` (the Service dispatch spread over this
-    /// many tables per family).
+    /// many tables per family); data plane: above 1, also measured with that many tables.
     #[arg(long, default_value_t = 1)]
     dispatch_tables: u16,
     /// The kube-nft binary (default: next to this one, built first under `cargo run`).
@@ -192,6 +192,7 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<Generated> {
             &args.dataplane_kube_proxy_sizes,
             args.endpoints,
             args.connections,
+            args.dispatch_tables,
             kube_nft,
             work,
         )?;
@@ -245,6 +246,7 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<Generated> {
         &args.dataplane_kube_proxy_sizes,
         args.endpoints,
         args.connections,
+        args.dispatch_tables,
         kube_nft,
         work,
     )

@@ -194,17 +194,31 @@ fn new_paths_go_first_and_old_ones_last() {
         assert!(op.to_string().contains("clusterip-random-3"), "{op}");
     }
     // The only Service with 4 endpoints back to 3: the chain and map for 4 are retired
-    // (deleting the map deletes its slots); the slots in the map for 3 come first.
+    // (deleting the map deletes its slots); the 3 slots in the map for 3, which exists, are
+    // committed with the dispatch element that leads there (replacing the old one): nothing
+    // to prepare.
     let mut before = uniform(20);
     before[CLUSTER_IP].endpoints.push(Ep::ready(4, 1));
     let after = uniform(20);
     let tx = check(&ruleset(&before), &ruleset(&after));
-    let [prepare, _, retire] = tx.phases();
-    assert_eq!(prepare.counts().to_string(), "add element 3");
+    let [prepare, switch, retire] = tx.phases();
+    assert!(prepare.is_empty(), "{prepare}");
+    assert_eq!(
+        switch.counts().to_string(),
+        "add element 4, delete element 1"
+    );
     assert_eq!(
         retire.counts().to_string(),
         "flush chain 1, delete chain 1, delete set 1"
     );
+    // A Service added into existing chains: one transaction.
+    let before = uniform(20);
+    let mut after = before.clone();
+    after.push(Svc::new(Kind::ClusterIp));
+    let tx = check(&ruleset(&before), &ruleset(&after));
+    let [prepare, switch, retire] = tx.phases();
+    assert!(prepare.is_empty() && retire.is_empty(), "{prepare}{retire}");
+    assert_eq!(switch.counts().to_string(), "add element 6");
 }
 
 #[test]

@@ -48,7 +48,8 @@ impl Transaction {
     /// keys), `switch` (everything else: the dispatch elements that now lead there, in-place
     /// slot changes, all other objects) and `retire` (slots deleted from shared maps under keys
     /// not re-added, and shared chains and maps deleted). Parts may be empty; a transaction
-    /// that creates or deletes a table is all `switch`.
+    /// that creates or deletes a table is all `switch`, and so are new slots when no shared
+    /// chain or map is created (below).
     ///
     /// Why: a packet that crosses a commit can see both generations. nf_tables picks a chain's
     /// rules by the generation current when the packet entered the hook, but a set lookup reads
@@ -164,6 +165,19 @@ impl Transaction {
                 }
                 _ => switch.push(op.clone()),
             }
+        }
+        // Slots alone (no chain or map created) need no commit of their own: a packet that
+        // reads the new dispatch element reads in the new generation from then on, where the
+        // slots committed with it are, and walks a chain that existed in its own. One commit
+        // fewer: the kernel's work after a commit (the acknowledgement comes after it) is paid
+        // once per transaction.
+        if prepare
+            .iter()
+            .all(|op| matches!(op.object, Object::Elements { .. }))
+        {
+            prepare.append(&mut switch);
+            switch = prepare;
+            prepare = Vec::new();
         }
         [prepare, switch, retire].map(|ops| Transaction { ops })
     }
