@@ -420,6 +420,15 @@ fn send(transactions: &[Transaction]) -> Result<ApplyReport, Error> {
     Ok(report)
 }
 
+/// The nf_tables ruleset generation, asked over the socket [`send`] commits over (a fresh
+/// socket closed right after a commit would wait for that commit's cleanup; see [`cached`]).
+pub fn generation() -> Result<u32, socket::Error> {
+    let mut socket = cached::take()?;
+    let generation = socket.get_gen()?;
+    cached::keep(socket);
+    Ok(generation)
+}
+
 /// The socket [`send`] commits over, kept per thread between calls. Closing a nf_tables socket
 /// right after a commit waits for that commit's deferred cleanup, an RCU grace period, with the
 /// namespace's commit mutex held (the `NETLINK_URELEASE` notifier, `nft_rcv_nl_event`, flushes

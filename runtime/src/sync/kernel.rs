@@ -7,7 +7,6 @@ use kube_nft_compiler::ir::{Family, Ruleset};
 use kube_nft_compiler::plan::Transaction;
 
 use crate::apply::{self, ApplyReport};
-use crate::netlink::socket::Socket;
 use crate::readback;
 
 /// The kernel as the engine uses it.
@@ -40,6 +39,6 @@ impl Kernel for Netlink {
     }
 
     fn generation(&mut self) -> Option<u32> {
-        Socket::open().and_then(|mut socket| socket.get_gen()).ok()
+        apply::generation().ok()
     }
 }
