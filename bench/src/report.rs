@@ -368,7 +368,7 @@ pub(crate) fn render_daemon(machine: &Machine, m: usize, results: &[DaemonResult
          (`kube-nft-testkit`, plain-http list/watch on 127.0.0.1) holding the cluster, in a \
          throwaway network namespace; each change is timed from just before its write into the \
          API server to the NEWGEN of the daemon's last commit for it (a change is up to three \
-         transactions: shared chains prepared, the change, leftovers retired), seen by an \
+         transactions: shared chains created, the change, what it leaves retired), seen by an \
          nf_tables monitor in the same namespace. {} endpoint changes and {} of each Service change per size, spaced \
          beyond `--min-sync-period 1s` (kube-proxy's default), with `--sync-period 1h` so that no \
          periodic read-back overlaps them; p99 of that few samples is their maximum. kube-nft {} \
