@@ -341,7 +341,9 @@ impl<'a> TableCheck<'a, '_> {
                 self.check_expr(object, at, left);
                 match self.table.sets.get(set) {
                     None => self.err(object, format!("{at}set @{set} does not exist")),
-                    Some(s) if s.is_map() => {
+                    // A verdict map may be tested for a key (`key @map`: the kernel's lookup
+                    // without a destination register, for named maps; nft 1.0.6 lists it so).
+                    Some(s) if s.is_map() && s.data != [DataType::Verdict] => {
                         self.err(object, format!("{at}@{set} is a map; a lookup needs a set"));
                     }
                     Some(s) => self.check_key(object, at, left, s),
@@ -1423,11 +1425,19 @@ mod tests {
         };
         check(
             |t| {
+                add_set(
+                    t,
+                    "endpoints-of-a",
+                    service_types(),
+                    vec![DataType::Ipv4Addr, DataType::InetService],
+                );
                 rule(
                     t,
                     "services",
                     vec![
                         lookup(Expr::Daddr(Family::Ip), "missing"),
+                        lookup(service_key(), "endpoints-of-a"),
+                        // A verdict map tested for a key is fine.
                         lookup(service_key(), "service-ips"),
                         lookup(Expr::Dport, "nodeport-ips"),
                         lookup(
@@ -1442,9 +1452,9 @@ mod tests {
             },
             expect![[r#"
                 ip kube-nft: chain services rule 1: statement 0: set @missing does not exist
-                ip kube-nft: chain services rule 1: statement 1: @service-ips is a map; a lookup needs a set
-                ip kube-nft: chain services rule 1: statement 2: key is inet_service but @nodeport-ips has ipv4_addr
-                ip kube-nft: chain services rule 1: statement 3: key is integer but @nodeport-ips has ipv4_addr
+                ip kube-nft: chain services rule 1: statement 1: @endpoints-of-a is a map; a lookup needs a set
+                ip kube-nft: chain services rule 1: statement 3: key is inet_service but @nodeport-ips has ipv4_addr
+                ip kube-nft: chain services rule 1: statement 4: key is integer but @nodeport-ips has ipv4_addr
             "#]],
         );
     }

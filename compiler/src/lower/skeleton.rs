@@ -317,10 +317,18 @@ fn add_dispatch(table: &mut Table, ctx: &FamilyCtx<'_>) {
         ));
         stmts
     };
+    // With several dispatch tables, a new connection passes every table's `services` and
+    // `nodeports`, and all but one hold nothing for it: there, each rule first tests the key
+    // against its own map (a hash miss) instead of paying the `fib` checks before it.
+    let several = ctx.dispatch_tables > 1;
+    let keyed = |key: Expr, map: &str| several.then(|| lookup(key, map));
     let mut services = chain(SERVICES);
     services.rules = vec![
         Rule::new({
-            let mut stmts = from_elsewhere();
+            let mut stmts: Vec<Stmt> = keyed(addr_proto_port(family), EXTERNAL_LOCAL_IPS)
+                .into_iter()
+                .collect();
+            stmts.extend(from_elsewhere());
             stmts.push(vmap(addr_proto_port(family), EXTERNAL_LOCAL_IPS));
             stmts
         }),
@@ -328,13 +336,17 @@ fn add_dispatch(table: &mut Table, ctx: &FamilyCtx<'_>) {
     ];
     let nodeport_rules = vec![
         Rule::new({
-            let mut stmts = from_elsewhere();
+            let mut stmts: Vec<Stmt> = keyed(proto_port(), EXTERNAL_LOCAL_NODEPORTS)
+                .into_iter()
+                .collect();
+            stmts.extend(from_elsewhere());
             stmts.extend(nodeport_dst(family, true));
             stmts.push(vmap(proto_port(), EXTERNAL_LOCAL_NODEPORTS));
             stmts
         }),
         Rule::new({
-            let mut stmts = nodeport_dst(family, true);
+            let mut stmts: Vec<Stmt> = keyed(proto_port(), SERVICE_NODEPORTS).into_iter().collect();
+            stmts.extend(nodeport_dst(family, true));
             stmts.push(vmap(proto_port(), SERVICE_NODEPORTS));
             stmts
         }),
