@@ -299,12 +299,9 @@ fn load_balancer_source_ranges_allow_and_refuse() {
     assert!(hosts(&r).is_subset(&set(&WEB)));
 }
 
-#[test]
-fn external_traffic_policy_local_preserves_the_source_or_drops() {
-    let Some(s) = Scene::new("etp_local", &cluster(), &[]) else {
-        return;
-    };
-    // A local endpoint exists: only it answers, and it sees the client's own address.
+/// lab/local (eTP=Local, a local endpoint): from a LAN client, its LoadBalancer IP and NodePort
+/// reach only the local endpoint, which sees the client's own address.
+fn etp_local_reaches_the_local_endpoint_with_the_clients_address(s: &Scene) {
     for dst in ["198.51.100.11:80", "192.168.0.2:30082"] {
         let r = s.replies("client", tcp(dst), 20);
         assert_eq!(hosts(&r), set(&["web-a1"]), "{dst}");
@@ -314,6 +311,14 @@ fn external_traffic_policy_local_preserves_the_source_or_drops() {
             "{dst}"
         );
     }
+}
+
+#[test]
+fn external_traffic_policy_local_preserves_the_source_or_drops() {
+    let Some(s) = Scene::new("etp_local", &cluster(), &[]) else {
+        return;
+    };
+    etp_local_reaches_the_local_endpoint_with_the_clients_address(&s);
     // Pods reaching the external address short-circuit to every endpoint (kube-proxy).
     let r = s.replies("pod-client", tcp("198.51.100.11:80"), DRAWS);
     assert_eq!(hosts(&r), set(&WEB));
@@ -407,16 +412,7 @@ fn dispatch_tables_change_no_traffic() {
         assert_eq!(hosts(&r), set(&WEB), "{dst}");
         s.assert_masqueraded(&r, dst);
     }
-    // externalTrafficPolicy Local: the local endpoint only, the client's own address.
-    for dst in ["198.51.100.11:80", "192.168.0.2:30082"] {
-        let r = s.replies("client", tcp(dst), 20);
-        assert_eq!(hosts(&r), set(&["web-a1"]), "{dst}");
-        assert_eq!(
-            sources(&r),
-            BTreeSet::from([s.addr("client", true)]),
-            "{dst}"
-        );
-    }
+    etp_local_reaches_the_local_endpoint_with_the_clients_address(&s);
     // ClientIP affinity: each client address sticks to one endpoint.
     let src = (s
         .lab

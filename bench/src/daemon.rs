@@ -37,9 +37,9 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use kube_nft_compiler::ir::{names, Family};
+use kube_nft_compiler::ir::Family;
 use kube_nft_compiler::plan::plan;
-use kube_nft_runtime::netlink::monitor::{Event, Monitor};
+use kube_nft_runtime::netlink::monitor::{self, Event, Monitor};
 use kube_nft_runtime::{apply, readback};
 use kube_nft_testkit::apiserver::FakeApiServer;
 use kube_nft_testkit::daemon::loopback_up;
@@ -726,13 +726,8 @@ impl Commits {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             // Any of ours: the main table and every dispatch table the daemon may use.
-            let names: Vec<String> = (0..kube_nft_compiler::config::MAX_DISPATCH_TABLES)
-                .map(names::dispatch_table)
-                .collect();
-            let tables: Vec<(Family, &str)> = [Family::Ip, Family::Ip6]
-                .into_iter()
-                .flat_map(|f| names.iter().map(move |n| (f, n.as_str())))
-                .collect();
+            let names = monitor::our_table_names(kube_nft_compiler::config::MAX_DISPATCH_TABLES);
+            let tables = monitor::in_both_families(&names);
             while !flag.load(Ordering::Relaxed) {
                 let seen = match monitor.next_foreign_change(&tables, Duration::from_millis(100)) {
                     Ok(Some(Event::Foreign(_))) => Seen::Commit(Instant::now()),

@@ -65,26 +65,7 @@ pub(crate) fn measure(
         );
 
         let file = work.join(format!("dataplane-{n}.json"));
-        std::fs::write(&file, cluster.to_json())?;
-        let out = lab
-            .command("node-0", kube_nft)?
-            .arg("compile")
-            .arg("-f")
-            .arg(&file)
-            .args([
-                "--hostname-override",
-                "node-0",
-                "--cluster-cidr",
-                "10.0.0.0/8",
-            ])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "kube-nft compile -f ({n} Services): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let _ = std::fs::remove_file(&file);
+        program(&lab, kube_nft, &file, &cluster, &[])?;
         rows.push(sample(&lab, "kube-nft", n, dst, connections)?);
 
         // The same ruleset without the per-backend counters: the counting rules flushed (the
@@ -106,22 +87,13 @@ pub(crate) fn measure(
             // The probed Service's table is whichever its name hashes to; the connection
             // passes the nat chains of the tables before it at its priority.
             let tables = dispatch_tables.to_string();
-            std::fs::write(&file, cluster.to_json())?;
-            let out = lab
-                .command("node-0", kube_nft)?
-                .arg("compile")
-                .arg("-f")
-                .arg(&file)
-                .args(synthetic::NODE_FLAGS)
-                .args(["--dispatch-tables", &tables])
-                .output()?;
-            let _ = std::fs::remove_file(&file);
-            if !out.status.success() {
-                bail!(
-                    "kube-nft compile -f --dispatch-tables {tables} ({n} Services): {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            program(
+                &lab,
+                kube_nft,
+                &file,
+                &cluster,
+                &["--dispatch-tables", &tables],
+            )?;
             let what = format!("kube-nft, {tables} dispatch tables");
             rows.push(sample(&lab, &what, n, dst, connections)?);
         }
@@ -145,6 +117,37 @@ pub(crate) fn measure(
         eprintln!("dataplane: {n} Services done");
     }
     Ok(rows)
+}
+
+/// `kube-nft compile -f` of `cluster` (written to `file`, removed after) in node-0, with the
+/// synthetic node flags and `extra`.
+fn program(
+    lab: &Lab,
+    kube_nft: &Path,
+    file: &Path,
+    cluster: &Cluster,
+    extra: &[&str],
+) -> anyhow::Result<()> {
+    std::fs::write(file, cluster.to_json())?;
+    let out = lab
+        .command("node-0", kube_nft)?
+        .arg("compile")
+        .arg("-f")
+        .arg(file)
+        .args(synthetic::NODE_FLAGS)
+        .args(extra)
+        .output();
+    let _ = std::fs::remove_file(file);
+    let out = out?;
+    if !out.status.success() {
+        bail!(
+            "kube-nft compile -f {} ({} Services): {}",
+            extra.join(" "),
+            cluster.services.len(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Runs `nft -f` of `text` (written to `script`, removed after) in node-0.

@@ -119,12 +119,7 @@ pub fn replace_transaction(
     existing: &[(Family, String)],
 ) -> Result<Transaction, encode::Error> {
     let mut batch = Batch::new(first_seq());
-    let stale = [Family::Ip, Family::Ip6]
-        .into_iter()
-        .map(|family| (family, names::TABLE.to_owned()))
-        .chain(existing.iter().cloned())
-        .collect::<BTreeSet<_>>();
-    for (family, name) in stale {
+    for (family, name) in with_main_tables(existing) {
         let kept = (ruleset.tables.iter()).any(|t| t.family == family && t.name == name);
         if !kept {
             remove_table(&mut batch, family, &name);
@@ -366,12 +361,7 @@ pub fn apply_transactions(transactions: &[Transaction]) -> Result<ApplyReport, E
 /// tables the kernel holds, [`crate::readback::our_tables`]).
 pub fn cleanup_transaction(existing: &[(Family, String)]) -> Transaction {
     let mut batch = Batch::new(first_seq());
-    let tables = [Family::Ip, Family::Ip6]
-        .into_iter()
-        .map(|family| (family, names::TABLE.to_owned()))
-        .chain(existing.iter().cloned())
-        .collect::<BTreeSet<_>>();
-    for (family, name) in tables {
+    for (family, name) in with_main_tables(existing) {
         remove_table(&mut batch, family, &name);
     }
     batch.finish()
@@ -381,6 +371,15 @@ pub fn cleanup_transaction(existing: &[(Family, String)]) -> Transaction {
 /// transaction. Absent tables are fine.
 pub fn cleanup() -> Result<ApplyReport, Error> {
     send(&[cleanup_transaction(&our_tables()?)])
+}
+
+/// `existing` and the main table of each family, once each, in order.
+fn with_main_tables(existing: &[(Family, String)]) -> BTreeSet<(Family, String)> {
+    [Family::Ip, Family::Ip6]
+        .into_iter()
+        .map(|family| (family, names::TABLE.to_owned()))
+        .chain(existing.iter().cloned())
+        .collect()
 }
 
 fn our_tables() -> Result<Vec<(Family, String)>, Error> {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use kube_nft_compiler::ir::{names, Family};
+use kube_nft_compiler::ir::Family;
 use kube_nft_compiler::{Config, Diagnostic};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -369,13 +369,8 @@ fn spawn_monitor(
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         // Ours: the main table and every dispatch table (`--dispatch-tables`), both families.
-        let names: Vec<String> = (0..dispatch_tables.max(1))
-            .map(names::dispatch_table)
-            .collect();
-        let tables: Vec<(Family, &str)> = [Family::Ip, Family::Ip6]
-            .into_iter()
-            .flat_map(|f| names.iter().map(move |n| (f, n.as_str())))
-            .collect();
+        let names = monitor::our_table_names(dispatch_tables);
+        let tables = monitor::in_both_families(&names);
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             match monitor.next_foreign_change(&tables, Duration::from_millis(200)) {
                 Ok(Some(event)) => {

@@ -551,6 +551,22 @@ pub struct Stats {
     pub lost: u64,
 }
 
+/// The names of our tables with `dispatch_tables` dispatch tables (`--dispatch-tables`): the
+/// main table and `kube-nft-dispatch-1` on.
+pub fn our_table_names(dispatch_tables: u16) -> Vec<String> {
+    (0..dispatch_tables.max(1))
+        .map(kube_nft_compiler::ir::names::dispatch_table)
+        .collect()
+}
+
+/// Each of `names` in both families: what [`Monitor::next_foreign_change`] watches.
+pub fn in_both_families(names: &[String]) -> Vec<(Family, &str)> {
+    [Family::Ip, Family::Ip6]
+        .into_iter()
+        .flat_map(|f| names.iter().map(move |n| (f, n.as_str())))
+        .collect()
+}
+
 /// A subscription to nf_tables notifications in the network namespace it was opened in,
 /// reporting only what matters to the daemon: foreign changes to our tables, and lost
 /// notifications.
