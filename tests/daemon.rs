@@ -164,6 +164,17 @@ fn write_cluster(folder: &Folder, services: &[Svc]) {
     }
 }
 
+/// The manifests of the generated Service `name` of `services`: the Service and its slices.
+fn service_manifests(services: &[Svc], name: &str) -> Vec<Value> {
+    manifests(services)
+        .into_iter()
+        .filter(|d| {
+            d["metadata"]["name"] == name
+                || d["metadata"]["labels"]["kubernetes.io/service-name"] == name
+        })
+        .collect()
+}
+
 fn addr(text: &str) -> SocketAddr {
     text.parse().expect("socket address")
 }
@@ -184,26 +195,12 @@ fn manifests_edits_additions_deletions_and_broken_files() {
 
         // Edit: one endpoint fewer in svc1.
         services[1].endpoints.pop();
-        let svc1: Vec<Value> = manifests(&services)
-            .into_iter()
-            .filter(|d| {
-                d["metadata"]["name"] == "svc1"
-                    || d["metadata"]["labels"]["kubernetes.io/service-name"] == "svc1"
-            })
-            .collect();
-        folder.write("svc1.json", &svc1);
+        folder.write("svc1.json", &service_manifests(&services, "svc1"));
         converges(&folder.expected(), "after editing svc1.json");
 
         // Add a file; delete another.
         let more = uniform(6);
-        let svc5: Vec<Value> = manifests(&more)
-            .into_iter()
-            .filter(|d| {
-                d["metadata"]["name"] == "svc5"
-                    || d["metadata"]["labels"]["kubernetes.io/service-name"] == "svc5"
-            })
-            .collect();
-        folder.write("svc5.json", &svc5);
+        folder.write("svc5.json", &service_manifests(&more, "svc5"));
         converges(&folder.expected(), "after adding svc5.json");
         folder.remove("svc2.json");
         converges(&folder.expected(), "after deleting svc2.json");
@@ -247,27 +244,21 @@ fn dispatch_tables_through_the_daemon() {
         converges(&folder.expected_with(&three), "initial sync");
         let tables: BTreeSet<String> = kernel().tables.into_iter().map(|t| t.name).collect();
         assert_eq!(tables.len(), 3, "{tables:?}");
-        let only = |services: &[Svc], name: &str| -> Vec<Value> {
-            manifests(services)
-                .into_iter()
-                .filter(|d| {
-                    d["metadata"]["name"] == name
-                        || d["metadata"]["labels"]["kubernetes.io/service-name"] == name
-                })
-                .collect()
-        };
         for (i, what) in [(1, "an endpoint fewer"), (4, "an affinity endpoint fewer")] {
             services[i].endpoints.pop();
             let name = format!("svc{i}");
-            folder.write(&format!("{name}.json"), &only(&services, &name));
+            folder.write(
+                &format!("{name}.json"),
+                &service_manifests(&services, &name),
+            );
             converges(&folder.expected_with(&three), what);
         }
         services[7].ports.push(("UDP", 53));
-        folder.write("svc7.json", &only(&services, "svc7"));
+        folder.write("svc7.json", &service_manifests(&services, "svc7"));
         converges(&folder.expected_with(&three), "a port added");
         let more = uniform(11);
         for name in ["svc9", "svc10"] {
-            folder.write(&format!("{name}.json"), &only(&more, name));
+            folder.write(&format!("{name}.json"), &service_manifests(&more, name));
         }
         converges(&folder.expected_with(&three), "two Services added");
         folder.remove("svc2.json");
