@@ -128,9 +128,9 @@ pub struct Engine<K: Kernel = Netlink> {
     node: Option<Node>,
     triggers: Vec<SystemTime>,
     verify_next: bool,
-    /// The nf_tables generation after our last commit or verification: while the kernel
-    /// still reports it, nothing in this namespace's nftables changed since, and a
-    /// verification needs no read-back.
+    /// The nf_tables generation after our last commit or verification, when no one else
+    /// committed in between: while the kernel still reports it, nothing in this namespace's
+    /// nftables changed since, and a verification needs no read-back.
     verified_gen: Option<u32>,
     /// UDP and SCTP frontends found in our tables when they were read back (what was ours,
     /// also before a restart), until [`Engine::conntrack_destinations`] hands them on.
@@ -309,7 +309,11 @@ impl<K: Kernel> Engine<K> {
         let start = Instant::now();
         let requested = std::mem::take(&mut self.verify_next);
         let mut verify = requested;
-        if verify && self.verified_gen.is_some() && self.verified_gen == self.kernel.generation() {
+        // Asked before anything is read or sent: with the number of our commits, it tells
+        // whether anyone else committed during the round (see `verified_gen` below).
+        let before = self.kernel.generation();
+        let unchanged_since_verified = before.is_some() && self.verified_gen == before;
+        if verify && unchanged_since_verified {
             // No commit by anyone since we last knew the kernel to be right: a read-back
             // would find exactly that. Pending changes still go out as a delta.
             verify = false;
@@ -317,6 +321,10 @@ impl<K: Kernel> Engine<K> {
         if verify {
             self.compiler.force_full();
         }
+        // Whether the kernel matched the desired state before this round's commits: known
+        // after a read-back (it is the base of the plan), and before a delta only if nobody
+        // committed since the kernel was last known right.
+        let mut known_right = unchanged_since_verified;
         let result = match self.compiler.sync() {
             Sync::Unchanged => Ok(self.outcome(SyncKind::Partial, Counts::default(), None, 0)),
             Sync::Delta {
@@ -349,12 +357,21 @@ impl<K: Kernel> Engine<K> {
                 } else {
                     SyncKind::Full
                 };
+                known_right = true;
                 self.converge(kind)
             }
         };
-        self.verified_gen = match &result {
-            Ok(_) => self.kernel.generation(),
-            Err(_) => None,
+        // The generation is trusted only if it moved by exactly our commits since `before`: a
+        // generation read after the round alone would also cover a commit by someone else
+        // between ours and the read (an `nft flush ruleset` right after our first sync), and
+        // the verification that commit's event asks for would then be skipped.
+        self.verified_gen = match (&result, before) {
+            (Ok(outcome), Some(before)) if known_right => {
+                let ours = u32::try_from(outcome.report.transactions).unwrap_or(u32::MAX);
+                let after = self.kernel.generation();
+                after.filter(|&after| after == before.wrapping_add(ours))
+            }
+            _ => None,
         };
         Some(result.map(|mut outcome| {
             if requested && !outcome.sent() {

@@ -27,6 +27,10 @@ struct Model {
     errno: Option<i32>,
     generation: u32,
     applied: usize,
+    /// Someone else flushes the ruleset right after our next commit (a commit of theirs
+    /// between ours and anything we ask afterwards).
+    interloper: bool,
+    reads: usize,
 }
 
 impl Model {
@@ -57,6 +61,7 @@ impl Model {
 
 impl Kernel for Model {
     fn read(&mut self) -> Result<Ruleset, readback::Error> {
+        self.reads += 1;
         Ok(readback::canonical(&self.ruleset))
     }
 
@@ -67,6 +72,10 @@ impl Kernel for Model {
         plan::apply(&mut self.ruleset, tx).expect("the model accepts the plan");
         self.generation += 1;
         self.applied += 1;
+        if std::mem::take(&mut self.interloper) {
+            self.ruleset = Ruleset::default();
+            self.generation += 1;
+        }
         Ok(ApplyReport {
             transactions: 1,
             messages: tx.len() + 2,
@@ -208,6 +217,46 @@ fn changes_go_out_as_deltas_and_end_where_compile_does() {
     // Nothing changed: nothing sent.
     let outcome = e.sync().expect("initialized").expect("synced");
     assert!(!outcome.sent());
+}
+
+#[test]
+fn a_commit_by_someone_else_right_after_ours_is_verified() {
+    let mut e = engine();
+    let mut services = uniform(4);
+    initial(&mut e, &services);
+    // Someone flushes the ruleset right after the first sync and right after a delta: both
+    // times the next verification must read back (the flush's event asks for it) and repair.
+    e.kernel.interloper = true;
+    e.sync().expect("initialized").expect("synced");
+    assert_eq!(e.kernel.ruleset, Ruleset::default(), "flushed");
+    e.verify_next();
+    let outcome = e.sync().expect("initialized").expect("verified");
+    assert_eq!(outcome.kind, SyncKind::Verify);
+    assert!(outcome.sent(), "the flush is repaired");
+    same(&kernel(&e), &expected(&services, &config()));
+
+    services[2].endpoints.pop();
+    for doc in manifests(&services) {
+        apply(&mut e, &doc);
+    }
+    e.kernel.interloper = true;
+    let outcome = e.sync().expect("initialized").expect("synced");
+    assert_eq!(outcome.kind, SyncKind::Partial);
+    e.verify_next();
+    let outcome = e.sync().expect("initialized").expect("verified");
+    assert!(outcome.sent(), "the flush after the delta is repaired");
+    same(&kernel(&e), &expected(&services, &config()));
+
+    // With nobody else committing, a verification reads nothing back and sends nothing.
+    let reads = e.kernel.reads;
+    e.verify_next();
+    let outcome = e.sync().expect("initialized").expect("verified");
+    assert_eq!(outcome.kind, SyncKind::Verify);
+    assert!(!outcome.sent());
+    assert_eq!(
+        e.kernel.reads, reads,
+        "the generation is still ours: no read-back"
+    );
 }
 
 #[test]
