@@ -22,8 +22,8 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 use super::{
-    ifname_problem, names, ChainKind, CtDir, DataType, ElemData, Expr, Family, Hook, NatTarget,
-    Ruleset, Set, Stmt, Table, Value, Verdict,
+    ifname_problem, names, ChainKind, CtDir, DataType, ElemData, Element, Expr, Family, Hook,
+    NatTarget, Ruleset, Set, Stmt, Table, Value, Verdict,
 };
 
 /// The deepest a chain may sit below its base chain, counted in jumps (a `goto` or a verdict
@@ -210,35 +210,35 @@ impl<'a> TableCheck<'a, '_> {
             }
         }
 
-        let mut first_seen: BTreeMap<&Vec<Value>, usize> = BTreeMap::new();
-        for (idx, element) in set.elements.iter().enumerate() {
-            let object = format!("{object} element {idx}");
-            match first_seen.entry(&element.key) {
-                Entry::Occupied(first) => {
-                    let first = *first.get();
-                    self.err(&object, format!("duplicate key (first at element {first})"));
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(idx);
-                }
+        // Formatted only for an element with a problem: a set may hold a million elements.
+        let element = |idx: usize| format!("{object} element {idx}");
+        for (idx, first) in duplicate_keys(&set.elements) {
+            self.err(
+                &element(idx),
+                format!("duplicate key (first at element {first})"),
+            );
+        }
+        for (idx, elem) in set.elements.iter().enumerate() {
+            if let Err(message) = values_fit(&elem.key, &set.key, set.flags.interval) {
+                self.err(&element(idx), format!("key {message}"));
             }
-            if let Err(message) = values_fit(&element.key, &set.key, set.flags.interval) {
-                self.err(&object, format!("key {message}"));
-            }
-            match (&element.data, set.is_map()) {
+            match (&elem.data, set.is_map()) {
                 (None, false) => {}
-                (None, true) => self.err(&object, "map element has no data"),
-                (Some(_), false) => self.err(&object, "set element has data"),
+                (None, true) => self.err(&element(idx), "map element has no data"),
+                (Some(_), false) => self.err(&element(idx), "set element has data"),
                 (Some(ElemData::Verdict(v)), true) => {
                     if set.data != [DataType::Verdict] {
-                        self.err(&object, "verdict data in a map whose data is not verdict");
-                    } else {
-                        self.check_verdict(&object, "", v);
+                        self.err(
+                            &element(idx),
+                            "verdict data in a map whose data is not verdict",
+                        );
+                    } else if let Some(message) = self.verdict_fault("", v) {
+                        self.err(&element(idx), message);
                     }
                 }
                 (Some(ElemData::Values(values)), true) => {
                     if let Err(message) = values_fit(values, &set.data, false) {
-                        self.err(&object, format!("data {message}"));
+                        self.err(&element(idx), format!("data {message}"));
                     }
                 }
             }
@@ -516,21 +516,25 @@ impl<'a> TableCheck<'a, '_> {
     }
 
     fn check_verdict(&mut self, object: &str, at: &str, verdict: &Verdict) {
+        if let Some(message) = self.verdict_fault(at, verdict) {
+            self.err(object, message);
+        }
+    }
+
+    /// What is wrong with a jump or goto, if anything.
+    fn verdict_fault(&self, at: &str, verdict: &Verdict) -> Option<String> {
         let (verb, target) = match verdict {
             Verdict::Jump(c) => ("jump", c),
             Verdict::Goto(c) => ("goto", c),
-            _ => return,
+            _ => return None,
         };
         match self.table.chains.get(target) {
-            None => self.err(object, format!("{at}{verb} target {target} does not exist")),
+            None => Some(format!("{at}{verb} target {target} does not exist")),
             // The kernel refuses to enter a base chain from a rule (EOPNOTSUPP).
             Some(c) if c.base.is_some() => {
-                self.err(
-                    object,
-                    format!("{at}{verb} target {target} is a base chain"),
-                );
+                Some(format!("{at}{verb} target {target} is a base chain"))
             }
-            Some(_) => {}
+            Some(_) => None,
         }
     }
 
@@ -779,6 +783,34 @@ fn range_of(value: &Value) -> Option<(u128, u128)> {
 }
 
 /// Whether `values` fit `types` positionally: `Err` says which part does not and why.
+/// `(index, index of the first element with the same key)` for every element whose key an
+/// earlier element already has. Lowering sorts elements by key, so this is one pass comparing
+/// neighbours; elements in any other order are indexed instead.
+fn duplicate_keys(elements: &[Element]) -> Vec<(usize, usize)> {
+    let mut duplicates = Vec::new();
+    if elements.windows(2).all(|w| w[0].key <= w[1].key) {
+        let mut first = 0;
+        for idx in 1..elements.len() {
+            if elements[idx].key == elements[first].key {
+                duplicates.push((idx, first));
+            } else {
+                first = idx;
+            }
+        }
+    } else {
+        let mut first_seen: BTreeMap<&Vec<Value>, usize> = BTreeMap::new();
+        for (idx, element) in elements.iter().enumerate() {
+            match first_seen.entry(&element.key) {
+                Entry::Occupied(first) => duplicates.push((idx, *first.get())),
+                Entry::Vacant(slot) => {
+                    slot.insert(idx);
+                }
+            }
+        }
+    }
+    duplicates
+}
+
 fn values_fit(values: &[Value], types: &[DataType], interval: bool) -> Result<(), String> {
     if values.len() != types.len() {
         let parts = |n: usize| {
