@@ -435,6 +435,11 @@ fn dispatch_tables_change_no_traffic() {
         s.probe("pod-client", tcp("172.30.0.10:81")),
         Outcome::Refused
     );
+    // loadBalancerSourceRanges, its sets sharded as the tables are (`firewall-ips-<i>`).
+    let r = s.replies("client", tcp("198.51.100.10:80"), 10);
+    assert_eq!(hosts(&r), set(&WEB));
+    let refused = tcp("198.51.100.10:80").timeout(DROP_TIMEOUT);
+    assert_eq!(s.probe("stranger", refused), Outcome::Timeout);
 }
 
 /// An externalIP that is node-a's own address wins over another Service's NodePort on the

@@ -330,10 +330,13 @@ fn table_rows(
 /// clients get.
 fn allowed_clients(table: &Table) -> BTreeMap<(IpAddr, L4Proto, u16), IpAddr> {
     let mut clients = BTreeMap::new();
-    let Some(allow) = table.sets.get(crate::lower::FIREWALL_ALLOW) else {
-        return clients;
-    };
-    for element in &allow.elements {
+    // `firewall-allow`, or its shards `firewall-allow-<i>` with several dispatch tables.
+    let shards = table.sets.values().filter(|set| {
+        set.name
+            .strip_prefix(crate::lower::FIREWALL_ALLOW)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+    });
+    for element in shards.flat_map(|set| &set.elements) {
         let [Value::Addr(addr), Value::Proto(proto), Value::Port(port), source] = &element.key[..]
         else {
             continue;

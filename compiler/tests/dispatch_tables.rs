@@ -116,24 +116,32 @@ fn check_placement(case: &str, ruleset: &Ruleset, n: u16) {
         "external-local-ips",
         "external-local-nodeports",
     ];
-    let filter_side = [
+    // The firewall's sets in shards, one pair per table (all in the main table).
+    let shards = |name: &'static str| (0..n).map(move |i| format!("{name}-{i}"));
+    let filter_side: Vec<String> = [
         "cluster-ips",
         "no-endpoint-services",
         "no-endpoint-nodeports",
-        "firewall-ips",
-        "firewall-allow",
-        "hairpin",
-    ];
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(shards("firewall-ips"))
+    .chain(shards("firewall-allow"))
+    .chain(["hairpin".to_owned()])
+    .collect();
     let mut seen: BTreeMap<(Family, &str, &[Value]), &str> = BTreeMap::new();
     for table in &ruleset.tables {
         let main = table.name == names::TABLE;
-        for name in filter_side {
+        for name in &filter_side {
             assert_eq!(
                 table.sets.contains_key(name),
                 main,
                 "{case}: {name} in {}",
                 table.name
             );
+        }
+        if main {
+            check_firewall_shards(case, table, n);
         }
         for name in dispatch {
             for e in &table.sets[name].elements {
@@ -158,6 +166,32 @@ fn check_placement(case: &str, ruleset: &Ruleset, n: u16) {
                     table.name
                 );
             }
+        }
+    }
+}
+
+/// Each firewall frontend is in one shard's `firewall-ips-<i>`, and every range allowed for it
+/// is in the same shard's `firewall-allow-<i>`.
+fn check_firewall_shards(case: &str, table: &kube_nft_compiler::ir::Table, n: u16) {
+    let mut shard_of: BTreeMap<&[Value], u16> = BTreeMap::new();
+    for i in 0..n {
+        for e in &table.sets[&format!("firewall-ips-{i}")].elements {
+            if let Some(other) = shard_of.insert(&e.key, i) {
+                panic!(
+                    "{case}: firewall frontend {:?} in shards {other} and {i}",
+                    e.key
+                );
+            }
+        }
+    }
+    for i in 0..n {
+        for e in &table.sets[&format!("firewall-allow-{i}")].elements {
+            assert_eq!(
+                shard_of.get(&e.key[..3]),
+                Some(&i),
+                "{case}: allowed range {:?} in shard {i}",
+                e.key
+            );
         }
     }
 }

@@ -19,7 +19,7 @@ use super::build::{
     add_element, chain, fib_saddr_local, from_local_pod, goto, insert_chain, jump, match_daddr,
 };
 use super::skeleton::{
-    CLUSTER_IPS, EXTERNAL_LOCAL_IPS, EXTERNAL_LOCAL_NODEPORTS, FIREWALL_ALLOW, FIREWALL_IPS,
+    firewall_sets, firewall_shard, CLUSTER_IPS, EXTERNAL_LOCAL_IPS, EXTERNAL_LOCAL_NODEPORTS,
     HAIRPIN, MARK_FOR_MASQUERADE, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, REJECT_CHAIN,
     SERVICE_IPS, SERVICE_NODEPORTS,
 };
@@ -775,7 +775,7 @@ fn selector(scheduler: Scheduler, family: Family, modulus: usize, step: u32) -> 
 }
 
 /// `loadBalancerSourceRanges` for this port's LoadBalancer IPs: the IPs go into `firewall-ips`
-/// and each allowed (IP, port, source prefix) into `firewall-allow`; `firewall-check` drops new
+/// and each allowed (IP, port, source prefix) into `firewall-allow` (of the frontend's shard); `firewall-check` drops new
 /// connections to a listed IP whose source is not allowed, before DNAT.
 fn add_firewall(
     table: &mut Table,
@@ -807,18 +807,14 @@ fn add_firewall(
         .copied()
         .filter(|ip| in_family(*ip, family))
     {
+        let shard = firewall_shard(vip, port.proto, port.port, ctx.dispatch_tables);
+        let (ips, allow) = firewall_sets(ctx.dispatch_tables, shard);
         let head = vec![
             Value::Addr(vip),
             Value::Proto(port.proto),
             Value::Port(port.port),
         ];
-        add_element(
-            table,
-            FIREWALL_IPS,
-            head.clone(),
-            None,
-            Some(label.to_string()),
-        );
+        add_element(table, &ips, head.clone(), None, Some(label.to_string()));
         let mut allowed: Vec<Value> = ranges.iter().map(|r| Value::net(*r)).collect();
         // A VIP already inside an allowed range needs no element of its own (and the kernel
         // would refuse the overlapping interval).
@@ -828,7 +824,7 @@ fn add_firewall(
         for source in allowed {
             let mut key = head.clone();
             key.push(source);
-            add_element(table, FIREWALL_ALLOW, key, None, None);
+            add_element(table, &allow, key, None, None);
         }
     }
 }

@@ -12,9 +12,11 @@
 //! count (`nat-input`, `filter-postrouting`, `backend-stats`, and a rule at the head of
 //! `nat-postrouting` and the end of `filter-input`) fill the per-backend counter sets.
 
+use std::net::IpAddr;
+
 use crate::ir::{
-    names, priority, BaseChain, ChainKind, CtDir, DataType, Expr, Family, Hook, Rule, SetFlags,
-    Stmt, Table, Value,
+    names, priority, BaseChain, ChainKind, CtDir, DataType, Expr, Family, Hook, L4Proto, Rule,
+    SetFlags, Stmt, Table, Value,
 };
 
 use super::build::{
@@ -39,6 +41,44 @@ pub(crate) const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub(crate) const FIREWALL_IPS: &str = "firewall-ips";
 /// `lbip . proto . port . source-prefix` that are allowed through the firewall.
 pub(crate) const FIREWALL_ALLOW: &str = "firewall-allow";
+
+/// The firewall's two sets for `shard` of `n` ([`firewall_shard`]): `firewall-ips` and
+/// `firewall-allow` with one, `firewall-ips-<shard>` and `firewall-allow-<shard>` with more.
+pub(crate) fn firewall_sets(n: u16, shard: u16) -> (String, String) {
+    if n <= 1 {
+        (FIREWALL_IPS.to_owned(), FIREWALL_ALLOW.to_owned())
+    } else {
+        (
+            format!("{FIREWALL_IPS}-{shard}"),
+            format!("{FIREWALL_ALLOW}-{shard}"),
+        )
+    }
+}
+
+/// The firewall shard of a LoadBalancer frontend among `n` (`--dispatch-tables`): FNV-1a of
+/// its address, protocol and port. `firewall-allow` is a concatenation with an interval, which
+/// the kernel keeps in a pipapo set, and removing one element from a pipapo set walks all of
+/// its rules (`nft_pipapo_remove`): measured 5–7 µs per element, 28 ms per commit at 50k
+/// Services (3,572 elements), 114 ms at 16k elements. Adding one stays under a millisecond. So
+/// a large cluster gets one pair of sets per dispatch table, each about 1/n of the elements.
+/// By frontend, not by Service: two Services claiming one address and port then share a shard,
+/// and their ranges a set, as with one.
+pub(crate) fn firewall_shard(vip: IpAddr, proto: L4Proto, port: u16, n: u16) -> u16 {
+    let octets = match vip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in octets
+        .into_iter()
+        .chain([proto.number()])
+        .chain(port.to_be_bytes())
+    {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(n.max(1))) as u16
+}
 /// `addr . proto . port : goto external-local-…` | `return`: eTP=Local externalIPs and
 /// LoadBalancer IPs, for sources outside this node (looked up before `service-ips`).
 pub(crate) const EXTERNAL_LOCAL_IPS: &str = "external-local-ips";
@@ -62,7 +102,7 @@ const BACKEND_STATS: &str = "backend-stats";
 /// Adds the base chains, fixed chains and (empty) global sets to `table`.
 pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
     let family = ctx.family;
-    add_sets(table, family);
+    add_sets(table, family, ctx.dispatch_tables);
     add_dispatch(table, ctx);
 
     let base = |kind, hook, priority| BaseChain {
@@ -190,21 +230,28 @@ pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
     insert_chain(table, check);
 
     let mut firewall = chain(FIREWALL_CHECK);
-    firewall.rules = vec![Rule::new(vec![
-        lookup(addr_proto_port(family), FIREWALL_IPS),
-        Stmt::Lookup {
-            left: Expr::Concat(vec![
-                Expr::Daddr(family),
-                Expr::L4Proto,
-                Expr::Dport,
-                Expr::Saddr(family),
-            ]),
-            set: FIREWALL_ALLOW.to_string(),
-            negate: true,
-        },
-        Stmt::Verdict(crate::ir::Verdict::Drop),
-    ])
-    .with_comment("source not in loadBalancerSourceRanges")];
+    // One rule per shard: a frontend is in one shard's `firewall-ips`, so at most one rule's
+    // second lookup runs.
+    for shard in 0..ctx.dispatch_tables {
+        let (ips, allow) = firewall_sets(ctx.dispatch_tables, shard);
+        firewall.rules.push(
+            Rule::new(vec![
+                lookup(addr_proto_port(family), &ips),
+                Stmt::Lookup {
+                    left: Expr::Concat(vec![
+                        Expr::Daddr(family),
+                        Expr::L4Proto,
+                        Expr::Dport,
+                        Expr::Saddr(family),
+                    ]),
+                    set: allow,
+                    negate: true,
+                },
+                Stmt::Verdict(crate::ir::Verdict::Drop),
+            ])
+            .with_comment("source not in loadBalancerSourceRanges"),
+        );
+    }
     insert_chain(table, firewall);
 
     let mut cluster_ips_check = chain(CLUSTER_IPS_CHECK);
@@ -466,7 +513,7 @@ fn add_dispatch_sets(table: &mut Table, family: Family) {
     }
 }
 
-fn add_sets(table: &mut Table, family: Family) {
+fn add_sets(table: &mut Table, family: Family, shards: u16) {
     let addr = family.addr_type();
     let app = vec![addr, DataType::InetProto, DataType::InetService];
     let pp = vec![DataType::InetProto, DataType::InetService];
@@ -489,24 +536,27 @@ fn add_sets(table: &mut Table, family: Family) {
             verdict.clone(),
             "vmap to drop or reject packets to NodePorts with no endpoints",
         ),
-        set_decl(
-            FIREWALL_IPS,
+        set_decl(HAIRPIN, vec![addr, addr], vec![], "endpoint . endpoint"),
+    ];
+    let mut allow_key = app.clone();
+    allow_key.push(addr);
+    for shard in 0..shards {
+        let (ips, allow_name) = firewall_sets(shards, shard);
+        sets.push(set_decl(
+            &ips,
             app.clone(),
             vec![],
             "LoadBalancer IP ports with loadBalancerSourceRanges",
-        ),
-        set_decl(HAIRPIN, vec![addr, addr], vec![], "endpoint . endpoint"),
-    ];
-    let mut allow_key = app;
-    allow_key.push(addr);
-    let mut allow = set_decl(
-        FIREWALL_ALLOW,
-        allow_key,
-        vec![],
-        "LoadBalancer IP . proto . port . allowed source range",
-    );
-    allow.flags = interval;
-    sets.push(allow);
+        ));
+        let mut allow = set_decl(
+            &allow_name,
+            allow_key.clone(),
+            vec![],
+            "LoadBalancer IP . proto . port . allowed source range",
+        );
+        allow.flags = interval;
+        sets.push(allow);
+    }
     // Per-backend counters, filled by the packet path (`kube-nft show`, per-Service metrics).
     // Dynamic: a commit never carries their elements, so they cost nothing to program. An
     // element lives as long as it sees traffic and [`names::BACKEND_COUNTER_TIMEOUT`] after, so
