@@ -183,6 +183,7 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<Generated> {
         return Ok(Generated::Daemon(report::render_daemon(
             &machine,
             args.endpoints,
+            args.dispatch_tables,
             &rows,
         )));
     }
@@ -261,7 +262,7 @@ fn run(args: &Args, kube_nft: &Path, work: &Path) -> anyhow::Result<Generated> {
         &kube_proxy,
         budget,
         &dataplane::table(&latency),
-        &report::render_daemon(&machine, args.endpoints, &daemon),
+        &report::render_daemon(&machine, args.endpoints, args.dispatch_tables, &daemon),
     )))
 }
 

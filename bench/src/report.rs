@@ -185,7 +185,7 @@ pub(crate) fn render(
         "**cold apply, netlink** (read-back, plan, encode, commit)",
         &|r| format!("**{}**", dur(r.cold.total)),
     );
-    row("… of which encode / commits", &|r| {
+    row("… encode (overlapping the commits) / commits", &|r| {
         format!("{} / {}", dur(r.cold.encode), dur(r.cold.commit))
     });
     row("… transactions / longest commit", &|r| {
@@ -348,7 +348,12 @@ pub(crate) fn render(
 }
 
 /// The daemon's table, between [`DAEMON_BEGIN`] and [`DAEMON_END`]; empty without results.
-pub(crate) fn render_daemon(machine: &Machine, m: usize, results: &[DaemonResult]) -> String {
+pub(crate) fn render_daemon(
+    machine: &Machine,
+    m: usize,
+    dispatch_tables: u16,
+    results: &[DaemonResult],
+) -> String {
     if results.is_empty() {
         return String::new();
     }
@@ -371,10 +376,15 @@ pub(crate) fn render_daemon(machine: &Machine, m: usize, results: &[DaemonResult
          transactions: shared chains created, the change, what it leaves retired), seen by an \
          nf_tables monitor in the same namespace. {} endpoint changes and {} of each Service change per size, spaced \
          beyond `--min-sync-period 1s` (kube-proxy's default), with `--sync-period 1h` so that no \
-         periodic read-back overlaps them; p99 of that few samples is their maximum. kube-nft {} \
+         periodic read-back overlaps them; p99 of that few samples is their maximum. {}kube-nft {} \
          on {} × {}; command `{}`.\n",
         counts(first, "endpoint changed"),
         counts(first, "Service added"),
+        if dispatch_tables > 1 {
+            format!("The daemon runs with `--dispatch-tables {dispatch_tables}` at every size. ")
+        } else {
+            String::new()
+        },
         machine.commit,
         machine.cpus,
         machine.cpu_model,

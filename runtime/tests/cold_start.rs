@@ -104,3 +104,26 @@ fn small_cold_starts_are_one_transaction_and_changes_are_not_split_by_cost() {
         assert_eq!(report.transactions, phases, "{report:?}");
     });
 }
+
+#[test]
+fn a_cold_start_over_the_budget_is_encoded_while_sent_and_ends_complete() {
+    if !can_run("a_cold_start_over_the_budget_is_encoded_while_sent_and_ends_complete") {
+        return;
+    }
+    // 2,000 Services × 10: about 38k elements, over `COLD_START_COST`, so `apply_plan` splits
+    // it and hands the transactions from its encoding thread to the sending one.
+    let ruleset = synthetic::generate(2_000, 10, synthetic::SEED).ruleset();
+    in_netns(|_| {
+        let empty = ir::Ruleset { tables: Vec::new() };
+        let tx = plan(&empty, &ruleset);
+        let expected = apply::plan_transactions(&empty, &tx, apply::COLD_START_COST)
+            .expect("encode")
+            .len();
+        assert!(expected > 1, "only {expected} transaction");
+        let report =
+            apply::apply_plan(&empty, &tx).unwrap_or_else(|e| panic!("cold start: {}", chain(&e)));
+        assert_eq!(report.transactions, expected, "{report:?}");
+        let again = readback::read(&[Family::Ip, Family::Ip6]).expect("read back");
+        assert_eq!(plan(&again, &ruleset).len(), 0, "left to plan");
+    });
+}

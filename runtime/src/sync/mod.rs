@@ -478,6 +478,7 @@ impl<K: Kernel> Engine<K> {
                 messages: 0,
                 bytes: 0,
                 longest_commit: Duration::ZERO,
+                committing: Duration::ZERO,
                 end_acked: false,
             }),
             services,

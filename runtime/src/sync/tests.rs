@@ -81,6 +81,7 @@ impl Kernel for Model {
             messages: tx.len() + 2,
             bytes: 0,
             longest_commit: std::time::Duration::ZERO,
+            committing: std::time::Duration::ZERO,
             end_acked: true,
         })
     }
