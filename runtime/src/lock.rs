@@ -208,8 +208,16 @@ pub fn acquire_named(name: &str, identity: &str) -> Result<InstanceLock, LockErr
                         holder: Holder::parse(&line),
                     })
                 }
-                // Nobody listening: the holder is starting or going away. Try again.
-                Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+                // Nobody listening, or the listener closed with our connection still in its
+                // backlog: the holder is starting or going away. Try again. (The second is
+                // also what a holder's last copy of the listener looks like when a child
+                // process forked between its `bind` and `exec` held it a moment longer.)
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
                     last = err.to_string();
                     std::thread::sleep(Duration::from_millis(10 << attempt));
                 }

@@ -1,7 +1,8 @@
 //! Tests of the single-instance lock (`runtime::lock`), each in throwaway network namespaces,
 //! because the lock is the abstract socket `@kube-nft` of the namespace: the first acquire
 //! wins, a second one (in this process or another) fails naming the first, the name is free
-//! again as soon as the holder drops the lock or is killed, and two namespaces hold one each.
+//! again as soon as the holder drops the lock or is killed (a holder closing under the probe is
+//! waited for), and two namespaces hold one each.
 //! The other process is this test binary run again as [`lock_holder_child`]. Needs root (for
 //! `unshare`); prints `SKIPPED` where it cannot run, and fails under `CI=true`.
 
@@ -57,6 +58,41 @@ fn a_second_acquire_names_the_first_until_it_is_dropped() {
         // Released when drop returns.
         let again = lock::acquire("node-c").expect("acquire after drop");
         assert_eq!(again.holder().identity.as_deref(), Some("node-c"));
+    });
+}
+
+/// A holder whose listener closes with the prober's connection still unaccepted (a holder going
+/// away; in this test binary also a child process, forked by another test between its `fork`
+/// and `exec`, keeping a copy of a dropped lock's listener for a moment): the prober's read is
+/// reset, and the acquire tries again instead of failing.
+#[test]
+fn a_holder_that_goes_away_under_the_probe_is_waited_for() {
+    if !can_run("a_holder_that_goes_away_under_the_probe_is_waited_for") {
+        return;
+    }
+    in_netns(|_| {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::io::AsRawFd;
+        use std::os::unix::net::{SocketAddr, UnixListener};
+
+        let addr = SocketAddr::from_abstract_name(lock::NAME.as_bytes()).expect("address");
+        let listener = UnixListener::bind_addr(&addr).expect("bind");
+        let going = std::thread::spawn(move || {
+            // Until a connection is pending (the prober's), then close without accepting it.
+            let mut fd = libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one live, initialised pollfd; the timeout bounds the wait.
+            let ready = unsafe { libc::poll(&mut fd, 1, 10_000) };
+            assert_eq!(ready, 1, "no prober connected");
+            drop(listener);
+        });
+        let taken = lock::acquire("node-a");
+        going.join().expect("the listener thread");
+        let taken = taken.expect("acquired once the holder went away");
+        assert_eq!(taken.holder().identity.as_deref(), Some("node-a"));
     });
 }
 
