@@ -28,8 +28,9 @@ const ALLOW_THP: mi_option_t = 43;
 /// zeroes all of it, again after each purge. `kube-nft compile -f` at 50k Services spent a
 /// third of its CPU in the kernel's `clear_page_erms`. mimalloc's own switch
 /// (`MIMALLOC_ALLOW_THP=0`) is read when the process starts, before `main`, so the process
-/// opts out itself (`PR_SET_THP_DISABLE` covers mappings already made) and the option stops
-/// further requests.
+/// opts out itself (`PR_SET_THP_DISABLE` covers mappings already made, and is inherited by
+/// child processes such as `demo`'s `ip` commands, harmlessly) and the option stops further
+/// requests.
 pub(crate) fn tune() {
     // SAFETY: mi_option_set has no preconditions; an option takes effect from its next read.
     unsafe {
@@ -60,7 +61,8 @@ mod tests {
     #[test]
     fn defaults_are_where_we_expect() {
         // Read before `tune` (tests never call it): options.c sets purge_delay = 1000,
-        // arena_eager_commit = 2 and allow_thp = 1. A renumbered option list fails here, not silently.
+        // arena_eager_commit = 2 and allow_thp = 1. A renumbered option list fails here, not
+        // silently.
         if std::env::vars().any(|(k, _)| k.starts_with("MIMALLOC_")) {
             panic!("MIMALLOC_* variables change the defaults this test checks");
         }

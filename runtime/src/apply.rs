@@ -74,7 +74,9 @@ impl ApplyReport {
 /// Failures of [`replace`], [`apply_plan`] and [`cleanup`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The ruleset contains something the encoder cannot express; nothing was sent.
+    /// The ruleset contains something the encoder cannot express; nothing was sent, except
+    /// in a split cold start, whose transactions before the one that failed to encode may be
+    /// committed (inert, as after [`Error::Incomplete`]).
     #[error("encode ruleset")]
     Encode(#[from] encode::Error),
     /// The kernel (or the socket) refused the transaction; nothing of it was applied.
@@ -373,7 +375,8 @@ pub fn apply_plan(old: &ir::Ruleset, tx: &plan::Transaction) -> Result<ApplyRepo
 /// thread while this one sends: the kernel's work happens in this thread's `sendmsg`, so on a
 /// machine with two cores encoding transaction k + 1 overlaps committing transaction k (at 50k
 /// Services the 43 transactions took 0.46 s to encode and 1.24 s to commit, one after the
-/// other), and at most two encoded transactions exist at a time instead of all of them. An
+/// other), and at most three encoded transactions exist at a time (being sent, waiting, being
+/// encoded) instead of all of them. An
 /// encoding failure after the first transaction leaves the earlier ones committed, inert as
 /// after [`Error::Incomplete`].
 fn cold_start(old: &ir::Ruleset, tx: &plan::Transaction) -> Result<ApplyReport, Error> {

@@ -41,6 +41,25 @@ pub(crate) const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub(crate) const FIREWALL_IPS: &str = "firewall-ips";
 /// `lbip . proto . port . source-prefix` that are allowed through the firewall.
 pub(crate) const FIREWALL_ALLOW: &str = "firewall-allow";
+/// `addr . proto . port : goto external-local-…` | `return`: eTP=Local externalIPs and
+/// LoadBalancer IPs, for sources outside this node (looked up before `service-ips`).
+pub(crate) const EXTERNAL_LOCAL_IPS: &str = "external-local-ips";
+/// `proto . port : goto nodeport-local-…` | `return`: the same for NodePorts.
+pub(crate) const EXTERNAL_LOCAL_NODEPORTS: &str = "external-local-nodeports";
+/// `endpoint . endpoint`: an endpoint reaching itself through a Service (hairpin).
+pub(crate) const HAIRPIN: &str = "hairpin";
+
+pub(crate) const REJECT_CHAIN: &str = "reject-chain";
+pub(crate) const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+const SERVICES: &str = "services";
+/// With several dispatch tables, the NodePort half of `services`, one nat priority later.
+const NODEPORTS: &str = "nodeports";
+const MASQUERADING: &str = "masquerading";
+const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+const FIREWALL_CHECK: &str = "firewall-check";
+const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+const BACKEND_STATS: &str = "backend-stats";
 
 /// The firewall's two sets for `shard` of `n` ([`firewall_shard`]): `firewall-ips` and
 /// `firewall-allow` with one, `firewall-ips-<shard>` and `firewall-allow-<shard>` with more.
@@ -79,25 +98,6 @@ pub(crate) fn firewall_shard(vip: IpAddr, proto: L4Proto, port: u16, n: u16) -> 
     }
     (hash % u64::from(n.max(1))) as u16
 }
-/// `addr . proto . port : goto external-local-…` | `return`: eTP=Local externalIPs and
-/// LoadBalancer IPs, for sources outside this node (looked up before `service-ips`).
-pub(crate) const EXTERNAL_LOCAL_IPS: &str = "external-local-ips";
-/// `proto . port : goto nodeport-local-…` | `return`: the same for NodePorts.
-pub(crate) const EXTERNAL_LOCAL_NODEPORTS: &str = "external-local-nodeports";
-/// `endpoint . endpoint`: an endpoint reaching itself through a Service (hairpin).
-pub(crate) const HAIRPIN: &str = "hairpin";
-
-pub(crate) const REJECT_CHAIN: &str = "reject-chain";
-pub(crate) const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
-const SERVICES: &str = "services";
-/// With several dispatch tables, the NodePort half of `services`, one nat priority later.
-const NODEPORTS: &str = "nodeports";
-const MASQUERADING: &str = "masquerading";
-const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
-const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
-const FIREWALL_CHECK: &str = "firewall-check";
-const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
-const BACKEND_STATS: &str = "backend-stats";
 
 /// Adds the base chains, fixed chains and (empty) global sets to `table`.
 pub(crate) fn add(table: &mut Table, ctx: &FamilyCtx<'_>) {
