@@ -154,6 +154,9 @@ pub fn rows_where(ruleset: &Ruleset, env: &Env, wanted: impl Fn(&Frontend) -> bo
 /// table's `cluster-ips`, `nodeport-ips` and firewall sets. `None` for a single table.
 fn merged<'a>(first: &Table, rest: impl Iterator<Item = &'a Table>) -> Option<Table> {
     let mut view: Option<Table> = None;
+    // Sets that got elements from more than one table, sorted once at the end (the tracer
+    // searches sets by key).
+    let mut joined = BTreeSet::new();
     for table in rest {
         let view = view.get_or_insert_with(|| first.clone());
         for (name, chain) in &table.chains {
@@ -165,13 +168,19 @@ fn merged<'a>(first: &Table, rest: impl Iterator<Item = &'a Table>) -> Option<Ta
             match view.sets.get_mut(name) {
                 Some(into) => {
                     into.elements.extend(set.elements.iter().cloned());
-                    into.elements.sort_by(|a, b| a.key.cmp(&b.key));
-                    into.elements.dedup_by(|a, b| a.key == b.key);
+                    joined.insert(name.clone());
                 }
                 None => {
                     view.sets.insert(name.clone(), set.clone());
                 }
             }
+        }
+    }
+    if let Some(view) = &mut view {
+        for name in joined {
+            let set = view.sets.get_mut(&name).expect("joined above");
+            set.elements.sort_by(|a, b| a.key.cmp(&b.key));
+            set.elements.dedup_by(|a, b| a.key == b.key);
         }
     }
     view
