@@ -288,7 +288,7 @@ fn load_balancer_source_ranges_allow_and_refuse() {
     let Some(s) = Scene::new("source_ranges", &cluster(), &[]) else {
         return;
     };
-    let r = s.replies("client", tcp("198.51.100.10:80"), 20);
+    let r = s.replies("client", tcp("198.51.100.10:80"), DRAWS);
     assert_eq!(hosts(&r), set(&WEB));
     // 192.0.2.10 is outside loadBalancerSourceRanges: dropped before DNAT.
     let refused = tcp("198.51.100.10:80").timeout(DROP_TIMEOUT);
@@ -436,7 +436,7 @@ fn dispatch_tables_change_no_traffic() {
         Outcome::Refused
     );
     // loadBalancerSourceRanges, its sets sharded as the tables are (`firewall-ips-<i>`).
-    let r = s.replies("client", tcp("198.51.100.10:80"), 10);
+    let r = s.replies("client", tcp("198.51.100.10:80"), DRAWS);
     assert_eq!(hosts(&r), set(&WEB));
     let refused = tcp("198.51.100.10:80").timeout(DROP_TIMEOUT);
     assert_eq!(s.probe("stranger", refused), Outcome::Timeout);
