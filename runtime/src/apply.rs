@@ -395,14 +395,7 @@ fn cold_start(old: &ir::Ruleset, tx: &plan::Transaction) -> Result<ApplyReport, 
         // fail instead of blocking.
         let sent = send_each(encoded);
         let total = encoder.join().expect("encoding does not panic")?;
-        sent.map_err(|(committed, source)| match committed {
-            0 => Error::Netlink(source),
-            committed => Error::Incomplete {
-                committed,
-                total,
-                source,
-            },
-        })
+        sent.map_err(|(committed, source)| send_error(committed, total, source))
     })
 }
 
@@ -449,14 +442,20 @@ fn remove_table(batch: &mut Batch, family: Family, name: &str) {
 }
 
 fn send(transactions: &[Transaction]) -> Result<ApplyReport, Error> {
-    send_each(transactions).map_err(|(committed, source)| match committed {
+    send_each(transactions)
+        .map_err(|(committed, source)| send_error(committed, transactions.len(), source))
+}
+
+/// The error of a failed send of `total` transactions after `committed` of them went in.
+fn send_error(committed: usize, total: usize, source: socket::Error) -> Error {
+    match committed {
         0 => Error::Netlink(source),
         committed => Error::Incomplete {
             committed,
-            total: transactions.len(),
+            total,
             source,
         },
-    })
+    }
 }
 
 /// Sends transactions in order over the kept socket, stopping at the first that fails: then

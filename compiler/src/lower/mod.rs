@@ -43,8 +43,14 @@ pub fn lower(graph: &Graph, config: &Config) -> Ruleset {
 /// and maps they enter, its own chains and affinity maps) lives in that one table: a `goto`
 /// cannot leave its table, and a port's frontends share its chains and affinity maps.
 pub fn dispatch_table_of(namespace: &str, name: &str, n: u16) -> u16 {
+    shard_of(namespace.bytes().chain([b'/']).chain(name.bytes()), n)
+}
+
+/// FNV-1a 64 of `bytes` modulo `n` (at least 1): where a name or key goes among `n` tables or
+/// set shards, the same on every node and for the object's whole life.
+pub(crate) fn shard_of(bytes: impl IntoIterator<Item = u8>, n: u16) -> u16 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in namespace.bytes().chain([b'/']).chain(name.bytes()) {
+    for b in bytes {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }

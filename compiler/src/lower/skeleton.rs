@@ -83,20 +83,11 @@ pub(crate) fn firewall_sets(n: u16, shard: u16) -> (String, String) {
 /// By frontend, not by Service: two Services claiming one address and port then share a shard,
 /// and their ranges a set, as with one.
 pub(crate) fn firewall_shard(vip: IpAddr, proto: L4Proto, port: u16, n: u16) -> u16 {
-    let octets = match vip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in octets
-        .into_iter()
-        .chain([proto.number()])
-        .chain(port.to_be_bytes())
-    {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    let tail = [proto.number()].into_iter().chain(port.to_be_bytes());
+    match vip {
+        IpAddr::V4(a) => super::shard_of(a.octets().into_iter().chain(tail), n),
+        IpAddr::V6(a) => super::shard_of(a.octets().into_iter().chain(tail), n),
     }
-    (hash % u64::from(n.max(1))) as u16
 }
 
 /// Adds the base chains, fixed chains and (empty) global sets to `table`.
